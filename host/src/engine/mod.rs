@@ -1,0 +1,228 @@
+//! The shared wasmtime engine every sandbox of a host runs on.
+//!
+//! One [`Engine`] per host process: cranelift compilation, the component
+//! model, async execution (so thousands of sandboxes share the tokio
+//! runtime), fuel metering, epoch interruption driven by one ticker thread,
+//! and the pooling instance allocator sized from the host limits.
+
+mod ticker;
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use ticker::EpochTicker;
+
+/// How often the epoch ticker advances. A deadline can overshoot by up to one
+/// tick, and a busy guest yields its thread to other sandboxes once a tick.
+pub const DEFAULT_EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Stack available to wasm code; deep recursion past it is a `trap`.
+const MAX_WASM_STACK: usize = 512 * 1024;
+/// Host stack per running sandbox: the wasm stack plus room for host calls.
+const ASYNC_STACK: usize = MAX_WASM_STACK + 512 * 1024;
+/// Guard pages after each linear memory so small static offsets need no
+/// explicit bounds check.
+const MEMORY_GUARD: u64 = 2 * 1024 * 1024;
+/// Elements per pooled table slot. Rust components use a few hundred.
+const TABLE_ELEMENTS: usize = 10_000;
+
+/// Engine settings derived from the host's limits.
+///
+/// Built with [`EngineConfig::new`] and the `with_*` methods; the defaults
+/// are the seed's production values.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    max_memory_bytes: u64,
+    pool_slots: u32,
+    pooling: bool,
+    epoch_tick: Duration,
+    warm_slots: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EngineConfig {
+    /// The seed's defaults: 512 MiB per sandbox, 100 pooled slots.
+    pub fn new() -> Self {
+        Self {
+            max_memory_bytes: 512 * 1024 * 1024,
+            pool_slots: 100,
+            pooling: true,
+            epoch_tick: DEFAULT_EPOCH_TICK,
+            warm_slots: 10,
+        }
+    }
+
+    /// The largest linear memory any sandbox may have (`runtime.max_memory_mb`).
+    /// Pool slots reserve exactly this much address space, not wasmtime's 4 GiB.
+    pub fn with_max_memory_bytes(mut self, bytes: u64) -> Self {
+        self.max_memory_bytes = bytes;
+        self
+    }
+
+    /// How many sandboxes can be live at once (`sandbox_pool.max_size`).
+    pub fn with_pool_slots(mut self, slots: u32) -> Self {
+        self.pool_slots = slots;
+        self
+    }
+
+    /// How many freed slots stay warm for reuse (`sandbox_pool.min_size`).
+    pub fn with_warm_slots(mut self, slots: u32) -> Self {
+        self.warm_slots = slots;
+        self
+    }
+
+    /// Use the pooling allocator (default) or allocate each instance on demand.
+    /// On-demand is for tools that compile but never run, like `chassis compile`.
+    pub fn with_pooling(mut self, pooling: bool) -> Self {
+        self.pooling = pooling;
+        self
+    }
+
+    /// How often the epoch advances; the granularity of deadlines and yields.
+    pub fn with_epoch_tick(mut self, tick: Duration) -> Self {
+        self.epoch_tick = tick;
+        self
+    }
+
+    /// The per-sandbox memory cap in bytes.
+    pub fn max_memory_bytes(&self) -> u64 {
+        self.max_memory_bytes
+    }
+
+    /// The number of sandboxes that can be live at once.
+    pub fn pool_slots(&self) -> u32 {
+        self.pool_slots
+    }
+
+    /// The epoch tick.
+    pub fn epoch_tick(&self) -> Duration {
+        self.epoch_tick
+    }
+
+    fn wasmtime_config(&self) -> wasmtime::Config {
+        let mut config = wasmtime::Config::new();
+        config
+            .wasm_component_model(true)
+            .consume_fuel(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(MAX_WASM_STACK)
+            .async_stack_size(ASYNC_STACK)
+            .memory_reservation(self.max_memory_bytes)
+            .memory_guard_size(MEMORY_GUARD)
+            .memory_reservation_for_growth(0)
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if self.pooling {
+            let slots = self.pool_slots.max(1);
+            let mut pool = wasmtime::PoolingAllocationConfig::new();
+            pool.total_component_instances(slots)
+                .total_core_instances(slots.saturating_mul(4))
+                .total_memories(slots.saturating_mul(2))
+                .total_tables(slots.saturating_mul(4))
+                .total_stacks(slots)
+                .max_memories_per_component(2)
+                .max_tables_per_component(4)
+                .max_core_instances_per_component(16)
+                .max_memory_size(self.max_memory_bytes as usize)
+                .table_elements(TABLE_ELEMENTS)
+                .max_unused_warm_slots(self.warm_slots.min(slots));
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
+        config
+    }
+}
+
+/// Why the engine could not be created.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    /// wasmtime refused the configuration (for example, not enough address
+    /// space for the pool).
+    #[error("creating the wasmtime engine ({slots} pool slots of {memory_mb} MiB): {source}")]
+    Create {
+        /// Pool slots asked for.
+        slots: u32,
+        /// Per-slot memory in MiB.
+        memory_mb: u64,
+        /// wasmtime's reason.
+        #[source]
+        source: wasmtime::Error,
+    },
+    /// The epoch ticker thread could not be started.
+    #[error("starting the epoch ticker thread: {0}")]
+    Ticker(#[source] std::io::Error),
+}
+
+/// A wasmtime engine with its epoch ticker; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Engine {
+    inner: wasmtime::Engine,
+    config: EngineConfig,
+    _ticker: std::sync::Arc<EpochTicker>,
+}
+
+impl Engine {
+    /// Creates the engine and starts its epoch ticker thread. The ticker stops
+    /// when the last clone of the engine is dropped.
+    pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
+        let inner = wasmtime::Engine::new(&config.wasmtime_config()).map_err(|source| {
+            EngineError::Create {
+                slots: config.pool_slots,
+                memory_mb: config.max_memory_bytes / (1024 * 1024),
+                source,
+            }
+        })?;
+        let ticker =
+            EpochTicker::start(inner.clone(), config.epoch_tick).map_err(EngineError::Ticker)?;
+        Ok(Self {
+            inner,
+            config,
+            _ticker: std::sync::Arc::new(ticker),
+        })
+    }
+
+    /// The underlying wasmtime engine.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner
+    }
+
+    /// The settings this engine was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// A short hex string that changes whenever compiled artifacts from this
+    /// engine stop being loadable (wasmtime version, target, settings).
+    pub fn compatibility_hash(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.inner.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ten_thousand_slots_fit_in_the_address_space() {
+        let engine = Engine::new(
+            EngineConfig::new()
+                .with_pool_slots(10_000)
+                .with_max_memory_bytes(64 * 1024 * 1024),
+        );
+        assert!(engine.is_ok(), "{:?}", engine.err());
+    }
+
+    #[test]
+    fn compatibility_hash_is_stable_for_one_config() {
+        let a = Engine::new(EngineConfig::new().with_pool_slots(2)).unwrap();
+        let b = Engine::new(EngineConfig::new().with_pool_slots(2)).unwrap();
+        assert_eq!(a.compatibility_hash(), b.compatibility_hash());
+    }
+}

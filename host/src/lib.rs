@@ -1,0 +1,18 @@
+//! chassis: run untrusted WebAssembly components in sandboxes with fuel,
+//! memory, wall-clock and capability limits.
+//!
+//! The library is the product; the `chassis` binary is a thin shell over it.
+//! Start with [`Host::builder`], register a component with
+//! [`ModuleStore::register`](modules::ModuleStore::register), and call
+//! [`Host::run`].
+//!
+//! Dependencies point one way: `host` -> `sandbox` -> `modules` -> `engine`.
+
+pub mod engine;
+pub mod error;
+mod host;
+pub mod modules;
+pub mod sandbox;
+
+pub use error::ErrorKind;
+pub use host::{Host, HostBuilder, HostError, StartError};

@@ -1,0 +1,312 @@
+//! The limits one run is held to, and how a request may tighten them.
+//!
+//! Limits come from three places, each able only to tighten the one before:
+//! the host caps (config `runtime:`), the policy, and the request.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Fuel given to a run when nothing tighter is asked: about ten seconds of
+/// busy guest code on this class of machine.
+pub const DEFAULT_FUEL: u64 = 10_000_000_000;
+/// Bytes of stdout and of stderr kept per run; the rest is counted and dropped.
+pub const DEFAULT_OUTPUT_BYTES: u64 = 1024 * 1024;
+/// Log records kept per run; the rest is counted and dropped.
+pub const DEFAULT_LOG_RECORDS: u64 = 1000;
+
+/// The limits a single run is held to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Fuel budget (about one unit per wasm instruction); `None` is unmetered.
+    pub fuel: Option<u64>,
+    /// Largest linear memory the guest may grow to, in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock deadline for the whole run, instantiation included.
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Bytes of stdout kept (and bytes of the returned output allowed).
+    pub output_bytes: u64,
+    /// Log records kept.
+    pub log_records: u64,
+}
+
+/// The most a host allows any run (`runtime:` in the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCaps {
+    /// Largest fuel budget a run may ask for; `None` lets a run be unmetered.
+    pub max_fuel: Option<u64>,
+    /// `runtime.max_memory_mb` in bytes.
+    pub max_memory_bytes: u64,
+    /// `runtime.max_execution_time_seconds`.
+    pub max_timeout: Duration,
+    /// Largest stdout/stderr/output size.
+    pub max_output_bytes: u64,
+    /// Most log records per run.
+    pub max_log_records: u64,
+}
+
+impl Default for HostCaps {
+    /// The seed's production values.
+    fn default() -> Self {
+        Self {
+            max_fuel: None,
+            max_memory_bytes: 512 * 1024 * 1024,
+            max_timeout: Duration::from_secs(300),
+            max_output_bytes: 16 * 1024 * 1024,
+            max_log_records: 10_000,
+        }
+    }
+}
+
+impl HostCaps {
+    /// The limits a run gets when nothing tightens them: the caps, with the
+    /// default fuel budget and output sizes where those are below the caps.
+    pub fn default_limits(&self) -> Limits {
+        Limits {
+            fuel: Some(self.max_fuel.unwrap_or(DEFAULT_FUEL).min(DEFAULT_FUEL)),
+            memory_bytes: self.max_memory_bytes,
+            timeout: self.max_timeout,
+            output_bytes: self.max_output_bytes.min(DEFAULT_OUTPUT_BYTES),
+            log_records: self.max_log_records.min(DEFAULT_LOG_RECORDS),
+        }
+    }
+}
+
+/// Fuel asked for by a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FuelRequest {
+    /// A budget of this many units.
+    Budget(u64),
+    /// No fuel metering; only allowed when the host has no fuel cap.
+    Unmetered,
+}
+
+/// What a request (or a policy) asks to tighten. Unset fields keep the
+/// limit they are applied to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitsRequest {
+    /// Fuel budget.
+    pub fuel: Option<FuelRequest>,
+    /// Memory cap in bytes.
+    pub memory_bytes: Option<u64>,
+    /// Deadline.
+    pub timeout: Option<Duration>,
+    /// Output cap in bytes.
+    pub output_bytes: Option<u64>,
+    /// Log record cap.
+    pub log_records: Option<u64>,
+}
+
+/// A request asked for more than the limits it is applied to allow.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum LimitsError {
+    /// A numeric limit above what is allowed.
+    #[error("{limit} of {asked} is above the allowed {allowed}")]
+    AboveCap {
+        /// The limit's name as the user wrote it (`memory`, `fuel`, ...).
+        limit: &'static str,
+        /// What was asked.
+        asked: String,
+        /// The most allowed.
+        allowed: String,
+    },
+    /// A limit of zero, which would make every run fail.
+    #[error("{limit} must be greater than zero")]
+    Zero {
+        /// The limit's name.
+        limit: &'static str,
+    },
+}
+
+fn tighten_u64(
+    limit: &'static str,
+    current: u64,
+    asked: Option<u64>,
+    show: fn(u64) -> String,
+) -> Result<u64, LimitsError> {
+    match asked {
+        None => Ok(current),
+        Some(0) => Err(LimitsError::Zero { limit }),
+        Some(a) if a > current => Err(LimitsError::AboveCap {
+            limit,
+            asked: show(a),
+            allowed: show(current),
+        }),
+        Some(a) => Ok(a),
+    }
+}
+
+fn show_bytes(b: u64) -> String {
+    if b % (1024 * 1024) == 0 {
+        format!("{} MiB", b / (1024 * 1024))
+    } else {
+        format!("{b} bytes")
+    }
+}
+
+impl Limits {
+    /// Applies `request` on top of these limits. Asking for more than these
+    /// limits allow is an error naming the limit, never a silent clamp.
+    pub fn tighten(&self, request: &LimitsRequest) -> Result<Limits, LimitsError> {
+        let fuel = match (request.fuel, self.fuel) {
+            (None, current) => current,
+            (Some(FuelRequest::Budget(0)), _) => return Err(LimitsError::Zero { limit: "fuel" }),
+            (Some(FuelRequest::Budget(n)), None) => Some(n),
+            (Some(FuelRequest::Budget(n)), Some(cap)) => {
+                Some(tighten_u64("fuel", cap, Some(n), |v| v.to_string())?)
+            }
+            (Some(FuelRequest::Unmetered), None) => None,
+            (Some(FuelRequest::Unmetered), Some(cap)) => {
+                return Err(LimitsError::AboveCap {
+                    limit: "fuel",
+                    asked: "unmetered".into(),
+                    allowed: cap.to_string(),
+                });
+            }
+        };
+        let timeout = match request.timeout {
+            None => self.timeout,
+            Some(t) if t.is_zero() => return Err(LimitsError::Zero { limit: "timeout" }),
+            Some(t) if t > self.timeout => {
+                return Err(LimitsError::AboveCap {
+                    limit: "timeout",
+                    asked: humantime::format_duration(t).to_string(),
+                    allowed: humantime::format_duration(self.timeout).to_string(),
+                });
+            }
+            Some(t) => t,
+        };
+        Ok(Limits {
+            fuel,
+            memory_bytes: tighten_u64(
+                "memory",
+                self.memory_bytes,
+                request.memory_bytes,
+                show_bytes,
+            )?,
+            timeout,
+            output_bytes: tighten_u64(
+                "output",
+                self.output_bytes,
+                request.output_bytes,
+                show_bytes,
+            )?,
+            log_records: tighten_u64("log records", self.log_records, request.log_records, |v| {
+                v.to_string()
+            })?,
+        })
+    }
+
+    /// Like [`Limits::tighten`], but starting from the host caps so a request
+    /// may also loosen the host's *default* fuel budget up to the cap.
+    pub fn from_caps(caps: &HostCaps, request: &LimitsRequest) -> Result<Limits, LimitsError> {
+        let ceiling = Limits {
+            fuel: caps.max_fuel,
+            memory_bytes: caps.max_memory_bytes,
+            timeout: caps.max_timeout,
+            output_bytes: caps.max_output_bytes,
+            log_records: caps.max_log_records,
+        };
+        let defaults = caps.default_limits();
+        let mut limits = ceiling.tighten(request)?;
+        if request.fuel.is_none() {
+            limits.fuel = defaults.fuel;
+        }
+        if request.output_bytes.is_none() {
+            limits.output_bytes = defaults.output_bytes;
+        }
+        if request.log_records.is_none() {
+            limits.log_records = defaults.log_records;
+        }
+        Ok(limits)
+    }
+}
+
+/// Serialises durations as humantime strings ("1s 500ms") so JSON reports
+/// read naturally.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_can_only_tighten() {
+        let caps = HostCaps::default();
+        let base = Limits::from_caps(&caps, &LimitsRequest::default()).unwrap();
+        let tighter = base
+            .tighten(&LimitsRequest {
+                memory_bytes: Some(16 << 20),
+                timeout: Some(Duration::from_secs(1)),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(tighter.memory_bytes, 16 << 20);
+        assert_eq!(tighter.timeout, Duration::from_secs(1));
+        let err = tighter
+            .tighten(&LimitsRequest {
+                memory_bytes: Some(32 << 20),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "memory of 32 MiB is above the allowed 16 MiB"
+        );
+    }
+
+    #[test]
+    fn unmetered_fuel_needs_an_uncapped_host() {
+        let request = LimitsRequest {
+            fuel: Some(FuelRequest::Unmetered),
+            ..Default::default()
+        };
+        let open = Limits::from_caps(&HostCaps::default(), &request).unwrap();
+        assert_eq!(open.fuel, None);
+        let capped = HostCaps {
+            max_fuel: Some(1000),
+            ..HostCaps::default()
+        };
+        assert!(matches!(
+            Limits::from_caps(&capped, &request),
+            Err(LimitsError::AboveCap { limit: "fuel", .. })
+        ));
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let caps = HostCaps::default();
+        let err = Limits::from_caps(
+            &caps,
+            &LimitsRequest {
+                timeout: Some(Duration::ZERO),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err, LimitsError::Zero { limit: "timeout" });
+    }
+
+    #[test]
+    fn limits_serialise_with_readable_durations() {
+        let limits = HostCaps::default().default_limits();
+        let json = serde_json::to_value(&limits).unwrap();
+        assert_eq!(json["timeout"], "5m");
+        let back: Limits = serde_json::from_value(json).unwrap();
+        assert_eq!(back, limits);
+    }
+}

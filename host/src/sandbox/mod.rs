@@ -1,0 +1,228 @@
+//! One run of one module in its own sandbox.
+//!
+//! Each run gets a fresh wasmtime `Store` holding: a WASI context built from
+//! nothing (no env, args, preopens or sockets; stdout and stderr captured
+//! with a byte cap), a resource limiter for memory and tables, a fuel budget,
+//! and an epoch deadline. The outcome is a [`RunReport`] whose error, if any,
+//! has a stable [`ErrorKind`](crate::error::ErrorKind). Nothing a guest does
+//! can make the host panic or stop serving.
+
+pub mod bindings;
+mod limiter;
+pub mod limits;
+mod log;
+mod outcome;
+mod output;
+mod state;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use thiserror::Error;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::WasiCtxBuilder;
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
+
+pub use limiter::{LimitHit, MAX_TABLE_ELEMENTS};
+pub use limits::{FuelRequest, HostCaps, Limits, LimitsError, LimitsRequest};
+pub use log::{LogRecord, MAX_LOG_FIELDS, MAX_LOG_TEXT};
+pub use outcome::{RunError, RunReport, Usage};
+pub use output::{CappedPipe, Captured};
+pub use state::SandboxState;
+
+use crate::engine::Engine;
+use crate::modules::{Module, Prepared};
+use outcome::DeadlineHit;
+
+/// The linker could not be built (a wasmtime or WASI version mismatch).
+#[derive(Debug, Error)]
+#[error("building the host linker: {0}")]
+pub struct LinkerError(String);
+
+/// Builds the imports every sandbox may link against: WASI 0.2 and the
+/// `chassis:agent/host` interface. What a guest can actually *do* with WASI
+/// is decided per run by its WASI context, not here.
+pub fn linker(engine: &Engine) -> Result<Linker<SandboxState>, LinkerError> {
+    let mut linker = Linker::new(engine.wasmtime());
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| LinkerError(format!("{e:#}")))?;
+    bindings::Agent::add_to_linker::<_, HasSelf<SandboxState>>(&mut linker, |s| s)
+        .map_err(|e| LinkerError(format!("{e:#}")))?;
+    Ok(linker)
+}
+
+/// Runs modules in fresh sandboxes on one engine.
+#[derive(Clone)]
+pub struct Runner {
+    engine: Engine,
+    linker: Arc<Linker<SandboxState>>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("engine", &self.engine)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// A runner on `engine` with the standard linker.
+    pub fn new(engine: Engine) -> Result<Self, LinkerError> {
+        let linker = Arc::new(linker(&engine)?);
+        Ok(Self { engine, linker })
+    }
+
+    /// The linker modules are pre-instantiated against.
+    pub fn linker(&self) -> Arc<Linker<SandboxState>> {
+        self.linker.clone()
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Runs `module` once on `input` under `limits`.
+    ///
+    /// An agent receives `input` as the argument of `run`; a command receives
+    /// it on stdin and its stdout becomes the output. Never panics on guest
+    /// behaviour: every failure is in the report's `result`.
+    pub async fn run(&self, module: &Module, input: Vec<u8>, limits: &Limits) -> RunReport {
+        let started = Instant::now();
+        let stdout = CappedPipe::new(limits.output_bytes);
+        let stderr = CappedPipe::new(limits.output_bytes);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let prepared = module.prepared();
+        let input = match prepared {
+            Prepared::Command(_) => {
+                wasi.stdin(MemoryInputPipe::new(input)).arg(module.id());
+                Vec::new()
+            }
+            Prepared::Agent(_) => input,
+        };
+        let state = SandboxState::new(wasi.build(), limits.memory_bytes, limits.log_records);
+        let mut store = Store::new(self.engine.wasmtime(), state);
+        store.limiter(|s| &mut s.limiter);
+        let budget = limits.fuel.unwrap_or(u64::MAX);
+        let deadline = started + limits.timeout;
+        let setup = store.set_fuel(budget).map_err(|e| RunError::Internal {
+            context: "setting the fuel budget",
+            message: format!("{e:#}"),
+        });
+        // Every epoch tick the guest either yields to other sandboxes on this
+        // thread or, past its deadline, stops.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(DeadlineHit.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+
+        let raw = match setup {
+            Err(e) => Err(e),
+            Ok(()) => {
+                let call = call_guest(&mut store, prepared, input);
+                // The epoch callback stops busy guests; this stops guests
+                // parked in a host call (a sleep, a blocked read).
+                match tokio::time::timeout(limits.timeout, call).await {
+                    Ok(Ok(result)) => Ok(result),
+                    Ok(Err(e)) => Err(RunError::classify(
+                        e,
+                        store.data().limiter.hit(),
+                        limits.fuel,
+                        limits.timeout,
+                    )),
+                    Err(_) => Err(RunError::DeadlineExceeded {
+                        timeout: limits.timeout,
+                    }),
+                }
+            }
+        };
+        let remaining = store.get_fuel().unwrap_or(0);
+        let wall = started.elapsed();
+        let peak = store.data().limiter.peak_memory();
+        let stdout_captured = stdout.take();
+        let result = match raw {
+            Err(e) => Err(e),
+            Ok(GuestResult::Agent(Ok(output))) => check_output(output, limits.output_bytes),
+            Ok(GuestResult::Agent(Err(e))) => Err(RunError::GuestError {
+                code: e.code,
+                message: e.message,
+            }),
+            Ok(GuestResult::CommandExited(true)) => Ok(stdout_captured.bytes.clone()),
+            Ok(GuestResult::CommandExited(false)) => Err(RunError::Exit { status: 1 }),
+        };
+        let result = match (result, module.world()) {
+            (Ok(out), crate::modules::World::Command) if stdout_captured.dropped > 0 => {
+                Err(RunError::OutputLimit {
+                    size: out.len() as u64 + stdout_captured.dropped,
+                    limit: limits.output_bytes,
+                })
+            }
+            (other, _) => other,
+        };
+        let state = store.into_data();
+        let (logs, logs_dropped) = state.logs.into_parts();
+        RunReport {
+            result,
+            usage: Usage {
+                fuel_consumed: budget - remaining.min(budget),
+                peak_memory_bytes: peak,
+                wall_time_us: wall.as_micros() as u64,
+            },
+            stdout: stdout_captured,
+            stderr: stderr.take(),
+            logs,
+            logs_dropped,
+        }
+    }
+}
+
+enum GuestResult {
+    Agent(Result<Vec<u8>, bindings::chassis::agent::types::AgentError>),
+    /// Whether the command's `run` returned success.
+    CommandExited(bool),
+}
+
+async fn call_guest(
+    store: &mut Store<SandboxState>,
+    prepared: &Prepared,
+    input: Vec<u8>,
+) -> wasmtime::Result<GuestResult> {
+    match prepared {
+        Prepared::Agent(pre) => {
+            let agent = pre.instantiate_async(&mut *store).await?;
+            let result = agent.call_run(&mut *store, &input).await?;
+            Ok(GuestResult::Agent(result))
+        }
+        Prepared::Command(pre) => {
+            let command = pre.instantiate_async(&mut *store).await?;
+            match command.wasi_cli_run().call_run(&mut *store).await {
+                Ok(result) => Ok(GuestResult::CommandExited(result.is_ok())),
+                Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+                    Some(wasmtime_wasi::I32Exit(0)) => Ok(GuestResult::CommandExited(true)),
+                    _ => Err(e),
+                },
+            }
+        }
+    }
+}
+
+fn check_output(output: Vec<u8>, limit: u64) -> Result<Vec<u8>, RunError> {
+    if output.len() as u64 > limit {
+        return Err(RunError::OutputLimit {
+            size: output.len() as u64,
+            limit,
+        });
+    }
+    Ok(output)
+}

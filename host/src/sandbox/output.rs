@@ -1,0 +1,144 @@
+//! Captured stdout and stderr with a byte cap.
+//!
+//! A guest may write as much as it likes; the host keeps the first `cap`
+//! bytes and counts the rest. Writes never fail, so a chatty guest is not
+//! turned into a trapping one by its own logging.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::io::AsyncWrite;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+
+/// How much a single `check-write` lets the guest write at once.
+const WRITE_PERMIT: usize = 64 * 1024;
+
+/// What a guest wrote to one stream, up to the cap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Captured {
+    /// The first bytes written, at most the cap.
+    #[serde(serialize_with = "lossy_utf8")]
+    pub bytes: Vec<u8>,
+    /// Bytes written past the cap and dropped.
+    pub dropped: u64,
+}
+
+fn lossy_utf8<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&String::from_utf8_lossy(bytes))
+}
+
+#[derive(Debug)]
+struct Buffer {
+    cap: usize,
+    captured: Captured,
+}
+
+/// A stdout/stderr sink shared between the guest's WASI context and the host.
+#[derive(Debug, Clone)]
+pub struct CappedPipe {
+    buffer: Arc<Mutex<Buffer>>,
+}
+
+impl CappedPipe {
+    /// A pipe that keeps at most `cap` bytes.
+    pub fn new(cap: u64) -> Self {
+        let cap = usize::try_from(cap).unwrap_or(usize::MAX);
+        Self {
+            buffer: Arc::new(Mutex::new(Buffer {
+                cap,
+                captured: Captured::default(),
+            })),
+        }
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        let room = buffer.cap.saturating_sub(buffer.captured.bytes.len());
+        let keep = room.min(bytes.len());
+        buffer.captured.bytes.extend_from_slice(&bytes[..keep]);
+        buffer.captured.dropped += (bytes.len() - keep) as u64;
+    }
+
+    /// Takes what was captured so far, leaving the pipe empty.
+    pub fn take(&self) -> Captured {
+        let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut buffer.captured)
+    }
+}
+
+impl IsTerminal for CappedPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for CappedPipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for CappedPipe {
+    async fn ready(&mut self) {}
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for CappedPipe {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(WRITE_PERMIT)
+    }
+}
+
+impl AsyncWrite for CappedPipe {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_cap_and_counts_the_rest() {
+        let pipe = CappedPipe::new(4);
+        pipe.push(b"abc");
+        pipe.push(b"defgh");
+        let captured = pipe.take();
+        assert_eq!(captured.bytes, b"abcd");
+        assert_eq!(captured.dropped, 4);
+        assert_eq!(pipe.take(), Captured::default());
+    }
+}
