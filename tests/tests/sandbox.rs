@@ -20,10 +20,7 @@ macro_rules! assert_test_exists {
 chassis_tests::foreach_program!(assert_test_exists);
 
 fn host() -> Host {
-    Host::builder()
-        .pool_slots(8)
-        .build()
-        .expect("host starts")
+    Host::builder().pool_slots(8).build().expect("host starts")
 }
 
 fn quick() -> LimitsRequest {
@@ -36,8 +33,13 @@ fn quick() -> LimitsRequest {
 }
 
 async fn run(host: &Host, path: &str, input: &[u8], request: &LimitsRequest) -> RunReport {
-    let module = host.modules().register(&wasm(path)).expect("module registers");
-    host.run(&module, input.to_vec(), request).await.expect("run starts")
+    let module = host
+        .modules()
+        .register(&wasm(path))
+        .expect("module registers");
+    host.run(&module, input.to_vec(), request)
+        .await
+        .expect("run starts")
 }
 
 /// The host still serves a benign run after whatever came before.
@@ -48,7 +50,10 @@ async fn hello_still_works(host: &Host) {
 
 fn kind(report: &RunReport) -> ErrorKind {
     match &report.result {
-        Ok(out) => panic!("expected an error, got output {:?}", String::from_utf8_lossy(out)),
+        Ok(out) => panic!(
+            "expected an error, got output {:?}",
+            String::from_utf8_lossy(out)
+        ),
         Err(e) => e.kind(),
     }
 }
@@ -63,7 +68,10 @@ mod hello {
         assert_eq!(report.result.unwrap(), b"Hello, chassis!");
         assert_eq!(report.logs.len(), 1);
         assert_eq!(report.logs[0].message, "greeting");
-        assert_eq!(report.logs[0].fields, vec![("name".to_string(), "chassis".to_string())]);
+        assert_eq!(
+            report.logs[0].fields,
+            vec![("name".to_string(), "chassis".to_string())]
+        );
         assert!(report.usage.fuel_consumed > 0);
         assert!(report.usage.peak_memory_bytes >= 65536);
     }
@@ -73,7 +81,9 @@ mod hello {
         let host = host();
         let report = run(&host, HELLO_COMPONENT, &[0xff, 0xfe], &quick()).await;
         match report.result {
-            Err(chassis::sandbox::RunError::GuestError { code, .. }) => assert_eq!(code, "bad-input"),
+            Err(chassis::sandbox::RunError::GuestError { code, .. }) => {
+                assert_eq!(code, "bad-input")
+            }
             other => panic!("expected guest-error, got {other:?}"),
         }
     }
@@ -264,7 +274,9 @@ mod hostile_guest_error {
 }
 
 fn register_error(host: &Host, bytes: &[u8]) -> chassis::modules::ModuleError {
-    host.modules().register(bytes).expect_err("module is refused")
+    host.modules()
+        .register(bytes)
+        .expect_err("module is refused")
 }
 
 mod hostile_wrong_world {
@@ -303,7 +315,10 @@ mod hostile_no_export {
         let err = register_error(&host, &wasm(HOSTILE_NO_EXPORT_COMPONENT));
         assert_eq!(err.kind(), ErrorKind::InvalidModule);
         let text = err.to_string();
-        assert!(text.contains("exports neither `run` nor `wasi:cli/run`"), "{text}");
+        assert!(
+            text.contains("exports neither `run` nor `wasi:cli/run`"),
+            "{text}"
+        );
         assert!(text.contains("exports found: []"), "{text}");
         hello_still_works(&host).await;
     }
@@ -331,7 +346,11 @@ async fn registering_the_same_bytes_twice_compiles_once() {
     let a = host.modules().register(&wasm(ECHO_COMPONENT)).unwrap();
     let b = host.modules().register(&wasm(ECHO_COMPONENT)).unwrap();
     assert_eq!(a.id(), b.id());
-    let compiled = host.modules().stats().compiled.load(std::sync::atomic::Ordering::Relaxed);
+    let compiled = host
+        .modules()
+        .stats()
+        .compiled
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(compiled, 1);
 }
 
@@ -345,7 +364,11 @@ async fn a_request_above_the_host_caps_is_refused_before_running() {
     };
     let err = host.run(&module, vec![], &request).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidRequest);
-    assert!(err.to_string().contains("memory of 4096 MiB is above the allowed 512 MiB"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("memory of 4096 MiB is above the allowed 512 MiB"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
