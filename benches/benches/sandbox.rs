@@ -1,1 +1,96 @@
-fn main() {}
+//! instantiate + `run` + drop of the trivial `echo` agent: chassis with every
+#![allow(missing_docs, reason = "criterion_group! generates undocumented items")]
+//! limit on, next to raw wasmtime doing the same on the same engine config.
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Store, UpdateDeadline};
+use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+
+use chassis::Host;
+use chassis::sandbox::LimitsRequest;
+use chassis_tests::programs::ECHO_COMPONENT;
+
+mod raw {
+    //! The peer: the least a wasmtime embedder must write to run an agent.
+    wasmtime::component::bindgen!({
+        path: "../guest-sdk/wit",
+        world: "agent",
+        exports: { default: async },
+    });
+}
+
+struct RawState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for RawState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl raw::chassis::agent::types::Host for RawState {}
+
+impl raw::chassis::agent::host::Host for RawState {
+    fn log(&mut self, _: raw::chassis::agent::host::Level, _: String, _: Vec<raw::chassis::agent::host::Field>) {}
+
+    fn secret(&mut self, name: String) -> Result<String, raw::chassis::agent::host::SecretError> {
+        Err(raw::chassis::agent::host::SecretError::Denied(name))
+    }
+}
+
+fn sandbox(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let wasm = std::fs::read(ECHO_COMPONENT).unwrap();
+    let input = b"sixteen bytes!!!".to_vec();
+
+    let host = Host::builder().pool_slots(16).build().unwrap();
+    let module = host.modules().register(&wasm).unwrap();
+    let limits = host.limits_for(&LimitsRequest::default()).unwrap();
+
+    // The peer shares the chassis engine, so pooling, fuel and epoch
+    // settings are identical by construction.
+    let engine = host.runner().engine().wasmtime().clone();
+    let mut linker: Linker<RawState> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    raw::Agent::add_to_linker::<_, HasSelf<RawState>>(&mut linker, |s| s).unwrap();
+    let component = wasmtime::component::Component::new(&engine, &wasm).unwrap();
+    let pre = raw::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+
+    let mut group = c.benchmark_group("sandbox");
+    group.bench_function("chassis", |b| {
+        b.iter(|| {
+            let report = runtime.block_on(host.runner().run(&module, input.clone(), &limits));
+            assert!(report.result.is_ok());
+        })
+    });
+    group.bench_function("raw-wasmtime", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let state = RawState {
+                    wasi: WasiCtx::builder().build(),
+                    table: ResourceTable::new(),
+                };
+                let mut store = Store::new(&engine, state);
+                store.set_fuel(u64::MAX / 2).unwrap();
+                store.set_epoch_deadline(1);
+                store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+                let agent = pre.instantiate_async(&mut store).await.unwrap();
+                let out = agent.call_run(&mut store, &input).await.unwrap();
+                assert!(out.is_ok());
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sandbox);
+criterion_main!(benches);

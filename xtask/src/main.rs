@@ -1,1 +1,136 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! The README's two commands are `cargo xtask demo` and `cargo xtask test`;
+//! both install what they need (the wasm32-wasip2 target, Debian packages
+//! when missing), so a fresh machine with only Rust can run them.
+
+mod bench;
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run the demo on the embedded default and print its results.
+    Demo,
+    /// Install what the tests need, then run every test.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// `cargo fmt --check` and `cargo clippy -D warnings` on everything.
+    Lint,
+    /// Build the guests under modules/ for wasm32-wasip2.
+    Guests,
+    /// Run the benchmarks and regenerate BENCHMARKS.md.
+    Bench {
+        /// Shorter measurement (for a quick look; the report says so).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Task::Demo => demo(),
+        Task::Test { args } => test(&args),
+        Task::Lint => lint(),
+        Task::Guests => {
+            setup::wasm_target()?;
+            setup::guests()
+        }
+        Task::Bench { quick } => {
+            setup::wasm_target()?;
+            bench::run(quick)
+        }
+    }
+}
+
+/// Runs `cargo` with `args` in the workspace root, failing on a non-zero exit.
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(setup::root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    setup::wasm_target()?;
+    let mut args = vec!["test", "--workspace", "--all-targets"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)?;
+    // Doc examples compile too (all-targets leaves doctests out).
+    cargo(&["test", "--workspace", "--doc"])
+}
+
+fn lint() -> Result<()> {
+    setup::wasm_target()?;
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+}
+
+fn demo() -> Result<()> {
+    setup::wasm_target()?;
+    setup::guests()?;
+    cargo(&["build", "--quiet", "-p", "chassis"])?;
+    let root = setup::root();
+    let chassis = root.join("target/debug/chassis");
+    let guests = setup::guest_dir();
+    let data = root.join("target/demo-data");
+    let steps: [(&str, &str, &[&str]); 5] = [
+        ("an SDK agent greets its input", "hello.wasm", &["--input", "chassis"]),
+        ("a plain WASI command counts words on stdin", "wordcount.wasm", &["--input", "the quick brown fox\njumps over\n"]),
+        ("a guest that loops forever runs out of fuel", "spin.wasm", &["--fuel", "100000000"]),
+        ("a guest that hoards memory hits its cap", "memory_bomb.wasm", &["--memory-mb", "32"]),
+        ("a guest that panics is a trap, with a wasm backtrace", "panic.wasm", &[]),
+    ];
+    println!("chassis demo: embedded default host, data dir {}\n", data.display());
+    for (what, file, args) in steps {
+        println!("== {what}: chassis run {file} {args:?}");
+        let out = Command::new(&chassis)
+            .arg("run")
+            .arg(guests.join(file))
+            .args(args)
+            .arg("--json")
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .context("running chassis")?;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("chassis printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let outcome = report["outcome"].as_str().unwrap_or("?");
+        match outcome {
+            "ok" => println!("   outcome: ok, output: {:?}", report["output"]["utf8"].as_str().unwrap_or("")),
+            kind => println!(
+                "   outcome: {kind} (exit {}): {}",
+                out.status.code().unwrap_or(-1),
+                report["error"]["message"].as_str().unwrap_or("")
+            ),
+        }
+        let usage = &report["usage"];
+        println!(
+            "   usage: fuel {}, peak memory {} KiB, wall {} µs\n",
+            usage["fuel_consumed"],
+            usage["peak_memory_bytes"].as_u64().unwrap_or(0) / 1024,
+            usage["wall_time_us"]
+        );
+    }
+    Ok(())
+}
