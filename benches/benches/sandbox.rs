@@ -8,7 +8,6 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use chassis::Host;
-use chassis::sandbox::LimitsRequest;
 use chassis_tests::programs::ECHO_COMPONENT;
 
 mod raw {
@@ -37,7 +36,13 @@ impl WasiView for RawState {
 impl raw::chassis::agent::types::Host for RawState {}
 
 impl raw::chassis::agent::host::Host for RawState {
-    fn log(&mut self, _: raw::chassis::agent::host::Level, _: String, _: Vec<raw::chassis::agent::host::Field>) {}
+    fn log(
+        &mut self,
+        _: raw::chassis::agent::host::Level,
+        _: String,
+        _: Vec<raw::chassis::agent::host::Field>,
+    ) {
+    }
 
     fn secret(&mut self, name: String) -> Result<String, raw::chassis::agent::host::SecretError> {
         Err(raw::chassis::agent::host::SecretError::Denied(name))
@@ -54,7 +59,8 @@ fn sandbox(c: &mut Criterion) {
 
     let host = Host::builder().pool_slots(16).build().unwrap();
     let module = host.modules().register(&wasm).unwrap();
-    let limits = host.limits_for(&LimitsRequest::default()).unwrap();
+    let policy = std::sync::Arc::new(chassis::policy::Policy::deny_all());
+    let limits = host.limits_for(&chassis::RunRequest::new(vec![])).unwrap();
 
     // The peer shares the chassis engine, so pooling, fuel and epoch
     // settings are identical by construction.
@@ -68,7 +74,8 @@ fn sandbox(c: &mut Criterion) {
     let mut group = c.benchmark_group("sandbox");
     group.bench_function("chassis", |b| {
         b.iter(|| {
-            let report = runtime.block_on(host.runner().run(&module, input.clone(), &limits));
+            let report =
+                runtime.block_on(host.runner().run(&module, input.clone(), &limits, &policy));
             assert!(report.result.is_ok());
         })
     });

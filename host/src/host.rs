@@ -9,8 +9,9 @@ use thiserror::Error;
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::error::ErrorKind;
 use crate::modules::{Module, ModuleError, ModuleStore};
+use crate::policy::Policy;
 use crate::sandbox::{
-    HostCaps, Limits, LimitsError, LimitsRequest, LinkerError, RunError, RunReport, Runner,
+    HostCaps, Limits, LimitsError, LimitsRequest, LinkerError, RunReport, Runner,
 };
 
 /// Why a host could not start.
@@ -98,15 +99,76 @@ pub struct Host {
 /// Why a run could not even start.
 #[derive(Debug, Error)]
 pub enum StartError {
-    /// The request asked for more than the host allows.
-    #[error("invalid limits: {0}")]
-    Limits(#[from] LimitsError),
+    /// The request asked for more than the policy or host allows.
+    #[error("invalid limits under policy `{policy}`: {source}")]
+    Limits {
+        /// The policy in force.
+        policy: String,
+        /// Which limit.
+        #[source]
+        source: LimitsError,
+    },
+    /// The policy does not allow this module or this caller.
+    #[error("policy `{policy}` denies this run: {reason}")]
+    Denied {
+        /// The policy in force.
+        policy: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl StartError {
     /// The stable kind.
     pub fn kind(&self) -> ErrorKind {
-        ErrorKind::InvalidRequest
+        match self {
+            StartError::Limits { .. } => ErrorKind::InvalidRequest,
+            StartError::Denied { .. } => ErrorKind::PolicyDenied,
+        }
+    }
+}
+
+/// One run to perform: the input, the policy it runs under, who asked, and
+/// any limits tighter than the policy's.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    /// The input bytes.
+    pub input: Vec<u8>,
+    /// The capability policy.
+    pub policy: Arc<Policy>,
+    /// The caller's identity (`local` for the CLI and loopback).
+    pub caller: String,
+    /// Limits tighter than the policy's.
+    pub limits: LimitsRequest,
+}
+
+impl RunRequest {
+    /// A local run of `input` under the deny-all policy and host limits.
+    pub fn new(input: impl Into<Vec<u8>>) -> Self {
+        Self {
+            input: input.into(),
+            policy: Arc::new(Policy::deny_all()),
+            caller: crate::policy::LOCAL_CALLER.into(),
+            limits: LimitsRequest::default(),
+        }
+    }
+
+    /// Runs under `policy`.
+    pub fn policy(mut self, policy: Arc<Policy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Tightens the limits further.
+    pub fn limits(mut self, limits: LimitsRequest) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the caller identity.
+    pub fn caller(mut self, caller: impl Into<String>) -> Self {
+        self.caller = caller.into();
+        self
     }
 }
 
@@ -131,29 +193,39 @@ impl Host {
         &self.runner
     }
 
-    /// The limits a run would get for `request`.
-    pub fn limits_for(&self, request: &LimitsRequest) -> Result<Limits, LimitsError> {
-        Limits::from_caps(&self.caps, request)
+    /// The limits a run of `request` would get.
+    pub fn limits_for(&self, request: &RunRequest) -> Result<Limits, StartError> {
+        Limits::resolve(
+            &self.caps,
+            &request.policy.limits_request(),
+            &request.limits,
+        )
+        .map_err(|source| StartError::Limits {
+            policy: request.policy.name.clone(),
+            source,
+        })
     }
 
-    /// Runs `module` on `input` with the host caps tightened by `request`.
-    pub async fn run(
-        &self,
-        module: &Module,
-        input: Vec<u8>,
-        request: &LimitsRequest,
-    ) -> Result<RunReport, StartError> {
-        let limits = self.limits_for(request)?;
-        Ok(self.runner.run(module, input, &limits).await)
-    }
-}
-
-/// Convenience for callers that treat a failed start like a failed run.
-impl From<StartError> for RunError {
-    fn from(e: StartError) -> Self {
-        RunError::Internal {
-            context: "starting the run",
-            message: e.to_string(),
+    /// Checks the policy admits this module and caller, resolves the limits,
+    /// and runs `module`.
+    pub async fn run(&self, module: &Module, request: RunRequest) -> Result<RunReport, StartError> {
+        let policy = &request.policy;
+        if !policy.allows_caller(&request.caller) {
+            return Err(StartError::Denied {
+                policy: policy.name.clone(),
+                reason: format!("caller `{}` is not among its callers", request.caller),
+            });
         }
+        if !policy.allows_module(module.id()) {
+            return Err(StartError::Denied {
+                policy: policy.name.clone(),
+                reason: format!("module {} is not pinned by it", module.id()),
+            });
+        }
+        let limits = self.limits_for(&request)?;
+        Ok(self
+            .runner
+            .run(module, request.input, &limits, policy)
+            .await)
     }
 }

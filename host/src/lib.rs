@@ -6,13 +6,14 @@
 //! [`ModuleStore::register`](modules::ModuleStore::register), and call
 //! [`Host::run`].
 //!
-//! Dependencies point one way: `host` -> `sandbox` -> `modules` -> `engine`.
+//! Dependencies point one way: `host` -> `sandbox` -> `policy`/`modules` -> `engine`.
 
 pub mod engine;
 pub mod error;
 mod host;
 pub mod modules;
+pub mod policy;
 pub mod sandbox;
 
 pub use error::ErrorKind;
-pub use host::{Host, HostBuilder, HostError, StartError};
+pub use host::{Host, HostBuilder, HostError, RunRequest, StartError};

@@ -9,8 +9,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use chassis::modules::artifact::MAGIC;
+use chassis::policy::Policy;
 use chassis::sandbox::{FuelRequest, LimitsRequest, RunReport};
-use chassis::{ErrorKind, Host};
+use chassis::{ErrorKind, Host, RunRequest};
 
 /// Run untrusted WebAssembly components in sandboxes with fuel, memory,
 /// wall-clock and capability limits.
@@ -39,6 +40,46 @@ enum Command {
     /// The artifact loads only on hosts sharing this data dir's sealing key,
     /// and is also kept in the data dir's cache so later runs skip compiling.
     Compile(CompileArgs),
+    /// Check, explain and compare capability policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files; exits non-zero naming file, line and column of
+    /// the first problem in each.
+    Check {
+        /// Policy files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        /// Print results as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Say in plain words what a module under this policy can do.
+    Explain {
+        /// The policy file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Print the validated policy as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Capabilities added and removed from OLD to NEW, riskiest first.
+    ///
+    /// Exits 0 when nothing changed, 3 when something did (like `diff`).
+    Diff {
+        /// The policy before.
+        #[arg(value_name = "OLD")]
+        old: PathBuf,
+        /// The policy after.
+        #[arg(value_name = "NEW")]
+        new: PathBuf,
+        /// Print the changes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -72,6 +113,12 @@ struct RunArgs {
     /// Cap on captured stdout/stderr and on the output, in KiB.
     #[arg(long, value_name = "KIB")]
     output_kb: Option<u64>,
+    /// Share of one core the guest may use, 1-100.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    cpu_percent: Option<u8>,
+    /// Run under this capability policy (default: no capabilities at all).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
     /// Print the whole report (outcome, usage, limits, logs) as JSON.
     #[arg(long)]
     json: bool,
@@ -133,6 +180,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Compile(args) => compile(args),
+        Command::Policy(command) => policy(command),
     };
     match result {
         Ok(code) => code,
@@ -169,13 +217,24 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         }
         (None, None) => Vec::new(),
     };
-    let request = LimitsRequest {
+    let limits = LimitsRequest {
         fuel: args.fuel,
         memory_bytes: args.memory_mb.map(|m| m.saturating_mul(1024 * 1024)),
         timeout: args.timeout,
         output_bytes: args.output_kb.map(|k| k.saturating_mul(1024)),
         log_records: None,
+        cpu_percent: args.cpu_percent,
     };
+    let policy = match &args.policy {
+        Some(path) => match Policy::load(path) {
+            Ok(p) => p,
+            Err(e) => return Ok(fail(args.json, path, e.kind(), &e.to_string())),
+        },
+        None => Policy::deny_all(),
+    };
+    let request = RunRequest::new(input)
+        .policy(std::sync::Arc::new(policy))
+        .limits(limits);
     let host = one_shot_host(&args.data_dir.resolve())?;
     let bytes = std::fs::read(&args.module)
         .with_context(|| format!("reading module {}", args.module.display()))?;
@@ -194,18 +253,15 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         .context("starting the async runtime")?;
     let limits = match host.limits_for(&request) {
         Ok(l) => l,
-        Err(e) => {
-            return Ok(fail(
-                args.json,
-                &args.module,
-                ErrorKind::InvalidRequest,
-                &format!("invalid limits: {e}"),
-            ));
-        }
+        Err(e) => return Ok(fail(args.json, &args.module, e.kind(), &e.to_string())),
     };
-    let report = runtime.block_on(host.runner().run(&module, input, &limits));
+    let policy_name = request.policy.name.clone();
+    let report = match runtime.block_on(host.run(&module, request)) {
+        Ok(report) => report,
+        Err(e) => return Ok(fail(args.json, &args.module, e.kind(), &e.to_string())),
+    };
     if args.json {
-        let json = report_json(&args.module, &module, &limits, &report);
+        let json = report_json(&args.module, &module, &policy_name, &limits, &report);
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print_human(&module, &report)?;
@@ -240,6 +296,15 @@ fn print_human(module: &chassis::modules::Module, report: &RunReport) -> Result<
             log.level,
             log.message,
             fields.join(" ")
+        )?;
+    }
+    for d in &report.denials {
+        writeln!(
+            err,
+            "[ deny] {} {}: {}",
+            d.kind.as_str(),
+            d.target,
+            d.reason
         )?;
     }
     if report.logs_dropped > 0 {
@@ -286,6 +351,7 @@ fn print_human(module: &chassis::modules::Module, report: &RunReport) -> Result<
 fn report_json(
     path: &Path,
     module: &chassis::modules::Module,
+    policy: &str,
     limits: &chassis::sandbox::Limits,
     report: &RunReport,
 ) -> serde_json::Value {
@@ -319,6 +385,7 @@ fn report_json(
     serde_json::json!({
         "module_path": path.display().to_string(),
         "module": module.info(),
+        "policy": policy,
         "outcome": report.outcome_name(),
         "output": output,
         "error": error,
@@ -328,6 +395,8 @@ fn report_json(
         "stderr": report.stderr,
         "logs": report.logs,
         "logs_dropped": report.logs_dropped,
+        "denials": report.denials,
+        "denials_dropped": report.denials_dropped,
     })
 }
 
@@ -347,5 +416,104 @@ fn compile(args: CompileArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => Ok(fail(false, &args.input, e.kind(), &e.to_string())),
+    }
+}
+
+fn policy(command: PolicyCommand) -> Result<ExitCode> {
+    match command {
+        PolicyCommand::Check { files, json } => {
+            let mut failed = false;
+            let mut results = Vec::new();
+            for file in &files {
+                match Policy::load(file) {
+                    Ok(p) => {
+                        if !json {
+                            println!("ok: {} (policy `{}`)", file.display(), p.name);
+                        }
+                        results.push(
+                            serde_json::json!({ "file": file, "ok": true, "policy": p.name }),
+                        );
+                    }
+                    Err(e) => {
+                        failed = true;
+                        if !json {
+                            eprintln!("error: {e}");
+                        }
+                        let mut entry = serde_json::json!({ "file": file, "ok": false, "error": e.to_string() });
+                        if let chassis::policy::PolicyError::Invalid {
+                            line,
+                            column,
+                            message,
+                            ..
+                        } = &e
+                        {
+                            entry["line"] = (*line).into();
+                            entry["column"] = (*column).into();
+                            entry["message"] = message.clone().into();
+                        }
+                        results.push(entry);
+                    }
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            }
+            Ok(if failed {
+                exit_for(ErrorKind::InvalidRequest)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        PolicyCommand::Explain { file, json } => {
+            let policy = match Policy::load(&file) {
+                Ok(p) => p,
+                Err(e) => return Ok(fail(json, &file, e.kind(), &e.to_string())),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&policy)?);
+            } else {
+                print!("{}", chassis::policy::explain(&policy));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Diff { old, new, json } => {
+            let load = |p: &Path| Policy::load(p);
+            let (before, after) = match (load(&old), load(&new)) {
+                (Ok(a), Ok(b)) => (a, b),
+                (Err(e), _) => return Ok(fail(json, &old, e.kind(), &e.to_string())),
+                (_, Err(e)) => return Ok(fail(json, &new, e.kind(), &e.to_string())),
+            };
+            let changes = chassis::policy::diff(&before, &after);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&changes)?);
+            } else if changes.is_empty() {
+                println!(
+                    "no capability changes from {} to {}",
+                    old.display(),
+                    new.display()
+                );
+            } else {
+                println!(
+                    "capability changes from {} to {}:",
+                    old.display(),
+                    new.display()
+                );
+                for change in &changes {
+                    println!("  {change}");
+                }
+                let high = changes
+                    .iter()
+                    .filter(|c| c.risk == chassis::policy::Risk::High)
+                    .count();
+                if high > 0 {
+                    println!("\n{high} high-risk change(s): review these before merging.");
+                }
+            }
+            Ok(if changes.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            })
+        }
     }
 }

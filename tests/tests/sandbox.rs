@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chassis::sandbox::{FuelRequest, LimitsRequest, RunReport};
-use chassis::{ErrorKind, Host};
+use chassis::{ErrorKind, Host, RunRequest};
 use chassis_tests::programs::*;
 use chassis_tests::wasm;
 
@@ -37,7 +37,7 @@ async fn run(host: &Host, path: &str, input: &[u8], request: &LimitsRequest) -> 
         .modules()
         .register(&wasm(path))
         .expect("module registers");
-    host.run(&module, input.to_vec(), request)
+    host.run(&module, RunRequest::new(input).limits(request.clone()))
         .await
         .expect("run starts")
 }
@@ -122,7 +122,10 @@ mod wordcount {
         let module = host.modules().register(&wasm(WORDCOUNT_COMPONENT)).unwrap();
         assert_eq!(module.world(), chassis::modules::World::Command);
         let report = host
-            .run(&module, b"one two\nthree\n".to_vec(), &quick())
+            .run(
+                &module,
+                RunRequest::new(b"one two\nthree\n".to_vec()).limits(quick()),
+            )
             .await
             .unwrap();
         assert_eq!(report.result.unwrap(), b"2 3 14\n");
@@ -362,7 +365,10 @@ async fn a_request_above_the_host_caps_is_refused_before_running() {
         memory_bytes: Some(4 << 30),
         ..Default::default()
     };
-    let err = host.run(&module, vec![], &request).await.unwrap_err();
+    let err = host
+        .run(&module, RunRequest::new(vec![]).limits(request))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidRequest);
     assert!(
         err.to_string()

@@ -83,7 +83,14 @@ fn test(extra: &[String]) -> Result<()> {
 fn lint() -> Result<()> {
     setup::wasm_target()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
-    cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
 }
 
 fn demo() -> Result<()> {
@@ -95,13 +102,36 @@ fn demo() -> Result<()> {
     let guests = setup::guest_dir();
     let data = root.join("target/demo-data");
     let steps: [(&str, &str, &[&str]); 5] = [
-        ("an SDK agent greets its input", "hello.wasm", &["--input", "chassis"]),
-        ("a plain WASI command counts words on stdin", "wordcount.wasm", &["--input", "the quick brown fox\njumps over\n"]),
-        ("a guest that loops forever runs out of fuel", "spin.wasm", &["--fuel", "100000000"]),
-        ("a guest that hoards memory hits its cap", "memory_bomb.wasm", &["--memory-mb", "32"]),
-        ("a guest that panics is a trap, with a wasm backtrace", "panic.wasm", &[]),
+        (
+            "an SDK agent greets its input",
+            "hello.wasm",
+            &["--input", "chassis"],
+        ),
+        (
+            "a plain WASI command counts words on stdin",
+            "wordcount.wasm",
+            &["--input", "the quick brown fox\njumps over\n"],
+        ),
+        (
+            "a guest that loops forever runs out of fuel",
+            "spin.wasm",
+            &["--fuel", "100000000"],
+        ),
+        (
+            "a guest that hoards memory hits its cap",
+            "memory_bomb.wasm",
+            &["--memory-mb", "32"],
+        ),
+        (
+            "a guest that panics is a trap, with a wasm backtrace",
+            "panic.wasm",
+            &[],
+        ),
     ];
-    println!("chassis demo: embedded default host, data dir {}\n", data.display());
+    println!(
+        "chassis demo: embedded default host, data dir {}\n",
+        data.display()
+    );
     for (what, file, args) in steps {
         println!("== {what}: chassis run {file} {args:?}");
         let out = Command::new(&chassis)
@@ -113,11 +143,18 @@ fn demo() -> Result<()> {
             .arg(&data)
             .output()
             .context("running chassis")?;
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .with_context(|| format!("chassis printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "chassis printed no JSON: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
         let outcome = report["outcome"].as_str().unwrap_or("?");
         match outcome {
-            "ok" => println!("   outcome: ok, output: {:?}", report["output"]["utf8"].as_str().unwrap_or("")),
+            "ok" => println!(
+                "   outcome: ok, output: {:?}",
+                report["output"]["utf8"].as_str().unwrap_or("")
+            ),
             kind => println!(
                 "   outcome: {kind} (exit {}): {}",
                 out.status.code().unwrap_or(-1),

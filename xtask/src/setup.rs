@@ -7,7 +7,10 @@ use anyhow::{Context, Result, bail};
 
 /// The workspace root.
 pub(crate) fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Where `guests()` puts the built `.wasm` files (the same place the tests
@@ -23,7 +26,10 @@ pub(crate) fn wasm_target() -> Result<()> {
         .output()
         .context("running rustc --print sysroot")?;
     let sysroot = String::from_utf8_lossy(&sysroot.stdout).trim().to_string();
-    if Path::new(&sysroot).join("lib/rustlib/wasm32-wasip2").is_dir() {
+    if Path::new(&sysroot)
+        .join("lib/rustlib/wasm32-wasip2")
+        .is_dir()
+    {
         return Ok(());
     }
     eprintln!("xtask: installing the wasm32-wasip2 target");

@@ -30,6 +30,9 @@ pub struct Limits {
     pub output_bytes: u64,
     /// Log records kept.
     pub log_records: u64,
+    /// Share of one core the sandbox may keep busy, 1-100; above it the
+    /// guest is paused at its next epoch tick until it is back under.
+    pub cpu_percent: u8,
 }
 
 /// The most a host allows any run (`runtime:` in the config).
@@ -45,6 +48,8 @@ pub struct HostCaps {
     pub max_output_bytes: u64,
     /// Most log records per run.
     pub max_log_records: u64,
+    /// `runtime.max_cpu_percent`: the most of one core any sandbox may use.
+    pub max_cpu_percent: u8,
 }
 
 impl Default for HostCaps {
@@ -56,6 +61,7 @@ impl Default for HostCaps {
             max_timeout: Duration::from_secs(300),
             max_output_bytes: 16 * 1024 * 1024,
             max_log_records: 10_000,
+            max_cpu_percent: 100,
         }
     }
 }
@@ -70,6 +76,7 @@ impl HostCaps {
             timeout: self.max_timeout,
             output_bytes: self.max_output_bytes.min(DEFAULT_OUTPUT_BYTES),
             log_records: self.max_log_records.min(DEFAULT_LOG_RECORDS),
+            cpu_percent: self.max_cpu_percent,
         }
     }
 }
@@ -97,6 +104,8 @@ pub struct LimitsRequest {
     pub output_bytes: Option<u64>,
     /// Log record cap.
     pub log_records: Option<u64>,
+    /// CPU share cap, 1-100.
+    pub cpu_percent: Option<u8>,
 }
 
 /// A request asked for more than the limits it is applied to allow.
@@ -196,31 +205,48 @@ impl Limits {
             log_records: tighten_u64("log records", self.log_records, request.log_records, |v| {
                 v.to_string()
             })?,
+            cpu_percent: tighten_u64(
+                "cpu percent",
+                u64::from(self.cpu_percent),
+                request.cpu_percent.map(u64::from),
+                |v| format!("{v}%"),
+            )? as u8,
         })
     }
 
-    /// Like [`Limits::tighten`], but starting from the host caps so a request
-    /// may also loosen the host's *default* fuel budget up to the cap.
-    pub fn from_caps(caps: &HostCaps, request: &LimitsRequest) -> Result<Limits, LimitsError> {
+    /// The limits for a run: the host caps, tightened by the policy's
+    /// limits, then by the request's. Fields neither sets get the host's
+    /// defaults (fuel, output and log budgets below the caps).
+    pub fn resolve(
+        caps: &HostCaps,
+        policy: &LimitsRequest,
+        request: &LimitsRequest,
+    ) -> Result<Limits, LimitsError> {
         let ceiling = Limits {
             fuel: caps.max_fuel,
             memory_bytes: caps.max_memory_bytes,
             timeout: caps.max_timeout,
             output_bytes: caps.max_output_bytes,
             log_records: caps.max_log_records,
+            cpu_percent: caps.max_cpu_percent,
         };
         let defaults = caps.default_limits();
-        let mut limits = ceiling.tighten(request)?;
-        if request.fuel.is_none() {
+        let mut limits = ceiling.tighten(policy)?.tighten(request)?;
+        if request.fuel.is_none() && policy.fuel.is_none() {
             limits.fuel = defaults.fuel;
         }
-        if request.output_bytes.is_none() {
+        if request.output_bytes.is_none() && policy.output_bytes.is_none() {
             limits.output_bytes = defaults.output_bytes;
         }
-        if request.log_records.is_none() {
+        if request.log_records.is_none() && policy.log_records.is_none() {
             limits.log_records = defaults.log_records;
         }
         Ok(limits)
+    }
+
+    /// [`Limits::resolve`] with no policy limits.
+    pub fn from_caps(caps: &HostCaps, request: &LimitsRequest) -> Result<Limits, LimitsError> {
+        Self::resolve(caps, &LimitsRequest::default(), request)
     }
 }
 
@@ -285,6 +311,35 @@ mod tests {
             Limits::from_caps(&capped, &request),
             Err(LimitsError::AboveCap { limit: "fuel", .. })
         ));
+    }
+
+    #[test]
+    fn a_policy_tightens_the_caps_and_a_request_tightens_the_policy() {
+        let caps = HostCaps::default();
+        let policy = LimitsRequest {
+            memory_bytes: Some(64 << 20),
+            fuel: Some(FuelRequest::Budget(DEFAULT_FUEL * 2)),
+            cpu_percent: Some(50),
+            ..Default::default()
+        };
+        let limits = Limits::resolve(&caps, &policy, &LimitsRequest::default()).unwrap();
+        assert_eq!(limits.memory_bytes, 64 << 20);
+        assert_eq!(limits.fuel, Some(DEFAULT_FUEL * 2));
+        assert_eq!(limits.cpu_percent, 50);
+        let looser = LimitsRequest {
+            memory_bytes: Some(128 << 20),
+            ..Default::default()
+        };
+        assert!(Limits::resolve(&caps, &policy, &looser).is_err());
+        let hungry = LimitsRequest {
+            cpu_percent: Some(80),
+            ..Default::default()
+        };
+        let err = Limits::resolve(&caps, &policy, &hungry).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cpu percent of 80% is above the allowed 50%"
+        );
     }
 
     #[test]

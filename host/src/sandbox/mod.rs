@@ -8,6 +8,8 @@
 //! can make the host panic or stop serving.
 
 pub mod bindings;
+mod cpu;
+mod denial;
 mod limiter;
 pub mod limits;
 mod log;
@@ -24,6 +26,7 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
+pub use denial::{Denial, DenialCounters, DenialKind};
 pub use limiter::{LimitHit, MAX_TABLE_ELEMENTS};
 pub use limits::{FuelRequest, HostCaps, Limits, LimitsError, LimitsRequest};
 pub use log::{LogRecord, MAX_LOG_FIELDS, MAX_LOG_TEXT};
@@ -33,6 +36,11 @@ pub use state::SandboxState;
 
 use crate::engine::Engine;
 use crate::modules::{Module, Prepared};
+use crate::policy::{Mode, Policy};
+use cpu::CpuMeter;
+use denial::DenialLog;
+use limiter::Limiter;
+use log::LogBuffer;
 use outcome::DeadlineHit;
 
 /// The linker could not be built (a wasmtime or WASI version mismatch).
@@ -57,6 +65,7 @@ pub fn linker(engine: &Engine) -> Result<Linker<SandboxState>, LinkerError> {
 pub struct Runner {
     engine: Engine,
     linker: Arc<Linker<SandboxState>>,
+    denials: Arc<DenialCounters>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -71,7 +80,16 @@ impl Runner {
     /// A runner on `engine` with the standard linker.
     pub fn new(engine: Engine) -> Result<Self, LinkerError> {
         let linker = Arc::new(linker(&engine)?);
-        Ok(Self { engine, linker })
+        Ok(Self {
+            engine,
+            linker,
+            denials: Arc::new(DenialCounters::default()),
+        })
+    }
+
+    /// Capability denials so far, by kind, across every run.
+    pub fn denial_counters(&self) -> &DenialCounters {
+        &self.denials
     }
 
     /// The linker modules are pre-instantiated against.
@@ -84,30 +102,37 @@ impl Runner {
         &self.engine
     }
 
-    /// Runs `module` once on `input` under `limits`.
+    /// Runs `module` once on `input` under `limits`, with exactly the
+    /// capabilities `policy` grants.
     ///
     /// An agent receives `input` as the argument of `run`; a command receives
     /// it on stdin and its stdout becomes the output. Never panics on guest
     /// behaviour: every failure is in the report's `result`.
-    pub async fn run(&self, module: &Module, input: Vec<u8>, limits: &Limits) -> RunReport {
+    pub async fn run(
+        &self,
+        module: &Module,
+        input: Vec<u8>,
+        limits: &Limits,
+        policy: &Arc<Policy>,
+    ) -> RunReport {
         let started = Instant::now();
         let stdout = CappedPipe::new(limits.output_bytes);
         let stderr = CappedPipe::new(limits.output_bytes);
-        let mut wasi = WasiCtxBuilder::new();
-        wasi.stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false);
+        let denials = DenialLog::new(self.denials.clone());
         let prepared = module.prepared();
-        let input = match prepared {
-            Prepared::Command(_) => {
-                wasi.stdin(MemoryInputPipe::new(input)).arg(module.id());
-                Vec::new()
-            }
-            Prepared::Agent(_) => input,
+        let (wasi, input) = match wasi_context(module, policy, &stdout, &stderr, &denials, input) {
+            Ok(built) => built,
+            Err(e) => return RunReport::failed(e, started),
         };
-        let state = SandboxState::new(wasi.build(), limits.memory_bytes, limits.log_records);
+        let state = SandboxState::new(
+            wasi,
+            policy.clone(),
+            Limiter::new(limits.memory_bytes),
+            LogBuffer::new(limits.log_records),
+            denials.clone(),
+            CpuMeter::new(started, limits.cpu_percent),
+            started,
+        );
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
         let budget = limits.fuel.unwrap_or(u64::MAX);
@@ -116,15 +141,18 @@ impl Runner {
             context: "setting the fuel budget",
             message: format!("{e:#}"),
         });
-        // Every epoch tick the guest either yields to other sandboxes on this
-        // thread or, past its deadline, stops.
+        // Every epoch tick the guest yields to other sandboxes on this
+        // thread (pausing longer if over its CPU share) or, past its
+        // deadline, stops.
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if Instant::now() >= deadline {
-                Err(DeadlineHit.into())
-            } else {
-                Ok(UpdateDeadline::Yield(1))
+        store.epoch_deadline_callback(move |mut ctx| {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(DeadlineHit.into());
             }
+            let cpu = &mut ctx.data_mut().cpu;
+            let pause = cpu.tick(now).map(|p| p.min(deadline - now));
+            Ok(UpdateDeadline::YieldCustom(1, cpu.yield_then_resume(pause)))
         });
 
         let raw = match setup {
@@ -149,6 +177,7 @@ impl Runner {
         };
         let remaining = store.get_fuel().unwrap_or(0);
         let wall = started.elapsed();
+        let cpu_time = store.data().cpu.busy_until(Instant::now());
         let peak = store.data().limiter.peak_memory();
         let stdout_captured = stdout.take();
         let result = match raw {
@@ -172,18 +201,85 @@ impl Runner {
         };
         let state = store.into_data();
         let (logs, logs_dropped) = state.logs.into_parts();
+        let (denials, denials_dropped) = denials.take();
         RunReport {
             result,
             usage: Usage {
                 fuel_consumed: budget - remaining.min(budget),
                 peak_memory_bytes: peak,
                 wall_time_us: wall.as_micros() as u64,
+                cpu_time_us: cpu_time.as_micros() as u64,
             },
             stdout: stdout_captured,
             stderr: stderr.take(),
             logs,
             logs_dropped,
+            denials,
+            denials_dropped,
         }
+    }
+}
+
+/// Builds the guest's WASI context from the policy alone: nothing is
+/// inherited from the host process. Returns the input left for `run`
+/// (a command gets its input on stdin instead).
+fn wasi_context(
+    module: &Module,
+    policy: &Policy,
+    stdout: &CappedPipe,
+    stderr: &CappedPipe,
+    denials: &DenialLog,
+    input: Vec<u8>,
+) -> Result<(wasmtime_wasi::WasiCtx, Vec<u8>), RunError> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .allow_udp(false);
+    wasi.envs(&policy.env.iter().collect::<Vec<_>>());
+    for p in &policy.preopens {
+        let perms = match p.mode {
+            Mode::ReadOnly => wasmtime_wasi::FsPerms::ReadOnly,
+            Mode::ReadWrite => wasmtime_wasi::FsPerms::ReadWrite,
+        };
+        wasi.preopened_dir(&p.host, &p.guest, perms)
+            .map_err(|e| RunError::Setup {
+                message: format!(
+                    "policy `{}` maps {} to {}, but it cannot be opened: {e:#}",
+                    policy.name, p.host, p.guest
+                ),
+            })?;
+    }
+    let network = Arc::new(policy.network.clone());
+    wasi.allow_tcp(!network.is_empty())
+        .allow_ip_name_lookup(!network.is_empty());
+    let denials = denials.clone();
+    wasi.socket_addr_check(move |addr, usage| {
+        let network = network.clone();
+        let denials = denials.clone();
+        Box::pin(async move {
+            let verdict = match usage {
+                wasmtime_wasi::sockets::SocketAddrUse::TcpConnect => {
+                    network.check_connect(addr).await.map_err(|d| d.reason)
+                }
+                other => Err(format!(
+                    "{other:?} is never allowed; only outbound TCP connections can be granted"
+                )),
+            };
+            match verdict {
+                Ok(()) => true,
+                Err(reason) => {
+                    denials.record(DenialKind::Network, addr.to_string(), reason);
+                    false
+                }
+            }
+        })
+    });
+    match module.prepared() {
+        Prepared::Command(_) => {
+            wasi.stdin(MemoryInputPipe::new(input)).arg(module.id());
+            Ok((wasi.build(), Vec::new()))
+        }
+        Prepared::Agent(_) => Ok((wasi.build(), input)),
     }
 }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 use thiserror::Error;
 
+use super::denial::Denial;
 use super::limiter::LimitHit;
 use super::log::LogRecord;
 use super::output::Captured;
@@ -66,6 +67,13 @@ pub enum RunError {
         /// The limit.
         limit: u64,
     },
+    /// The sandbox could not be set up as the policy asks (e.g. a mapped
+    /// directory is missing on this host).
+    #[error("cannot set up the sandbox: {message}")]
+    Setup {
+        /// What failed.
+        message: String,
+    },
     /// Every sandbox slot of the host is in use.
     #[error("host at capacity: {0}")]
     Overloaded(String),
@@ -90,6 +98,7 @@ impl RunError {
             RunError::GuestError { .. } | RunError::Exit { .. } => ErrorKind::GuestError,
             RunError::OutputLimit { .. } => ErrorKind::OutputLimit,
             RunError::Overloaded(_) => ErrorKind::Overloaded,
+            RunError::Setup { .. } => ErrorKind::InvalidRequest,
             RunError::Internal { .. } => ErrorKind::Internal,
         }
     }
@@ -154,6 +163,8 @@ pub struct Usage {
     pub peak_memory_bytes: u64,
     /// Wall time from store creation to the end of the call, in microseconds.
     pub wall_time_us: u64,
+    /// Time the guest held a thread (wall time less pauses and yields), in microseconds.
+    pub cpu_time_us: u64,
 }
 
 /// Everything a run produced.
@@ -171,9 +182,30 @@ pub struct RunReport {
     pub logs: Vec<LogRecord>,
     /// Log records dropped over the cap.
     pub logs_dropped: u64,
+    /// Capabilities the guest reached for and was refused.
+    pub denials: Vec<Denial>,
+    /// Denials past the kept ones, only counted.
+    pub denials_dropped: u64,
 }
 
 impl RunReport {
+    /// A report for a run that failed before the guest started.
+    pub(crate) fn failed(error: RunError, started: std::time::Instant) -> Self {
+        Self {
+            result: Err(error),
+            usage: Usage {
+                wall_time_us: started.elapsed().as_micros() as u64,
+                ..Usage::default()
+            },
+            stdout: Captured::default(),
+            stderr: Captured::default(),
+            logs: Vec::new(),
+            logs_dropped: 0,
+            denials: Vec::new(),
+            denials_dropped: 0,
+        }
+    }
+
     /// The outcome's kind name: `ok` or an [`ErrorKind`] name.
     pub fn outcome_name(&self) -> &'static str {
         match &self.result {

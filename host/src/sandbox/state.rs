@@ -1,41 +1,59 @@
 //! What a sandbox's wasmtime `Store` holds, and the host imports it serves.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::chassis::agent::{host, types};
+use super::cpu::CpuMeter;
+use super::denial::{DenialKind, DenialLog};
 use super::limiter::Limiter;
 use super::log::LogBuffer;
+use crate::policy::Policy;
 
 /// The per-run state behind every host import.
 pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
+    policy: Arc<Policy>,
     pub(crate) limiter: Limiter,
     pub(crate) logs: LogBuffer,
+    pub(crate) denials: DenialLog,
+    pub(crate) cpu: CpuMeter,
     started: Instant,
-}
-
-impl SandboxState {
-    /// State for one run: its WASI context, memory limit and log budget.
-    pub(crate) fn new(wasi: WasiCtx, memory_limit: u64, log_records: u64) -> Self {
-        Self {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: Limiter::new(memory_limit),
-            logs: LogBuffer::new(log_records),
-            started: Instant::now(),
-        }
-    }
 }
 
 impl std::fmt::Debug for SandboxState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SandboxState")
+            .field("policy", &self.policy.name)
             .field("limiter", &self.limiter)
             .field("logs", &self.logs)
             .finish_non_exhaustive()
+    }
+}
+
+impl SandboxState {
+    pub(crate) fn new(
+        wasi: WasiCtx,
+        policy: Arc<Policy>,
+        limiter: Limiter,
+        logs: LogBuffer,
+        denials: DenialLog,
+        cpu: CpuMeter,
+        started: Instant,
+    ) -> Self {
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            policy,
+            limiter,
+            logs,
+            denials,
+            cpu,
+            started,
+        }
     }
 }
 
@@ -58,9 +76,17 @@ impl host::Host for SandboxState {
     }
 
     fn secret(&mut self, name: String) -> Result<String, host::SecretError> {
-        // Deny by default: no secret is granted unless a policy names it.
-        Err(host::SecretError::Denied(format!(
-            "no secret named `{name}` is granted to this run"
-        )))
+        if self.policy.secrets.contains_key(&name) {
+            return Err(host::SecretError::Unavailable(format!(
+                "secret `{name}` is granted, but this host has no secret provider configured"
+            )));
+        }
+        let reason = format!(
+            "policy `{}` grants no secret named `{name}`",
+            self.policy.name
+        );
+        self.denials
+            .record(DenialKind::Secret, name.clone(), reason.clone());
+        Err(host::SecretError::Denied(reason))
     }
 }
