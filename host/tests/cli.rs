@@ -274,3 +274,171 @@ fn help_documents_every_command() {
         assert!(stdout(&out).contains(flag), "{flag}");
     }
 }
+
+fn policies_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
+}
+
+#[test]
+fn policy_check_accepts_the_shipped_examples() {
+    let cli = Cli::new();
+    let files: Vec<String> = std::fs::read_dir(policies_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path().display().to_string())
+        .collect();
+    let mut args = vec!["policy", "check"];
+    args.extend(files.iter().map(String::as_str));
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("ok:"));
+    drop(cli);
+}
+
+#[test]
+fn policy_check_rejects_a_typo_naming_file_and_line() {
+    let cli = Cli::new();
+    let bad = cli.data.path().join("typo.toml");
+    std::fs::write(
+        &bad,
+        "name = \"x\"\n\n[limits]\nmemory_mb = 64\nfuell = 100\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["policy", "check", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_exit(&out, 11);
+    let err = stderr(&out);
+    assert!(
+        err.contains("typo.toml:5:1: unknown field `fuell`"),
+        "{err}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["policy", "check", "--json", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_exit(&out, 11);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json[0]["ok"], false);
+    assert_eq!(json[0]["line"], 5);
+    assert_eq!(json[0]["column"], 1);
+}
+
+#[test]
+fn policy_explain_reads_as_plain_words() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["policy", "explain"])
+        .arg(policies_dir().join("http-fetcher.toml"))
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains("may open TCP connections to api.github.com:443"),
+        "{text}"
+    );
+    assert!(text.contains("none: it cannot see any file"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["policy", "explain", "--json"])
+        .arg(policies_dir().join("db-migrate.toml"))
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["secrets"]["db"]["dynamic"], true);
+}
+
+#[test]
+fn policy_diff_flags_new_reach_for_review() {
+    let cli = Cli::new();
+    let old = policies_dir().join("reporter.toml");
+    let new = cli.data.path().join("reporter-v2.toml");
+    let text = std::fs::read_to_string(&old)
+        .unwrap()
+        .replace("mode = \"ro\"", "mode = \"rw\"")
+        + "\n[network]\nallow = [\"hooks.slack.com:443\"]\n";
+    std::fs::write(&new, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["policy", "diff"])
+        .arg(&old)
+        .arg(&new)
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    let text = stdout(&out);
+    assert!(
+        text.contains("+ [  HIGH] network: hooks.slack.com:443"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "~ [  HIGH] filesystem: /var/lib/infrafabric/reports (ro as /reports -> rw as /reports)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("2 high-risk change(s)"), "{text}");
+    let same = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["policy", "diff", "--json"])
+        .arg(&old)
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert_exit(&same, 0);
+    assert_eq!(stdout(&same).trim(), "[]");
+}
+
+#[test]
+fn run_under_a_policy_grants_what_it_lists() {
+    let cli = Cli::new();
+    let jail = cli.data.path().join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    std::fs::write(jail.join("note.txt"), "from the policy").unwrap();
+    let policy = cli.data.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "name = \"p\"\n[[filesystem]]\nhost = \"{}\"\nguest = \"/data\"\nmode = \"ro\"\n",
+            jail.display()
+        ),
+    )
+    .unwrap();
+    let out = cli.run(&[
+        "run",
+        HOSTILE_ESCAPE_COMPONENT,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--input",
+        "read /data/note.txt",
+    ]);
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), "from the policy\n");
+    // Without the policy the same request finds nothing.
+    let out = cli.run(&[
+        "run",
+        HOSTILE_ESCAPE_COMPONENT,
+        "--input",
+        "read /data/note.txt",
+    ]);
+    assert_exit(&out, 17);
+}
+
+#[test]
+fn a_pinned_policy_refuses_other_modules() {
+    let cli = Cli::new();
+    let policy = cli.data.path().join("pinned.toml");
+    std::fs::write(
+        &policy,
+        format!("name = \"pinned\"\nmodules = [\"{}\"]\n", "0".repeat(64)),
+    )
+    .unwrap();
+    let out = cli.run(&["run", HELLO_COMPONENT, "--policy", policy.to_str().unwrap()]);
+    assert_exit(&out, 12);
+    assert!(
+        stderr(&out).contains("is not pinned by it"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -19,6 +19,10 @@ macro_rules! assert_test_exists {
 }
 chassis_tests::foreach_program!(assert_test_exists);
 
+#[path = "sandbox/capabilities.rs"]
+mod capabilities;
+use capabilities::{hostile_escape, hostile_escape_cmd, hostile_secret_thief, hostile_table_grow};
+
 fn host() -> Host {
     Host::builder().pool_slots(8).build().expect("host starts")
 }
@@ -170,6 +174,29 @@ mod hostile_spin {
         let report = run(&host, HOSTILE_SPIN_COMPONENT, b"", &request).await;
         assert_eq!(kind(&report), ErrorKind::DeadlineExceeded);
         hello_still_works(&host).await;
+    }
+
+    #[tokio::test]
+    async fn a_cpu_share_pauses_a_busy_guest() {
+        let host = host();
+        let request = LimitsRequest {
+            fuel: Some(FuelRequest::Unmetered),
+            timeout: Some(Duration::from_millis(400)),
+            cpu_percent: Some(20),
+            ..quick()
+        };
+        let report = run(&host, HOSTILE_SPIN_COMPONENT, b"", &request).await;
+        assert_eq!(kind(&report), ErrorKind::DeadlineExceeded);
+        let (cpu, wall) = (
+            report.usage.cpu_time_us as f64,
+            report.usage.wall_time_us as f64,
+        );
+        // 20% plus at most one 10 ms epoch slice of slack over the 400 ms.
+        assert!(
+            cpu <= wall * 0.2 + 12_000.0,
+            "cpu {cpu} µs of wall {wall} µs"
+        );
+        assert!(cpu > 0.0);
     }
 
     #[tokio::test]

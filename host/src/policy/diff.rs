@@ -360,7 +360,7 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
     );
     limit(&mut out, "cpu_percent", o.cpu_percent, n.cpu_percent);
     limit(&mut out, "output_kb", o.output_kb, n.output_kb);
-    out.sort_by(|a, b| b.risk.cmp(&a.risk));
+    out.sort_by_key(|c| std::cmp::Reverse(c.risk));
     out
 }
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use super::{Mode, Policy};
 
 fn bytes_mb(mb: u64) -> String {
-    if mb >= 1024 && mb % 1024 == 0 {
+    if mb >= 1024 && mb.is_multiple_of(1024) {
         format!("{} GiB", mb / 1024)
     } else {
         format!("{mb} MiB")

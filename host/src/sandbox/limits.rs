@@ -148,7 +148,7 @@ fn tighten_u64(
 }
 
 fn show_bytes(b: u64) -> String {
-    if b % (1024 * 1024) == 0 {
+    if b.is_multiple_of(1024 * 1024) {
         format!("{} MiB", b / (1024 * 1024))
     } else {
         format!("{b} bytes")

@@ -261,6 +261,13 @@ fn wasi_context(
                 wasmtime_wasi::sockets::SocketAddrUse::TcpConnect => {
                     network.check_connect(addr).await.map_err(|d| d.reason)
                 }
+                // A connect first binds the local end to an ephemeral port;
+                // that is all a guest may bind.
+                wasmtime_wasi::sockets::SocketAddrUse::TcpBind
+                    if addr.ip().is_unspecified() && addr.port() == 0 =>
+                {
+                    Ok(())
+                }
                 other => Err(format!(
                     "{other:?} is never allowed; only outbound TCP connections can be granted"
                 )),

@@ -1,0 +1,510 @@
+//! The capability half of the hostile corpus: filesystem escapes, host
+//! environment, network egress, secrets and tables, each under a real policy,
+//! with a canary file outside the preopens that must never be read or changed.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use chassis::policy::Policy;
+use chassis::sandbox::{DenialKind, RunError};
+
+use super::*;
+
+const CANARY: &str = "canary: the host's own file";
+
+/// A temp tree: `canary.txt` outside, `jail/` to preopen (with `hello.txt`,
+/// a relative and an absolute symlink to the canary), `out/` to preopen rw.
+pub(crate) struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub(crate) fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::write(root.join("canary.txt"), CANARY).unwrap();
+        std::fs::create_dir(root.join("jail")).unwrap();
+        std::fs::create_dir(root.join("out")).unwrap();
+        std::fs::write(root.join("jail/hello.txt"), "inside").unwrap();
+        std::os::unix::fs::symlink("../canary.txt", root.join("jail/escape")).unwrap();
+        std::os::unix::fs::symlink(root.join("canary.txt"), root.join("jail/abs-escape")).unwrap();
+        std::os::unix::fs::symlink(root.join("canary.txt"), root.join("out/abs-escape")).unwrap();
+        Self { dir }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub(crate) fn policy(&self, extra: &str) -> Arc<Policy> {
+        let text = format!(
+            "name = \"jail\"\n[env]\nGREETING = \"hi\"\n\
+             [[filesystem]]\nhost = \"{}\"\nguest = \"/jail\"\nmode = \"ro\"\n\
+             [[filesystem]]\nhost = \"{}\"\nguest = \"/out\"\nmode = \"rw\"\n{extra}",
+            self.path("jail").display(),
+            self.path("out").display()
+        );
+        Arc::new(Policy::parse(&text, Path::new("jail.toml")).unwrap())
+    }
+
+    fn assert_canary_untouched(&self) {
+        assert_eq!(
+            std::fs::read_to_string(self.path("canary.txt")).unwrap(),
+            CANARY
+        );
+    }
+}
+
+/// Runs an escape request through the agent or its command twin; returns the
+/// guest-error code (or `ok`) and the text it came with.
+async fn attempt(
+    host: &Host,
+    guest: &str,
+    policy: &Arc<Policy>,
+    request: &str,
+) -> (String, String, RunReport) {
+    let module = host.modules().register(&wasm(guest)).unwrap();
+    let report = host
+        .run(
+            &module,
+            RunRequest::new(request)
+                .policy(policy.clone())
+                .limits(quick()),
+        )
+        .await
+        .unwrap();
+    let (code, text) = match &report.result {
+        Ok(out) => ("ok".to_string(), String::from_utf8_lossy(out).into_owned()),
+        Err(RunError::GuestError { code, message }) => (code.clone(), message.clone()),
+        Err(RunError::Exit { status: 1 }) => {
+            let stderr = String::from_utf8_lossy(&report.stderr.bytes).into_owned();
+            let (code, message) = stderr.trim().split_once(": ").unwrap_or(("?", &stderr));
+            (code.to_string(), message.to_string())
+        }
+        Err(other) => panic!("unexpected outcome {other:?}"),
+    };
+    (code, text, report)
+}
+
+/// The filesystem and environment attacks, with the exact code each must
+/// end in. Shared by the agent and the command twin.
+const FS_ATTACKS: &[(&str, &str, &str)] = &[
+    (
+        "a benign read inside the preopen works",
+        "read /jail/hello.txt",
+        "ok",
+    ),
+    (
+        "`..` traversal out of a preopen is refused",
+        "read /jail/../canary.txt",
+        "PermissionDenied",
+    ),
+    (
+        "`..` traversal to a host path is refused",
+        "read /jail/../../../../etc/passwd",
+        "PermissionDenied",
+    ),
+    (
+        "an absolute path outside every preopen is not found",
+        "read /etc/passwd",
+        "NotFound",
+    ),
+    (
+        "a relative symlink out of a preopen is refused",
+        "read /jail/escape",
+        "PermissionDenied",
+    ),
+    (
+        "an absolute symlink out of a preopen is refused",
+        "read /jail/abs-escape",
+        "PermissionDenied",
+    ),
+    (
+        "writing into a read-only preopen is refused",
+        "write /jail/new.txt owned",
+        "PermissionDenied",
+    ),
+    (
+        "overwriting a file in a read-only preopen is refused",
+        "write /jail/hello.txt owned",
+        "PermissionDenied",
+    ),
+    (
+        "writing through a symlink out of a rw preopen is refused",
+        "write /out/abs-escape owned",
+        "PermissionDenied",
+    ),
+    (
+        "listing the root finds nothing of the host",
+        "list /",
+        "NotFound",
+    ),
+];
+
+async fn run_fs_attacks(guest: &str) {
+    let host = host();
+    let fixture = Fixture::new();
+    let policy = fixture.policy("");
+    for (what, request, want) in FS_ATTACKS {
+        let (code, text, _) = attempt(&host, guest, &policy, request).await;
+        assert_eq!(&code, want, "{what}: `{request}` gave {code}: {text}");
+        if *want == "ok" {
+            assert_eq!(text, "inside");
+        }
+        fixture.assert_canary_untouched();
+    }
+    // The rw preopen really is writable: the refusals above are the policy's.
+    let (code, _, _) = attempt(&host, guest, &policy, "write /out/report.txt done").await;
+    assert_eq!(code, "ok");
+    assert_eq!(
+        std::fs::read_to_string(fixture.path("out/report.txt")).unwrap(),
+        "done"
+    );
+    assert!(!fixture.path("jail/new.txt").exists());
+    fixture.assert_canary_untouched();
+    hello_still_works(&host).await;
+}
+
+async fn run_env_attack(guest: &str) {
+    let host = host();
+    let fixture = Fixture::new();
+    let (code, text, _) = attempt(&host, guest, &fixture.policy(""), "env").await;
+    assert_eq!(code, "ok");
+    assert_eq!(
+        text, "GREETING=hi",
+        "only the policy's variables, nothing of the host"
+    );
+    let (_, text, _) = attempt(&host, guest, &Arc::new(Policy::deny_all()), "env").await;
+    assert_eq!(text, "");
+}
+
+/// A loopback listener that answers `pong` and counts connections.
+struct Listener {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Listener {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut line = [0u8; 64];
+                let _ = stream.read(&mut line);
+                let _ = stream.write_all(b"pong\n");
+            }
+        });
+        Self { port, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+async fn run_network_attacks(guest: &str) {
+    let host = host();
+    let allowed = Listener::start();
+    let forbidden = Listener::start();
+    let fixture = Fixture::new();
+    let policy = fixture.policy(&format!(
+        "[network]\nallow = [\"127.0.0.1:{}\"]\n",
+        allowed.port
+    ));
+
+    // The listed literal address works: the denials below are the policy's.
+    let (code, text, _) = attempt(
+        &host,
+        guest,
+        &policy,
+        &format!("connect 127.0.0.1:{}", allowed.port),
+    )
+    .await;
+    assert_eq!((code.as_str(), text.as_str()), ("ok", "pong\n"));
+    assert_eq!(allowed.accepted(), 1);
+
+    for (what, target) in [
+        (
+            "another port on loopback",
+            format!("127.0.0.1:{}", forbidden.port),
+        ),
+        (
+            "the cloud metadata address",
+            "169.254.169.254:80".to_string(),
+        ),
+        (
+            "the IPv6 metadata address",
+            "[fd00:ec2::254]:80".to_string(),
+        ),
+        ("a private address", "10.0.0.1:443".to_string()),
+        (
+            "a public host not on the list",
+            "93.184.216.34:443".to_string(),
+        ),
+    ] {
+        let (code, text, report) =
+            attempt(&host, guest, &policy, &format!("connect {target}")).await;
+        assert_eq!(
+            code, "PermissionDenied",
+            "{what} ({target}): {code}: {text}"
+        );
+        if !report.denials.is_empty() {
+            assert_eq!(report.denials[0].kind, DenialKind::Network);
+        }
+    }
+    assert_eq!(
+        forbidden.accepted(),
+        0,
+        "the forbidden listener was never reached"
+    );
+
+    // A name that resolves to loopback does not unlock it, even when listed.
+    let by_name = fixture.policy(&format!(
+        "[network]\nallow = [\"localhost:{}\"]\n",
+        allowed.port
+    ));
+    let (code, _, report) = attempt(
+        &host,
+        guest,
+        &by_name,
+        &format!("connect 127.0.0.1:{}", allowed.port),
+    )
+    .await;
+    assert_eq!(code, "PermissionDenied");
+    assert!(
+        report.denials[0].reason.contains("loopback"),
+        "{:?}",
+        report.denials
+    );
+    assert_eq!(allowed.accepted(), 1);
+
+    // With no network in the policy, TCP is off altogether.
+    let (code, _, _) = attempt(
+        &host,
+        guest,
+        &fixture.policy(""),
+        &format!("connect 127.0.0.1:{}", allowed.port),
+    )
+    .await;
+    assert_eq!(code, "PermissionDenied");
+    assert_eq!(allowed.accepted(), 1);
+    hello_still_works(&host).await;
+}
+
+pub(crate) mod hostile_escape {
+    use super::*;
+
+    #[tokio::test]
+    async fn filesystem_escapes_are_refused_and_the_canary_is_untouched() {
+        run_fs_attacks(HOSTILE_ESCAPE_COMPONENT).await;
+    }
+
+    #[tokio::test]
+    async fn the_guest_sees_only_the_policys_environment() {
+        run_env_attack(HOSTILE_ESCAPE_COMPONENT).await;
+    }
+
+    #[tokio::test]
+    async fn connections_off_the_allowlist_are_refused() {
+        run_network_attacks(HOSTILE_ESCAPE_COMPONENT).await;
+    }
+
+    #[tokio::test]
+    async fn network_denials_are_counted_per_kind() {
+        let host = host();
+        let fixture = Fixture::new();
+        let policy = fixture.policy("[network]\nallow = [\"127.0.0.1:9\"]\n");
+        let before = host.runner().denial_counters().get(DenialKind::Network);
+        let (_, _, report) = attempt(
+            &host,
+            HOSTILE_ESCAPE_COMPONENT,
+            &policy,
+            "connect 169.254.169.254:9",
+        )
+        .await;
+        assert_eq!(report.denials.len(), 1);
+        assert_eq!(report.denials[0].target, "169.254.169.254:9");
+        assert!(report.denials[0].reason.contains("metadata"));
+        assert_eq!(
+            host.runner().denial_counters().get(DenialKind::Network),
+            before + 1
+        );
+    }
+}
+
+pub(crate) mod hostile_escape_cmd {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_command_twin_meets_the_same_filesystem_refusals() {
+        run_fs_attacks(HOSTILE_ESCAPE_CMD_COMPONENT).await;
+    }
+
+    #[tokio::test]
+    async fn the_command_twin_sees_only_the_policys_environment() {
+        run_env_attack(HOSTILE_ESCAPE_CMD_COMPONENT).await;
+    }
+
+    #[tokio::test]
+    async fn the_command_twin_meets_the_same_network_refusals() {
+        run_network_attacks(HOSTILE_ESCAPE_CMD_COMPONENT).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_attack_is_a_guest_error_like_its_agent_twin() {
+        let host = host();
+        let fixture = Fixture::new();
+        let policy = fixture.policy("");
+        for guest in [HOSTILE_ESCAPE_COMPONENT, HOSTILE_ESCAPE_CMD_COMPONENT] {
+            let (_, _, report) = attempt(&host, guest, &policy, "read /jail/escape").await;
+            assert_eq!(kind(&report), ErrorKind::GuestError);
+        }
+    }
+}
+
+pub(crate) mod hostile_secret_thief {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_ungranted_secret_is_denied_and_counted() {
+        let host = host();
+        let fixture = Fixture::new();
+        let policy = fixture.policy("[secrets.api]\npath = \"secret/app\"\nkey = \"token\"\n");
+        let (code, text, report) = attempt(
+            &host,
+            HOSTILE_SECRET_THIEF_COMPONENT,
+            &policy,
+            "root-password",
+        )
+        .await;
+        assert_eq!(code, "denied");
+        assert!(
+            text.contains("grants no secret named `root-password`"),
+            "{text}"
+        );
+        assert_eq!(report.denials[0].kind, DenialKind::Secret);
+        assert_eq!(report.denials[0].target, "root-password");
+        assert!(host.runner().denial_counters().get(DenialKind::Secret) >= 1);
+        hello_still_works(&host).await;
+    }
+
+    #[tokio::test]
+    async fn a_granted_secret_without_a_provider_is_unavailable_not_denied() {
+        let host = host();
+        let fixture = Fixture::new();
+        let policy = fixture.policy("[secrets.api]\npath = \"secret/app\"\nkey = \"token\"\n");
+        let (code, _, report) =
+            attempt(&host, HOSTILE_SECRET_THIEF_COMPONENT, &policy, "api").await;
+        assert_eq!(code, "unavailable");
+        assert!(report.denials.is_empty());
+    }
+}
+
+pub(crate) mod hostile_table_grow {
+    use super::*;
+
+    #[tokio::test]
+    async fn growing_a_table_past_its_limit_ends_in_memory_limit() {
+        let host = host();
+        let report = run(&host, HOSTILE_TABLE_GROW_COMPONENT, b"", &quick()).await;
+        assert_eq!(kind(&report), ErrorKind::MemoryLimit);
+        assert!(report.result.unwrap_err().to_string().contains("table"));
+        hello_still_works(&host).await;
+    }
+}
+
+#[tokio::test]
+async fn a_policys_limits_tighten_the_host_caps() {
+    let host = host();
+    let policy = Arc::new(
+        Policy::parse(
+            "name = \"small\"\n[limits]\nmemory_mb = 8\n",
+            Path::new("small.toml"),
+        )
+        .unwrap(),
+    );
+    let module = host
+        .modules()
+        .register(&wasm(HOSTILE_MEMORY_BOMB_COMPONENT))
+        .unwrap();
+    let report = host
+        .run(&module, RunRequest::new(vec![]).policy(policy.clone()))
+        .await
+        .unwrap();
+    assert_eq!(kind(&report), ErrorKind::MemoryLimit);
+    assert!(report.usage.peak_memory_bytes <= 8 << 20);
+    // A request cannot loosen what the policy set.
+    let looser = LimitsRequest {
+        memory_bytes: Some(16 << 20),
+        ..Default::default()
+    };
+    let err = host
+        .run(
+            &module,
+            RunRequest::new(vec![]).policy(policy).limits(looser),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+    assert!(err.to_string().contains("policy `small`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_caller_not_named_by_the_policy_is_refused() {
+    let host = host();
+    let policy = Arc::new(
+        Policy::parse(
+            "name = \"ops\"\ncallers = [\"ops.example\"]\n",
+            Path::new("ops.toml"),
+        )
+        .unwrap(),
+    );
+    let module = host.modules().register(&wasm(HELLO_COMPONENT)).unwrap();
+    let err = host
+        .run(
+            &module,
+            RunRequest::new(vec![])
+                .policy(policy.clone())
+                .caller("intruder.example"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PolicyDenied);
+    let ok = host
+        .run(
+            &module,
+            RunRequest::new(vec![]).policy(policy).caller("ops.example"),
+        )
+        .await
+        .unwrap();
+    assert!(ok.result.is_ok());
+}
+
+#[tokio::test]
+async fn a_missing_preopen_directory_is_a_clear_setup_error() {
+    let host = host();
+    let policy = Arc::new(
+        Policy::parse(
+            "name = \"gone\"\n[[filesystem]]\nhost = \"/nonexistent/chassis\"\nguest = \"/d\"\nmode = \"ro\"\n",
+            Path::new("gone.toml"),
+        )
+        .unwrap(),
+    );
+    let module = host.modules().register(&wasm(HELLO_COMPONENT)).unwrap();
+    let report = host
+        .run(&module, RunRequest::new(vec![]).policy(policy))
+        .await
+        .unwrap();
+    assert_eq!(kind(&report), ErrorKind::InvalidRequest);
+    let text = report.result.unwrap_err().to_string();
+    assert!(text.contains("/nonexistent/chassis"), "{text}");
+    hello_still_works(&host).await;
+}
