@@ -193,6 +193,40 @@ impl NetworkPolicy {
     }
 }
 
+impl NetworkPolicy {
+    /// Decides whether an HTTP request to `host:port` is allowed: the name
+    /// (or IP) must be listed with that port, and every address a listed
+    /// name resolves to now must be outside the special ranges. Returns the
+    /// vetted address to connect to.
+    pub async fn check_http(&self, host: &str, port: u16) -> Result<SocketAddr, String> {
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let Some(endpoint) = self.allow.iter().find(|e| e.host == host && e.port == port) else {
+            return Err(format!("{host}:{port} is not on the policy's allowlist"));
+        };
+        if let Some(ip) = endpoint.literal_ip() {
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("resolving {host}: {e}"))?
+            .collect();
+        if let Some(bad) = resolved.iter().find(|a| special_range(a.ip()).is_some()) {
+            let range = special_range(bad.ip()).unwrap_or_default();
+            return Err(format!(
+                "{host} resolves to {}, a {range} address, refused unless listed as a literal IP",
+                bad.ip()
+            ));
+        }
+        resolved
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("{host} resolves to no address"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 pub mod bindings;
 mod cpu;
 mod denial;
+mod http;
 mod limiter;
 pub mod limits;
 mod log;
@@ -48,12 +49,14 @@ use outcome::DeadlineHit;
 #[error("building the host linker: {0}")]
 pub struct LinkerError(String);
 
-/// Builds the imports every sandbox may link against: WASI 0.2 and the
-/// `chassis:agent/host` interface. What a guest can actually *do* with WASI
+/// Builds the imports every sandbox may link against: WASI 0.2, `wasi:http`
+/// and the `chassis:agent/host` interface. What a guest can actually *do* with WASI
 /// is decided per run by its WASI context, not here.
 pub fn linker(engine: &Engine) -> Result<Linker<SandboxState>, LinkerError> {
     let mut linker = Linker::new(engine.wasmtime());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| LinkerError(format!("{e:#}")))?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(|e| LinkerError(format!("{e:#}")))?;
     bindings::Agent::add_to_linker::<_, HasSelf<SandboxState>>(&mut linker, |s| s)
         .map_err(|e| LinkerError(format!("{e:#}")))?;
@@ -124,8 +127,10 @@ impl Runner {
             Ok(built) => built,
             Err(e) => return RunReport::failed(e, started),
         };
+        let gate = http::HttpGate::new(Arc::new(policy.network.clone()), denials.clone());
         let state = SandboxState::new(
             wasi,
+            gate,
             policy.clone(),
             Limiter::new(limits.memory_bytes),
             LogBuffer::new(limits.log_records),

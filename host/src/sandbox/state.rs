@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::chassis::agent::{host, types};
 use super::cpu::CpuMeter;
 use super::denial::{DenialKind, DenialLog};
+use super::http::HttpGate;
 use super::limiter::Limiter;
 use super::log::LogBuffer;
 use crate::policy::Policy;
@@ -16,6 +18,8 @@ use crate::policy::Policy;
 pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: WasiHttpCtx,
+    http_gate: HttpGate,
     policy: Arc<Policy>,
     pub(crate) limiter: Limiter,
     pub(crate) logs: LogBuffer,
@@ -35,8 +39,10 @@ impl std::fmt::Debug for SandboxState {
 }
 
 impl SandboxState {
+    #[expect(clippy::too_many_arguments, reason = "one field each, called once")]
     pub(crate) fn new(
         wasi: WasiCtx,
+        http_gate: HttpGate,
         policy: Arc<Policy>,
         limiter: Limiter,
         logs: LogBuffer,
@@ -47,6 +53,8 @@ impl SandboxState {
         Self {
             wasi,
             table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            http_gate,
             policy,
             limiter,
             logs,
@@ -62,6 +70,16 @@ impl WasiView for SandboxState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for SandboxState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_gate,
         }
     }
 }

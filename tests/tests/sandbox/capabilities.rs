@@ -299,8 +299,81 @@ async fn run_network_attacks(guest: &str) {
     hello_still_works(&host).await;
 }
 
+/// A loopback HTTP server answering every request with `pong`.
+fn http_server() -> Listener {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            count.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong",
+            );
+        }
+    });
+    Listener { port, accepted }
+}
+
+async fn run_http_attacks(guest: &str) {
+    let host = host();
+    let server = http_server();
+    let other = http_server();
+    let fixture = Fixture::new();
+    let policy = fixture.policy(&format!(
+        "[network]\nallow = [\"127.0.0.1:{}\"]\n",
+        server.port
+    ));
+    let (code, text, _) = attempt(
+        &host,
+        guest,
+        &policy,
+        &format!("get http://127.0.0.1:{}/status", server.port),
+    )
+    .await;
+    assert_eq!((code.as_str(), text.as_str()), ("ok", "pong"));
+    for target in [
+        format!("http://127.0.0.1:{}/", other.port),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://[fd00:ec2::254]/".to_string(),
+        "https://example.com/".to_string(),
+    ] {
+        let (code, text, report) = attempt(&host, guest, &policy, &format!("get {target}")).await;
+        assert_eq!(code, "HttpRequestDenied", "{target}: {text}");
+        assert_eq!(report.denials[0].kind, DenialKind::Network, "{target}");
+    }
+    let by_name = fixture.policy(&format!(
+        "[network]\nallow = [\"localhost:{}\"]\n",
+        server.port
+    ));
+    let (code, _, report) = attempt(
+        &host,
+        guest,
+        &by_name,
+        &format!("get http://localhost:{}/", server.port),
+    )
+    .await;
+    assert_eq!(code, "HttpRequestDenied");
+    assert!(
+        report.denials[0].reason.contains("loopback"),
+        "{:?}",
+        report.denials
+    );
+    assert_eq!(server.accepted(), 1);
+    assert_eq!(other.accepted(), 0);
+}
+
 pub(crate) mod hostile_escape {
     use super::*;
+
+    #[tokio::test]
+    async fn http_requests_off_the_allowlist_are_refused() {
+        run_http_attacks(HOSTILE_ESCAPE_COMPONENT).await;
+    }
 
     #[tokio::test]
     async fn filesystem_escapes_are_refused_and_the_canary_is_untouched() {
@@ -342,6 +415,11 @@ pub(crate) mod hostile_escape {
 
 pub(crate) mod hostile_escape_cmd {
     use super::*;
+
+    #[tokio::test]
+    async fn the_command_twin_meets_the_same_http_refusals() {
+        run_http_attacks(HOSTILE_ESCAPE_CMD_COMPONENT).await;
+    }
 
     #[tokio::test]
     async fn the_command_twin_meets_the_same_filesystem_refusals() {

@@ -5,6 +5,7 @@
 //! - `read PATH`, `write PATH DATA`, `list PATH`: filesystem
 //! - `env`: every environment variable the guest can see
 //! - `connect HOST:PORT`: open a TCP connection, send a line, read a reply
+//! - `get URL`: an HTTP GET through `wasi:http`
 //!
 //! Success is the bytes read (or a short report); failure is the
 //! `std::io::ErrorKind` name as a stable code plus the OS message.
@@ -48,6 +49,47 @@ pub fn act(request: &str) -> Outcome {
             stream.read_to_end(&mut reply).map_err(io)?;
             Ok(reply)
         }
+        "get" => http_get(arg),
         other => Err(("InvalidInput".into(), format!("unknown op `{other}`"))),
     }
+}
+
+fn http_get(url: &str) -> Outcome {
+    use wasi::http::outgoing_handler;
+    use wasi::http::types::{Fields, OutgoingRequest, Scheme};
+
+    let bad = |what: &str| ("InvalidInput".to_string(), format!("{what} in `{url}`"));
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let request = OutgoingRequest::new(Fields::new());
+    let scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
+    request.set_scheme(Some(&scheme)).map_err(|_| bad("bad scheme"))?;
+    request.set_authority(Some(authority)).map_err(|_| bad("bad authority"))?;
+    request.set_path_with_query(Some(path)).map_err(|_| bad("bad path"))?;
+    let code = |e: wasi::http::types::ErrorCode| {
+        let name = format!("{e:?}");
+        let bare = name.trim_start_matches("ErrorCode::");
+        let short = bare.split(['(', ' ', '{']).next().unwrap_or(bare).to_string();
+        (short, name)
+    };
+    let pending = outgoing_handler::handle(request, None).map_err(code)?;
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(e))) => return Err(code(e)),
+        _ => return Err(("Other".into(), "the response future failed".into())),
+    };
+    let body = response.consume().map_err(|_| bad("no body"))?;
+    let stream = body.stream().map_err(|_| bad("no body stream"))?;
+    let mut out = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => out.extend_from_slice(&chunk),
+            Err(_) => break,
+        }
+    }
+    Ok(out)
 }
