@@ -75,7 +75,7 @@ fn sandbox(c: &mut Criterion) {
     group.bench_function("chassis", |b| {
         b.iter(|| {
             let report =
-                runtime.block_on(host.runner().run(&module, input.clone(), &limits, &policy));
+                runtime.block_on(host.runner().run(&module, input.clone(), &limits, &policy, None));
             assert!(report.result.is_ok());
         })
     });

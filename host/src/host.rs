@@ -11,7 +11,7 @@ use crate::error::ErrorKind;
 use crate::modules::{Module, ModuleError, ModuleStore};
 use crate::policy::Policy;
 use crate::sandbox::{
-    HostCaps, Limits, LimitsError, LimitsRequest, LinkerError, RunReport, Runner,
+    HostCaps, Limits, LimitsError, LimitsRequest, LinkerError, RunReport, Runner, Tap,
 };
 
 /// Why a host could not start.
@@ -37,11 +37,25 @@ impl HostError {
 
 /// Builds a [`Host`]; the defaults are the seed's production caps with an
 /// in-memory module store.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct HostBuilder {
     caps: HostCaps,
     engine: EngineConfig,
     data_dir: Option<PathBuf>,
+    slo_target: std::time::Duration,
+    max_module_bytes: u64,
+}
+
+impl Default for HostBuilder {
+    fn default() -> Self {
+        Self {
+            caps: HostCaps::default(),
+            engine: EngineConfig::default(),
+            data_dir: None,
+            slo_target: std::time::Duration::from_millis(10),
+            max_module_bytes: crate::modules::DEFAULT_MAX_MODULE_BYTES,
+        }
+    }
 }
 
 impl HostBuilder {
@@ -60,6 +74,18 @@ impl HostBuilder {
     /// How many freed sandbox slots stay warm (`sandbox_pool.min_size`).
     pub fn warm_slots(mut self, slots: u32) -> Self {
         self.engine = self.engine.with_warm_slots(slots);
+        self
+    }
+
+    /// Runs slower than this count as SLO violations (`slo.target_latency_p95_ms`).
+    pub fn slo_target(mut self, target: std::time::Duration) -> Self {
+        self.slo_target = target;
+        self
+    }
+
+    /// Largest `.wasm` the module store accepts.
+    pub fn max_module_bytes(mut self, bytes: u64) -> Self {
+        self.max_module_bytes = bytes;
         self
     }
 
@@ -83,7 +109,8 @@ impl HostBuilder {
         Ok(Host {
             caps: self.caps,
             runner,
-            modules: Arc::new(modules),
+            modules: Arc::new(modules.with_max_module_bytes(self.max_module_bytes)),
+            slo_target_us: self.slo_target.as_micros() as u64,
         })
     }
 }
@@ -94,6 +121,7 @@ pub struct Host {
     caps: HostCaps,
     runner: Runner,
     modules: Arc<ModuleStore>,
+    slo_target_us: u64,
 }
 
 /// Why a run could not even start.
@@ -140,6 +168,8 @@ pub struct RunRequest {
     pub caller: String,
     /// Limits tighter than the policy's.
     pub limits: LimitsRequest,
+    /// Receives guest logs and output live, for streaming callers.
+    pub tap: Option<Tap>,
 }
 
 impl RunRequest {
@@ -150,7 +180,14 @@ impl RunRequest {
             policy: Arc::new(Policy::deny_all()),
             caller: crate::policy::LOCAL_CALLER.into(),
             limits: LimitsRequest::default(),
+            tap: None,
         }
+    }
+
+    /// Streams guest logs and output to `tap` while the run goes.
+    pub fn tap(mut self, tap: Tap) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// Runs under `policy`.
@@ -223,9 +260,49 @@ impl Host {
             });
         }
         let limits = self.limits_for(&request)?;
-        Ok(self
-            .runner
-            .run(module, request.input, &limits, policy)
-            .await)
+        let run_id = new_run_id();
+        let span = tracing::info_span!(
+            "run",
+            run_id = %run_id,
+            module = %module.id(),
+            policy = %policy.name,
+            caller = %request.caller
+        );
+        let mut report = tracing::Instrument::instrument(
+            self.runner.run(module, request.input, &limits, policy, request.tap),
+            span.clone(),
+        )
+        .await;
+        report.run_id = run_id;
+        crate::telemetry::record_run(&report, self.slo_target_us);
+        span.in_scope(|| match &report.result {
+            Ok(_) => tracing::info!(
+                outcome = "ok",
+                wall_us = report.usage.wall_time_us,
+                fuel = report.usage.fuel_consumed,
+                "run finished"
+            ),
+            Err(e) => tracing::info!(
+                outcome = e.kind().as_str(),
+                error = %e,
+                wall_us = report.usage.wall_time_us,
+                "run finished"
+            ),
+        });
+        Ok(report)
     }
+}
+
+/// A random 128-bit run id, hex.
+fn new_run_id() -> String {
+    let mut bytes = [0u8; 16];
+    // Falls back to a time-based id only if the OS has no randomness at all.
+    if getrandom::fill(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        bytes = nanos.to_le_bytes();
+    }
+    hex::encode(bytes)
 }

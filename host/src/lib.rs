@@ -8,12 +8,15 @@
 //!
 //! Dependencies point one way: `host` -> `sandbox` -> `policy`/`modules` -> `engine`.
 
+pub mod config;
 pub mod engine;
 pub mod error;
+pub mod grpc;
 mod host;
 pub mod modules;
 pub mod policy;
 pub mod sandbox;
+pub mod telemetry;
 
 pub use error::ErrorKind;
 pub use host::{Host, HostBuilder, HostError, RunRequest, StartError};

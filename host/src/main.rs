@@ -43,6 +43,105 @@ enum Command {
     /// Check, explain and compare capability policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Serve the chassis.v1 gRPC API (health, reflection, metrics).
+    ///
+    /// With no config: 127.0.0.1:50051 plaintext, metrics on 127.0.0.1:9092,
+    /// data under ./.chassis. SIGTERM or Ctrl-C stops accepting, lets runs
+    /// finish for `server.shutdown_grace_seconds`, then interrupts the rest.
+    Serve(ServeArgs),
+    /// Validate a configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Drive a chassis server from the shell.
+    Client(ClientArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The configuration file (the seed's chassis.production.yaml format).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Override `server.listen`.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+    /// Override `policies_dir`.
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
+    /// Override `data_dir`.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Check a config file (with CHASSIS_* overrides applied); exits 11 naming the problem.
+    Check {
+        /// The file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Print the effective configuration as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ClientArgs {
+    /// Server address, e.g. http://127.0.0.1:50051 or https://chassis.example:50051.
+    #[arg(long, default_value = "http://127.0.0.1:50051", env = "CHASSIS_ADDR")]
+    addr: String,
+    /// CA bundle to verify the server (https).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Client certificate for mTLS.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client key for mTLS.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Server name to verify, when it differs from the address's host.
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// Print responses as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    call: ClientCall,
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCall {
+    /// Upload a component; prints its sha256 id.
+    Register {
+        /// The .wasm file.
+        file: PathBuf,
+    },
+    /// List registered modules.
+    List,
+    /// Remove a module.
+    Remove {
+        /// Its sha256 id.
+        id: String,
+    },
+    /// List the server's policies.
+    Policies,
+    /// Run a registered module.
+    Run {
+        /// Its sha256 id.
+        id: String,
+        /// Policy name.
+        #[arg(long, default_value = "")]
+        policy: String,
+        /// Input string.
+        #[arg(long, default_value = "")]
+        input: String,
+        /// Stream logs and output as they happen.
+        #[arg(long)]
+        stream: bool,
+        /// Deadline for the call (also bounds the run).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -169,18 +268,23 @@ impl DataDirArg {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CHASSIS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("CHASSIS_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Compile(args) => compile(args),
         Command::Policy(command) => policy(command),
+        Command::Serve(args) => return serve(args),
+        Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
+        Command::Client(args) => client(args),
     };
     match result {
         Ok(code) => code,
@@ -516,4 +620,294 @@ fn policy(command: PolicyCommand) -> Result<ExitCode> {
             })
         }
     }
+}
+
+fn config_check(file: &Path, json: bool) -> Result<ExitCode> {
+    match chassis::config::Config::load(file) {
+        Ok(config) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&config)?);
+            } else {
+                println!(
+                    "ok: {} (listen {}, pool {}..{}, memory {} MiB/sandbox, metrics {})",
+                    file.display(),
+                    config.server.listen,
+                    config.sandbox_pool.min_size,
+                    config.sandbox_pool.max_size,
+                    config.runtime.max_memory_mb,
+                    if config.metrics.enabled { config.metrics.port.to_string() } else { "off".into() }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(fail(json, file, e.kind(), &e.to_string())),
+    }
+}
+
+/// Sets up logging from `logging:`; keeps the file writer's guard alive.
+fn init_logging(logging: &chassis::config::Logging) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CHASSIS_LOG").unwrap_or_else(|_| EnvFilter::new(logging.filter()));
+    let writer: tracing_subscriber::fmt::writer::BoxMakeWriter = match logging.output.as_str() {
+        "stdout" => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
+        "stderr" => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+        path => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening log file {path} (logging.output)"))?;
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(file))
+        }
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match logging.format {
+        chassis::config::LogFormat::Json => builder.json().with_current_span(true).init(),
+        chassis::config::LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    match serve_inner(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chassis: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn serve_inner(args: ServeArgs) -> Result<()> {
+    let mut config = match &args.config {
+        Some(path) => chassis::config::Config::load(path)?,
+        None => chassis::config::Config::from_env()?,
+    };
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(dir) = args.policies {
+        config.policies_dir = Some(dir);
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    config.validate("command line")?;
+    init_logging(&config.logging)?;
+    let policies = match &config.policies_dir {
+        Some(dir) => chassis::policy::PolicySet::load_dir(dir)?,
+        None => chassis::policy::PolicySet::default(),
+    };
+    let host = Host::builder()
+        .caps(config.host_caps())
+        .pool_slots(config.sandbox_pool.max_size)
+        .warm_slots(if config.sandbox_pool.enabled { config.sandbox_pool.min_size } else { 0 })
+        .slo_target(Duration::from_millis(config.slo.target_latency_p95_ms))
+        .max_module_bytes(config.runtime.max_module_mb * 1024 * 1024)
+        .data_dir(&config.data_dir)
+        .build()
+        .with_context(|| format!("starting the host (data dir {})", config.data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        if config.metrics.enabled {
+            let addr = std::net::SocketAddr::new(config.metrics.address, config.metrics.port);
+            chassis::telemetry::install_prometheus(addr, config.memory_limit_mb(), config.slo.target_latency_p95_ms)?;
+            tracing::info!(%addr, "metrics on /metrics");
+        }
+        tracing::info!(policies = policies.len(), "loaded policies");
+        let listener = chassis::grpc::bind(&config).await?;
+        println!("chassis listening on {}", listener.local_addr()?);
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        chassis::grpc::serve(&config, host, policies, listener, shutdown).await?;
+        Ok(())
+    })
+}
+
+async fn connect(args: &ClientArgs) -> Result<chassis::grpc::proto::chassis_client::ChassisClient<tonic::transport::Channel>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let mut endpoint = Endpoint::from_shared(args.addr.clone()).with_context(|| format!("bad address {}", args.addr))?;
+    if args.addr.starts_with("https://") || args.ca.is_some() {
+        let mut tls = ClientTlsConfig::new();
+        if let Some(ca) = &args.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?));
+        }
+        if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?,
+                std::fs::read(key).with_context(|| format!("reading {}", key.display()))?,
+            ));
+        }
+        if let Some(name) = &args.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        endpoint = endpoint.tls_config(tls)?;
+    }
+    let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", args.addr))?;
+    Ok(chassis::grpc::proto::chassis_client::ChassisClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024))
+}
+
+fn status_exit(status: &tonic::Status, json: bool) -> ExitCode {
+    let kind = chassis::grpc::status::kind_of(status).unwrap_or_else(|| "unknown".into());
+    if json {
+        println!("{}", serde_json::json!({ "code": format!("{:?}", status.code()), "kind": kind, "message": status.message() }));
+    } else {
+        eprintln!("chassis: {:?} ({kind}): {}", status.code(), status.message());
+    }
+    ErrorKind::ALL
+        .iter()
+        .find(|k| k.as_str() == kind)
+        .map(|k| exit_for(*k))
+        .unwrap_or(ExitCode::from(1))
+}
+
+fn client(args: ClientArgs) -> Result<ExitCode> {
+    use chassis::grpc::proto;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let mut client = connect(&args).await?;
+        let json = args.json;
+        let world = |w: i32| match proto::World::try_from(w) {
+            Ok(proto::World::Agent) => "agent",
+            Ok(proto::World::Command) => "command",
+            _ => "unknown",
+        };
+        match &args.call {
+            ClientCall::Register { file } => {
+                let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+                let chunks: Vec<proto::RegisterModuleChunk> = bytes
+                    .chunks(1024 * 1024)
+                    .map(|c| proto::RegisterModuleChunk { data: c.to_vec() })
+                    .collect();
+                match client.register_module(tokio_stream::iter(chunks)).await {
+                    Ok(r) => {
+                        let m = r.into_inner();
+                        if json {
+                            println!("{}", serde_json::json!({ "id": m.id, "world": world(m.world), "size_bytes": m.size_bytes }));
+                        } else {
+                            println!("{} {} {} bytes", m.id, world(m.world), m.size_bytes);
+                        }
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(s) => Ok(status_exit(&s, json)),
+                }
+            }
+            ClientCall::List => match client.list_modules(proto::ListModulesRequest {}).await {
+                Ok(r) => {
+                    let modules = r.into_inner().modules;
+                    if json {
+                        let list: Vec<_> = modules
+                            .iter()
+                            .map(|m| serde_json::json!({ "id": m.id, "world": world(m.world), "size_bytes": m.size_bytes }))
+                            .collect();
+                        println!("{}", serde_json::Value::Array(list));
+                    } else {
+                        for m in modules {
+                            println!("{} {} {} bytes", m.id, world(m.world), m.size_bytes);
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(s) => Ok(status_exit(&s, json)),
+            },
+            ClientCall::Remove { id } => match client.remove_module(proto::RemoveModuleRequest { id: id.clone() }).await {
+                Ok(_) => {
+                    println!("removed {id}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(s) => Ok(status_exit(&s, json)),
+            },
+            ClientCall::Policies => match client.list_policies(proto::ListPoliciesRequest {}).await {
+                Ok(r) => {
+                    for p in r.into_inner().policies {
+                        if json {
+                            println!("{}", p.json);
+                        } else {
+                            println!("{}: {}", p.name, p.description);
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(s) => Ok(status_exit(&s, json)),
+            },
+            ClientCall::Run { id, policy, input, stream, timeout } => {
+                let mut request = tonic::Request::new(proto::RunRequest {
+                    module_id: id.clone(),
+                    policy: policy.clone(),
+                    input: input.clone().into_bytes(),
+                    limits: None,
+                });
+                if let Some(t) = timeout {
+                    request.set_timeout(*t);
+                }
+                if *stream {
+                    let mut events = match client.run_stream(request).await {
+                        Ok(r) => r.into_inner(),
+                        Err(s) => return Ok(status_exit(&s, json)),
+                    };
+                    loop {
+                        match events.message().await {
+                            Ok(Some(event)) => match event.event {
+                                Some(proto::run_event::Event::Log(l)) => eprintln!("[{:>5}] {} {:?}", l.level, l.message, l.fields),
+                                Some(proto::run_event::Event::Stdout(b)) => eprint!("{}", String::from_utf8_lossy(&b)),
+                                Some(proto::run_event::Event::Stderr(b)) => eprint!("{}", String::from_utf8_lossy(&b)),
+                                Some(proto::run_event::Event::Outcome(o)) => {
+                                    if o.kind == "ok" {
+                                        println!("{}", String::from_utf8_lossy(&o.output));
+                                        return Ok(ExitCode::SUCCESS);
+                                    }
+                                    eprintln!("chassis: {}: {}", o.kind, o.message);
+                                    return Ok(ErrorKind::ALL
+                                        .iter()
+                                        .find(|k| k.as_str() == o.kind)
+                                        .map(|k| exit_for(*k))
+                                        .unwrap_or(ExitCode::from(1)));
+                                }
+                                None => {}
+                            },
+                            Ok(None) => anyhow::bail!("the stream ended without an outcome"),
+                            Err(s) => return Ok(status_exit(&s, json)),
+                        }
+                    }
+                }
+                match client.run(request).await {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        if json {
+                            println!(
+                                "{}",
+                                serde_json::json!({
+                                    "run_id": r.run_id,
+                                    "output": String::from_utf8_lossy(&r.output),
+                                    "usage": r.usage.map(|u| serde_json::json!({
+                                        "fuel_consumed": u.fuel_consumed,
+                                        "peak_memory_bytes": u.peak_memory_bytes,
+                                        "wall_time_us": u.wall_time_us,
+                                    })),
+                                })
+                            );
+                        } else {
+                            println!("{}", String::from_utf8_lossy(&r.output));
+                        }
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(s) => Ok(status_exit(&s, json)),
+                }
+            }
+        }
+    })
 }

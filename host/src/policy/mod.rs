@@ -24,6 +24,7 @@ mod diff;
 mod explain;
 mod file;
 pub mod network;
+mod set;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +38,7 @@ use thiserror::Error;
 pub use diff::{Change, ChangeKind, Risk, diff};
 pub use explain::explain;
 pub use network::{Endpoint, NetworkDenial, NetworkPolicy};
+pub use set::PolicySet;
 
 use crate::error::ErrorKind;
 use crate::sandbox::{FuelRequest, LimitsRequest};

@@ -63,6 +63,12 @@ impl Limiter {
     }
 }
 
+impl Drop for Limiter {
+    fn drop(&mut self) {
+        crate::telemetry::live_memory_delta(-(self.memory_total as i64));
+    }
+}
+
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
@@ -75,6 +81,7 @@ impl ResourceLimiter for Limiter {
             self.record(LimitHit::Memory { requested: total });
             return Ok(false);
         }
+        crate::telemetry::live_memory_delta(total as i64 - self.memory_total as i64);
         self.memory_total = total;
         self.peak_memory = self.peak_memory.max(total);
         Ok(true)

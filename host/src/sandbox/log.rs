@@ -29,6 +29,7 @@ pub(crate) struct LogBuffer {
     cap: u64,
     records: Vec<LogRecord>,
     dropped: u64,
+    tap: Option<super::Tap>,
 }
 
 pub(crate) fn level_name(level: Level) -> &'static str {
@@ -60,7 +61,14 @@ impl LogBuffer {
             cap,
             records: Vec::new(),
             dropped: 0,
+            tap: None,
         }
+    }
+
+    /// Also sends each kept record to `tap`.
+    pub(crate) fn with_tap(mut self, tap: Option<super::Tap>) -> Self {
+        self.tap = tap;
+        self
     }
 
     /// Adds a record, or counts it as dropped when the buffer is full.
@@ -80,12 +88,16 @@ impl LogBuffer {
             .take(MAX_LOG_FIELDS)
             .map(|(k, v)| (clip(k), clip(v)))
             .collect();
-        self.records.push(LogRecord {
+        let record = LogRecord {
             at_ms,
             level: level_name(level),
             message: clip(message),
             fields,
-        });
+        };
+        if let Some(tap) = &self.tap {
+            let _ = tap.send(super::TapEvent::Log(record.clone()));
+        }
+        self.records.push(record);
     }
 
     /// The records kept and the number dropped.

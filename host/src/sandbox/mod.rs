@@ -32,7 +32,7 @@ pub use limiter::{LimitHit, MAX_TABLE_ELEMENTS};
 pub use limits::{FuelRequest, HostCaps, Limits, LimitsError, LimitsRequest};
 pub use log::{LogRecord, MAX_LOG_FIELDS, MAX_LOG_TEXT};
 pub use outcome::{RunError, RunReport, Usage};
-pub use output::{CappedPipe, Captured};
+pub use output::{CappedPipe, Captured, Tap, TapEvent};
 pub use state::SandboxState;
 
 use crate::engine::Engine;
@@ -111,16 +111,21 @@ impl Runner {
     /// An agent receives `input` as the argument of `run`; a command receives
     /// it on stdin and its stdout becomes the output. Never panics on guest
     /// behaviour: every failure is in the report's `result`.
+    ///
+    /// With a `tap`, guest logs and kept stdout/stderr are also sent there as
+    /// they happen.
     pub async fn run(
         &self,
         module: &Module,
         input: Vec<u8>,
         limits: &Limits,
         policy: &Arc<Policy>,
+        tap: Option<Tap>,
     ) -> RunReport {
         let started = Instant::now();
-        let stdout = CappedPipe::new(limits.output_bytes);
-        let stderr = CappedPipe::new(limits.output_bytes);
+        let _live = crate::telemetry::LiveSandbox::start();
+        let stdout = CappedPipe::new(limits.output_bytes).with_tap(tap.clone(), TapEvent::Stdout);
+        let stderr = CappedPipe::new(limits.output_bytes).with_tap(tap.clone(), TapEvent::Stderr);
         let denials = DenialLog::new(self.denials.clone());
         let prepared = module.prepared();
         let (wasi, input) = match wasi_context(module, policy, &stdout, &stderr, &denials, input) {
@@ -133,7 +138,7 @@ impl Runner {
             gate,
             policy.clone(),
             Limiter::new(limits.memory_bytes),
-            LogBuffer::new(limits.log_records),
+            LogBuffer::new(limits.log_records).with_tap(tap),
             denials.clone(),
             CpuMeter::new(started, limits.cpu_percent),
             started,
@@ -208,6 +213,7 @@ impl Runner {
         let (logs, logs_dropped) = state.logs.into_parts();
         let (denials, denials_dropped) = denials.take();
         RunReport {
+            run_id: String::new(),
             result,
             usage: Usage {
                 fuel_consumed: budget - remaining.min(budget),

@@ -170,6 +170,8 @@ pub struct Usage {
 /// Everything a run produced.
 #[derive(Debug)]
 pub struct RunReport {
+    /// The run's id (set by [`Host::run`](crate::Host::run); empty for bare runner calls).
+    pub run_id: String,
     /// The guest's output, or why there is none.
     pub result: Result<Vec<u8>, RunError>,
     /// What the run consumed.
@@ -192,6 +194,7 @@ impl RunReport {
     /// A report for a run that failed before the guest started.
     pub(crate) fn failed(error: RunError, started: std::time::Instant) -> Self {
         Self {
+            run_id: String::new(),
             result: Err(error),
             usage: Usage {
                 wall_time_us: started.elapsed().as_micros() as u64,

@@ -38,10 +38,25 @@ struct Buffer {
     captured: Captured,
 }
 
+/// Something a running guest produced, streamed live to a watcher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TapEvent {
+    /// Bytes kept from stdout.
+    Stdout(Vec<u8>),
+    /// Bytes kept from stderr.
+    Stderr(Vec<u8>),
+    /// A log record kept.
+    Log(super::LogRecord),
+}
+
+/// Where live output goes; only what is kept under the caps is sent.
+pub type Tap = tokio::sync::mpsc::UnboundedSender<TapEvent>;
+
 /// A stdout/stderr sink shared between the guest's WASI context and the host.
 #[derive(Debug, Clone)]
 pub struct CappedPipe {
     buffer: Arc<Mutex<Buffer>>,
+    tap: Option<(Tap, fn(Vec<u8>) -> TapEvent)>,
 }
 
 impl CappedPipe {
@@ -53,7 +68,14 @@ impl CappedPipe {
                 cap,
                 captured: Captured::default(),
             })),
+            tap: None,
         }
+    }
+
+    /// Also sends what is kept to `tap`, wrapped by `wrap`.
+    pub fn with_tap(mut self, tap: Option<Tap>, wrap: fn(Vec<u8>) -> TapEvent) -> Self {
+        self.tap = tap.map(|t| (t, wrap));
+        self
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -62,6 +84,12 @@ impl CappedPipe {
         let keep = room.min(bytes.len());
         buffer.captured.bytes.extend_from_slice(&bytes[..keep]);
         buffer.captured.dropped += (bytes.len() - keep) as u64;
+        if keep > 0
+            && let Some((tap, wrap)) = &self.tap
+        {
+            // A watcher that hung up just stops receiving.
+            let _ = tap.send(wrap(bytes[..keep].to_vec()));
+        }
     }
 
     /// Takes what was captured so far, leaving the pipe empty.

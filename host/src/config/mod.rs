@@ -1,0 +1,445 @@
+//! The host configuration file (`chassis.production.yaml`).
+//!
+//! The seed's file loads unchanged: `runtime`, `credentials`, `slo`,
+//! `metrics`, `logging`, plus `sandbox_pool` from its tuning advice. What
+//! the seed lacks (listen address, TLS files, data and policy dirs) is added
+//! in the same style under `server`, `data_dir` and `policies_dir`. Unknown
+//! keys are errors. `CHASSIS_*` environment variables override the file
+//! (see [`ENV_OVERRIDES`]).
+
+mod env;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use env::ENV_OVERRIDES;
+
+use crate::error::ErrorKind;
+use crate::sandbox::HostCaps;
+
+/// Why a configuration could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or has an unknown key or a wrong type.
+    #[error("{}:{line}:{column}: {message}", path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range or contradicts another.
+    #[error("{source_name}: `{key}`: {message}")]
+    Invalid {
+        /// The file, or the environment variable, the value came from.
+        source_name: String,
+        /// The dotted key, e.g. `chassis.sandbox_pool.min_size`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The stable kind.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidRequest
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    chassis: Config,
+}
+
+/// The whole configuration, with the seed's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The wasm runtime and per-sandbox caps.
+    pub runtime: Runtime,
+    /// Where secrets come from.
+    pub credentials: Credentials,
+    /// Latency objective.
+    pub slo: Slo,
+    /// Prometheus exporter.
+    pub metrics: Metrics,
+    /// Log level, format and destination.
+    pub logging: Logging,
+    /// Concurrency cap and warm slots.
+    pub sandbox_pool: SandboxPool,
+    /// The gRPC listener.
+    pub server: Server,
+    /// Compiled artifacts and keys.
+    pub data_dir: PathBuf,
+    /// Directory of policy files (`*.toml`) served by name.
+    pub policies_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            runtime: Runtime::default(),
+            credentials: Credentials::default(),
+            slo: Slo::default(),
+            metrics: Metrics::default(),
+            logging: Logging::default(),
+            sandbox_pool: SandboxPool::default(),
+            server: Server::default(),
+            data_dir: PathBuf::from(".chassis"),
+            policies_dir: None,
+        }
+    }
+}
+
+/// The wasm engine chassis runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineName {
+    /// wasmtime, the only engine chassis embeds.
+    Wasmtime,
+    /// Accepted by the seed's comment; refused with an explanation.
+    Wasmer,
+}
+
+/// `chassis.runtime`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Runtime {
+    /// Must be `wasmtime`.
+    pub engine: EngineName,
+    /// Per-sandbox linear memory cap.
+    pub max_memory_mb: u64,
+    /// Share of one core a sandbox may use.
+    pub max_cpu_percent: u8,
+    /// Wall-clock cap per run.
+    pub max_execution_time_seconds: u64,
+    /// Fuel cap per run; absent lets a run be unmetered.
+    pub max_fuel: Option<u64>,
+    /// Largest `.wasm` accepted by RegisterModule.
+    pub max_module_mb: u64,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Self {
+            engine: EngineName::Wasmtime,
+            max_memory_mb: 512,
+            max_cpu_percent: 100,
+            max_execution_time_seconds: 300,
+            max_fuel: None,
+            max_module_mb: 64,
+        }
+    }
+}
+
+/// `chassis.credentials`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Credentials {
+    /// Vault's address.
+    pub vault_addr: Option<String>,
+    /// File holding the Vault token.
+    pub vault_token_path: Option<PathBuf>,
+}
+
+/// `chassis.slo`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Slo {
+    /// Runs slower than this count as `if_chassis_slo_violations`.
+    pub target_latency_p95_ms: u64,
+    /// Availability objective, reported as a gauge for dashboards.
+    pub target_availability_percent: f64,
+}
+
+impl Default for Slo {
+    fn default() -> Self {
+        Self {
+            target_latency_p95_ms: 10,
+            target_availability_percent: 99.9,
+        }
+    }
+}
+
+/// `chassis.metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Serve `/metrics`.
+    pub enabled: bool,
+    /// Port of the Prometheus endpoint.
+    pub port: u16,
+    /// Address it binds (the seed has only the port).
+    pub address: IpAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            port: 9092,
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// `chassis.logging`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    /// `TRACE`, `DEBUG`, `INFO`, `WARN` or `ERROR` (any case).
+    pub level: String,
+    /// `json` or `text`.
+    pub format: LogFormat,
+    /// `stdout`, `stderr` or a file path (appended to).
+    pub output: String,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Self {
+            level: "INFO".into(),
+            format: LogFormat::Text,
+            output: "stderr".into(),
+        }
+    }
+}
+
+impl Logging {
+    /// The level as a tracing filter directive.
+    pub fn filter(&self) -> String {
+        self.level.to_ascii_lowercase()
+    }
+}
+
+/// `chassis.sandbox_pool` (from the seed's tuning section).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxPool {
+    /// Keep freed slots warm for reuse.
+    pub enabled: bool,
+    /// Warm slots kept (wasmtime's unused warm slots).
+    pub min_size: u32,
+    /// Sandboxes that may run at once; more requests wait.
+    pub max_size: u32,
+    /// How long a request waits for a slot before RESOURCE_EXHAUSTED.
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for SandboxPool {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_size: 10,
+            max_size: 100,
+            queue_timeout_ms: 1000,
+        }
+    }
+}
+
+/// `chassis.server.tls`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA bundle that client certificates must chain to.
+    pub client_ca_file: Option<PathBuf>,
+    /// Require a client certificate (mTLS). On unless explicitly turned off.
+    #[serde(default = "yes")]
+    pub require_client_cert: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `chassis.server`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// TLS; required for any non-loopback address.
+    pub tls: Option<Tls>,
+    /// Largest gRPC message accepted.
+    pub max_request_mb: u64,
+    /// On SIGTERM, how long in-flight runs may finish before being interrupted.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            tls: None,
+            max_request_mb: 16,
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `CHASSIS_*` overrides from the environment, and
+    /// validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, path)?;
+        config.apply_env(std::env::vars())?;
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// The defaults with `CHASSIS_*` overrides applied, validated.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let mut config = Self::default();
+        config.apply_env(std::env::vars())?;
+        config.validate("defaults")?;
+        Ok(config)
+    }
+
+    /// Parses YAML text without environment overrides or validation.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let file: File = serde_yaml_ng::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
+            }
+        })?;
+        Ok(file.chassis)
+    }
+
+    /// Checks ranges and the rules between keys.
+    pub fn validate(&self, source_name: &str) -> Result<(), ConfigError> {
+        let bad = |key: &str, message: String| ConfigError::Invalid {
+            source_name: source_name.to_string(),
+            key: format!("chassis.{key}"),
+            message,
+        };
+        if self.runtime.engine == EngineName::Wasmer {
+            return Err(bad("runtime.engine", "chassis embeds wasmtime only; set `engine: wasmtime`".into()));
+        }
+        if self.runtime.max_memory_mb == 0 || self.runtime.max_memory_mb > 64 * 1024 {
+            return Err(bad("runtime.max_memory_mb", "must be from 1 to 65536".into()));
+        }
+        if !(1..=100).contains(&self.runtime.max_cpu_percent) {
+            return Err(bad("runtime.max_cpu_percent", "must be from 1 to 100".into()));
+        }
+        if self.runtime.max_execution_time_seconds == 0 {
+            return Err(bad("runtime.max_execution_time_seconds", "must be greater than zero".into()));
+        }
+        if self.runtime.max_fuel == Some(0) {
+            return Err(bad("runtime.max_fuel", "must be greater than zero".into()));
+        }
+        if self.sandbox_pool.max_size == 0 || self.sandbox_pool.max_size > 100_000 {
+            return Err(bad("sandbox_pool.max_size", "must be from 1 to 100000".into()));
+        }
+        if self.sandbox_pool.min_size > self.sandbox_pool.max_size {
+            return Err(bad(
+                "sandbox_pool.min_size",
+                format!(
+                    "{} is above max_size ({})",
+                    self.sandbox_pool.min_size, self.sandbox_pool.max_size
+                ),
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.slo.target_availability_percent) {
+            return Err(bad("slo.target_availability_percent", "must be from 0 to 100".into()));
+        }
+        if self.logging.level.parse::<tracing::Level>().is_err() {
+            return Err(bad(
+                "logging.level",
+                format!("`{}` is not one of TRACE, DEBUG, INFO, WARN, ERROR", self.logging.level),
+            ));
+        }
+        if let Some(addr) = &self.credentials.vault_addr
+            && !(addr.starts_with("https://") || addr.starts_with("http://"))
+        {
+            return Err(bad("credentials.vault_addr", format!("`{addr}` is not an http(s) URL")));
+        }
+        if !self.server.listen.ip().is_loopback() && self.server.tls.is_none() {
+            return Err(bad(
+                "server.listen",
+                format!(
+                    "{} is not a loopback address, so `server.tls` (cert_file, key_file) is required",
+                    self.server.listen
+                ),
+            ));
+        }
+        if let Some(tls) = &self.server.tls
+            && tls.require_client_cert
+            && tls.client_ca_file.is_none()
+        {
+            return Err(bad(
+                "server.tls.client_ca_file",
+                "client certificates are required (mTLS), so a CA to check them against is needed; \
+                 or set require_client_cert: false"
+                    .into(),
+            ));
+        }
+        if self.server.max_request_mb == 0 {
+            return Err(bad("server.max_request_mb", "must be greater than zero".into()));
+        }
+        if self.metrics.enabled && self.metrics.port == self.server.listen.port() && self.metrics.address == self.server.listen.ip() {
+            return Err(bad("metrics.port", "is the same as the gRPC listen port".into()));
+        }
+        Ok(())
+    }
+
+    /// The caps every run is held within.
+    pub fn host_caps(&self) -> HostCaps {
+        HostCaps {
+            max_fuel: self.runtime.max_fuel,
+            max_memory_bytes: self.runtime.max_memory_mb * 1024 * 1024,
+            max_timeout: Duration::from_secs(self.runtime.max_execution_time_seconds),
+            max_cpu_percent: self.runtime.max_cpu_percent,
+            ..HostCaps::default()
+        }
+    }
+
+    /// Sandboxes all running at once could use this much linear memory: the
+    /// denominator of the seed's memory alert.
+    pub fn memory_limit_mb(&self) -> u64 {
+        self.runtime.max_memory_mb * u64::from(self.sandbox_pool.max_size)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+use std::path::Path;
+
+use super::*;
+
+/// The seed's block, byte for byte, plus its tuning section's pool.
+const SEED: &str = "chassis:
+  # WASM runtime
+  runtime:
+    engine: wasmtime  # or wasmer
+    max_memory_mb: 512
+    max_cpu_percent: 50
+    max_execution_time_seconds: 300
+
+  # Scoped credentials
+  credentials:
+    vault_addr: https://vault.prod.infrafabric.io:8200
+    vault_token_path: /etc/infrafabric/vault-token
+
+  # SLO tracking
+  slo:
+    target_latency_p95_ms: 10
+    target_availability_percent: 99.9
+
+  # Metrics
+  metrics:
+    enabled: true
+    port: 9092
+
+  logging:
+    level: INFO
+    format: json
+    output: /var/log/infrafabric/chassis.log
+";
+
+#[test]
+fn the_seed_config_loads_unchanged_with_every_key_read() {
+    let c = Config::parse(SEED, Path::new("seed.yaml")).unwrap();
+    c.validate("seed.yaml").unwrap();
+    assert_eq!(c.runtime.max_memory_mb, 512);
+    assert_eq!(c.runtime.max_cpu_percent, 50);
+    assert_eq!(c.runtime.max_execution_time_seconds, 300);
+    assert_eq!(c.credentials.vault_addr.as_deref(), Some("https://vault.prod.infrafabric.io:8200"));
+    assert_eq!(c.credentials.vault_token_path, Some("/etc/infrafabric/vault-token".into()));
+    assert_eq!(c.slo.target_latency_p95_ms, 10);
+    assert!(c.metrics.enabled);
+    assert_eq!(c.metrics.port, 9092);
+    assert_eq!(c.logging.format, LogFormat::Json);
+    assert_eq!(c.logging.output, "/var/log/infrafabric/chassis.log");
+    let caps = c.host_caps();
+    assert_eq!(caps.max_cpu_percent, 50);
+    assert_eq!(caps.max_memory_bytes, 512 << 20);
+}
+
+#[test]
+fn the_shipped_production_config_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/chassis.production.yaml");
+    let c = Config::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+    c.validate("deploy").unwrap();
+    assert_eq!(c.sandbox_pool.max_size, 100);
+    assert!(c.server.tls.as_ref().unwrap().require_client_cert);
+}
+
+#[test]
+fn an_unknown_key_is_an_error_with_its_line() {
+    let err = Config::parse("chassis:\n  runtime:\n    max_memry_mb: 5\n", Path::new("c.yaml")).unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("c.yaml:3:5: "), "{text}");
+    assert!(text.contains("unknown field `max_memry_mb`"), "{text}");
+}
+
+#[test]
+fn a_wrong_type_is_an_error_with_its_line() {
+    let err = Config::parse("chassis:\n  metrics:\n    port: lots\n", Path::new("c.yaml")).unwrap_err();
+    assert!(err.to_string().starts_with("c.yaml:3:11: "), "{err}");
+}
+
+#[test]
+fn rules_between_keys_name_the_key() {
+    let check = |yaml: &str| {
+        Config::parse(yaml, Path::new("c.yaml"))
+            .unwrap()
+            .validate("c.yaml")
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(check("chassis:\n  runtime:\n    engine: wasmer\n").contains("`chassis.runtime.engine`: chassis embeds wasmtime only"));
+    assert!(check("chassis:\n  sandbox_pool:\n    min_size: 20\n    max_size: 10\n").contains("20 is above max_size (10)"));
+    assert!(check("chassis:\n  server:\n    listen: 0.0.0.0:50051\n").contains("`server.tls` (cert_file, key_file) is required"));
+    assert!(check("chassis:\n  server:\n    listen: 0.0.0.0:50051\n    tls:\n      cert_file: /c\n      key_file: /k\n").contains("client_ca_file"));
+    assert!(check("chassis:\n  logging:\n    level: LOUD\n").contains("is not one of"));
+}
+
+#[test]
+fn environment_variables_override_the_file() {
+    let mut c = Config::parse(SEED, Path::new("seed.yaml")).unwrap();
+    c.apply_env([
+        ("CHASSIS_POOL_MAX_SIZE".to_string(), "7".to_string()),
+        ("CHASSIS_LISTEN".to_string(), "127.0.0.1:6000".to_string()),
+        ("UNRELATED".to_string(), "x".to_string()),
+    ])
+    .unwrap();
+    assert_eq!(c.sandbox_pool.max_size, 7);
+    assert_eq!(c.server.listen.port(), 6000);
+    let err = c
+        .apply_env([("CHASSIS_METRICS_PORT".to_string(), "99999".to_string())])
+        .unwrap_err();
+    assert!(err.to_string().contains("environment variable CHASSIS_METRICS_PORT"), "{err}");
+}
+
+#[test]
+fn no_config_means_loopback_plaintext() {
+    let c = Config::default();
+    c.validate("defaults").unwrap();
+    assert!(c.server.listen.ip().is_loopback());
+    assert!(c.server.tls.is_none());
+}

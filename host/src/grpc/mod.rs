@@ -1,0 +1,135 @@
+//! `chassis serve`: the `chassis.v1` gRPC API with health, reflection, TLS
+//! and mTLS caller identity, backpressure and graceful shutdown.
+
+pub mod identity;
+pub mod proto;
+mod service;
+pub mod status;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+pub use service::ChassisService;
+
+use crate::Host;
+use crate::config::Config;
+use crate::policy::PolicySet;
+use proto::chassis_server::ChassisServer;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, Error)]
+pub enum ServeError {
+    /// The listen address could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A TLS file could not be read.
+    #[error("reading TLS file {}: {source}", path.display())]
+    TlsFile {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The transport failed.
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not be built from the descriptor set.
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::TlsFile {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Binds the configured listen address. Separate from [`serve`] so callers
+/// (and tests using port 0) learn the address before serving.
+pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
+    let addr = config.server.listen;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves `host` on `listener` until `shutdown` resolves, then stops
+/// accepting, reports NOT_SERVING, lets in-flight runs finish for
+/// `server.shutdown_grace_seconds`, interrupts the rest with UNAVAILABLE and
+/// returns once every request has been answered.
+pub async fn serve(
+    config: &Config,
+    host: Host,
+    policies: PolicySet,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (interrupt_tx, interrupt_rx) = watch::channel(false);
+    let service = ChassisService::new(
+        host,
+        policies,
+        config.sandbox_pool.max_size,
+        Duration::from_millis(config.sandbox_pool.queue_timeout_ms),
+        config.runtime.max_module_mb * 1024 * 1024,
+        interrupt_rx,
+    );
+    let max_message = (config.server.max_request_mb * 1024 * 1024) as usize;
+    let chassis = ChassisServer::new(service)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message);
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<ChassisServer<ChassisService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.server.tls {
+        let identity = Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
+        let mut tls_config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &tls.client_ca_file {
+            tls_config = tls_config
+                .client_ca_root(Certificate::from_pem(read(ca)?))
+                .client_auth_optional(!tls.require_client_cert);
+        }
+        builder = builder.tls_config(tls_config)?;
+    }
+    let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, tls = config.server.tls.is_some(), "chassis serving gRPC");
+    let stop = async move {
+        shutdown.await;
+        tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections, draining runs");
+        health_reporter.set_not_serving::<ChassisServer<ChassisService>>().await;
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("shutdown grace period over: interrupting the runs still going");
+            let _ = interrupt_tx.send(true);
+        });
+    };
+    builder
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(chassis)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop)
+        .await?;
+    tracing::info!("chassis stopped");
+    Ok(())
+}

@@ -1,0 +1,430 @@
+//! The `chassis.v1.Chassis` service.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::identity::caller_identity;
+use super::proto::{self, chassis_server::Chassis};
+use super::status::{not_found, status};
+use crate::modules::{Module, World};
+use crate::policy::{Policy, PolicySet};
+use crate::sandbox::{FuelRequest, LimitsRequest, RunError, RunReport, TapEvent};
+use crate::{ErrorKind, Host, RunRequest};
+
+/// Serves runs with at most `max_size` sandboxes at once.
+#[derive(Debug, Clone)]
+pub struct ChassisService {
+    host: Host,
+    policies: Arc<PolicySet>,
+    default_policy: Arc<Policy>,
+    slots: Arc<Semaphore>,
+    max_size: u32,
+    queue_timeout: Duration,
+    max_module_bytes: u64,
+    interrupt: watch::Receiver<bool>,
+}
+
+impl ChassisService {
+    /// A service over `host` offering `policies`; `interrupt` turning true
+    /// ends every in-flight run with UNAVAILABLE (end of shutdown grace).
+    pub fn new(
+        host: Host,
+        policies: PolicySet,
+        max_size: u32,
+        queue_timeout: Duration,
+        max_module_bytes: u64,
+        interrupt: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            host,
+            policies: Arc::new(policies),
+            default_policy: Arc::new(Policy::deny_all()),
+            slots: Arc::new(Semaphore::new(max_size as usize)),
+            max_size,
+            queue_timeout,
+            max_module_bytes,
+            interrupt,
+        }
+    }
+
+    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        match tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                crate::telemetry::record_overloaded();
+                Err(status(
+                    ErrorKind::Overloaded,
+                    format!(
+                        "all {} sandbox slots stayed busy for {} ms; retry later",
+                        self.max_size,
+                        self.queue_timeout.as_millis()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Resolves the module, the policy, the caller and the limits of a request.
+    fn prepare(&self, request: &Request<proto::RunRequest>) -> Result<(Arc<Module>, RunRequest), Status> {
+        let caller = caller_identity(
+            request.remote_addr(),
+            request.peer_certs().as_deref().map(|c| c.as_slice()),
+        );
+        let deadline = grpc_timeout(request.metadata());
+        let body = request.get_ref();
+        if body.module_id.is_empty() {
+            return Err(status(ErrorKind::InvalidRequest, "module_id is required"));
+        }
+        let module = self
+            .host
+            .modules()
+            .get(&body.module_id)
+            .ok_or_else(|| not_found("module", &body.module_id))?;
+        let policy = if body.policy.is_empty() {
+            self.default_policy.clone()
+        } else {
+            self.policies.get(&body.policy).ok_or_else(|| not_found("policy", &body.policy))?
+        };
+        let mut limits = limits_request(body.limits.as_ref())?;
+        if let Some(deadline) = deadline {
+            // End the run a little before the caller gives up, so the caller
+            // hears `deadline-exceeded` from the run rather than its own timer.
+            let margin = (deadline / 10).min(Duration::from_millis(50));
+            let deadline = deadline.saturating_sub(margin).max(Duration::from_millis(1));
+            limits.timeout = Some(limits.timeout.map_or(deadline, |t| t.min(deadline)));
+        }
+        let run = RunRequest::new(body.input.clone())
+            .policy(policy)
+            .caller(caller)
+            .limits(limits);
+        Ok((module, run))
+    }
+
+    async fn interrupted(mut interrupt: watch::Receiver<bool>) {
+        while !*interrupt.borrow() {
+            if interrupt.changed().await.is_err() {
+                // The server is gone; nothing will interrupt us.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    async fn run_guarded(&self, module: &Module, run: RunRequest) -> Result<RunReport, Status> {
+        tokio::select! {
+            report = self.host.run(module, run) => report.map_err(|e| status(e.kind(), e.to_string())),
+            () = Self::interrupted(self.interrupt.clone()) => Err(status(
+                ErrorKind::Unavailable,
+                "the host is shutting down and the grace period ended; the run was interrupted",
+            )),
+        }
+    }
+}
+
+/// Parses the `grpc-timeout` header (`100m`, `2S`, ...).
+fn grpc_timeout(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn limits_request(limits: Option<&proto::Limits>) -> Result<LimitsRequest, Status> {
+    let Some(l) = limits else {
+        return Ok(LimitsRequest::default());
+    };
+    let nonzero = |v: u64| (v != 0).then_some(v);
+    let cpu = match l.cpu_percent {
+        0 => None,
+        p @ 1..=100 => Some(p as u8),
+        p => {
+            return Err(status(
+                ErrorKind::InvalidRequest,
+                format!("limits.cpu_percent {p} is not from 1 to 100"),
+            ));
+        }
+    };
+    Ok(LimitsRequest {
+        fuel: nonzero(l.fuel).map(FuelRequest::Budget),
+        memory_bytes: nonzero(l.memory_mb).map(|m| m.saturating_mul(1024 * 1024)),
+        timeout: nonzero(l.timeout_ms).map(Duration::from_millis),
+        output_bytes: nonzero(l.output_kb).map(|k| k.saturating_mul(1024)),
+        log_records: None,
+        cpu_percent: cpu,
+    })
+}
+
+fn usage(report: &RunReport) -> proto::Usage {
+    proto::Usage {
+        fuel_consumed: report.usage.fuel_consumed,
+        peak_memory_bytes: report.usage.peak_memory_bytes,
+        wall_time_us: report.usage.wall_time_us,
+        cpu_time_us: report.usage.cpu_time_us,
+    }
+}
+
+fn denials(report: &RunReport) -> Vec<proto::Denial> {
+    report
+        .denials
+        .iter()
+        .map(|d| proto::Denial {
+            kind: d.kind.as_str().into(),
+            target: d.target.clone(),
+            reason: d.reason.clone(),
+        })
+        .collect()
+}
+
+fn log_record(r: &crate::sandbox::LogRecord) -> proto::LogRecord {
+    proto::LogRecord {
+        at_ms: r.at_ms,
+        level: r.level.into(),
+        message: r.message.clone(),
+        fields: r.fields.iter().cloned().collect(),
+    }
+}
+
+fn run_failed(report: &RunReport, error: &RunError) -> Status {
+    let mut s = status(error.kind(), error.to_string());
+    if let Ok(v) = report.run_id.parse() {
+        s.metadata_mut().insert("chassis-run-id", v);
+    }
+    if let Ok(v) = format!(
+        "fuel={} peak_memory_bytes={} wall_time_us={}",
+        report.usage.fuel_consumed, report.usage.peak_memory_bytes, report.usage.wall_time_us
+    )
+    .parse()
+    {
+        s.metadata_mut().insert("chassis-usage", v);
+    }
+    s
+}
+
+fn world(w: World) -> i32 {
+    match w {
+        World::Agent => proto::World::Agent as i32,
+        World::Command => proto::World::Command as i32,
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::RunEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Chassis for ChassisService {
+    async fn register_module(
+        &self,
+        request: Request<Streaming<proto::RegisterModuleChunk>>,
+    ) -> Result<Response<proto::ModuleInfo>, Status> {
+        let caller = caller_identity(
+            request.remote_addr(),
+            request.peer_certs().as_deref().map(|c| c.as_slice()),
+        );
+        let mut chunks = request.into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = chunks.message().await? {
+            if (bytes.len() + chunk.data.len()) as u64 > self.max_module_bytes {
+                return Err(status(
+                    ErrorKind::InvalidRequest,
+                    format!("module is larger than the limit of {} bytes", self.max_module_bytes),
+                ));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        if bytes.is_empty() {
+            return Err(status(ErrorKind::InvalidModule, "no module bytes were sent"));
+        }
+        let host = self.host.clone();
+        let module = tokio::task::spawn_blocking(move || host.modules().register(&bytes))
+            .await
+            .map_err(|e| status(ErrorKind::Internal, format!("compiling task failed: {e}")))?
+            .map_err(|e| status(e.kind(), e.to_string()))?;
+        tracing::info!(module = %module.id(), world = %module.world(), %caller, "module registered");
+        Ok(Response::new(proto::ModuleInfo {
+            id: module.id().into(),
+            world: world(module.world()),
+            size_bytes: module.size_bytes(),
+        }))
+    }
+
+    async fn list_modules(
+        &self,
+        _request: Request<proto::ListModulesRequest>,
+    ) -> Result<Response<proto::ListModulesResponse>, Status> {
+        let modules = self
+            .host
+            .modules()
+            .list()
+            .into_iter()
+            .map(|m| proto::ModuleInfo {
+                id: m.id,
+                world: world(m.world),
+                size_bytes: m.size_bytes,
+            })
+            .collect();
+        Ok(Response::new(proto::ListModulesResponse { modules }))
+    }
+
+    async fn remove_module(
+        &self,
+        request: Request<proto::RemoveModuleRequest>,
+    ) -> Result<Response<proto::RemoveModuleResponse>, Status> {
+        let id = &request.get_ref().id;
+        match self.host.modules().remove(id) {
+            Ok(true) => {
+                tracing::info!(module = %id, "module removed");
+                Ok(Response::new(proto::RemoveModuleResponse {}))
+            }
+            Ok(false) => Err(not_found("module", id)),
+            Err(e) => Err(status(e.kind(), e.to_string())),
+        }
+    }
+
+    async fn list_policies(
+        &self,
+        _request: Request<proto::ListPoliciesRequest>,
+    ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        let policies = self
+            .policies
+            .iter()
+            .map(|p| proto::PolicyInfo {
+                name: p.name.clone(),
+                description: p.description.clone(),
+                sha256: p.sha256.clone(),
+                json: serde_json::to_string(p.as_ref()).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(proto::ListPoliciesResponse { policies }))
+    }
+
+    async fn run(&self, request: Request<proto::RunRequest>) -> Result<Response<proto::RunResponse>, Status> {
+        let (module, run) = self.prepare(&request)?;
+        let _slot = self.slot().await?;
+        let report = self.run_guarded(&module, run).await?;
+        match &report.result {
+            Ok(output) => Ok(Response::new(proto::RunResponse {
+                run_id: report.run_id.clone(),
+                output: output.clone(),
+                usage: Some(usage(&report)),
+                stdout: report.stdout.bytes.clone(),
+                stderr: report.stderr.bytes.clone(),
+                logs: report.logs.iter().map(log_record).collect(),
+                denials: denials(&report),
+            })),
+            Err(e) => Err(run_failed(&report, e)),
+        }
+    }
+
+    type RunStreamStream = EventStream;
+
+    async fn run_stream(&self, request: Request<proto::RunRequest>) -> Result<Response<EventStream>, Status> {
+        let (module, run) = self.prepare(&request)?;
+        let slot = self.slot().await?;
+        let (events, rx) = mpsc::channel::<Result<proto::RunEvent, Status>>(64);
+        let (tap, mut taps) = mpsc::unbounded_channel::<TapEvent>();
+        let service = self.clone();
+        let to_event = |event: TapEvent| {
+            let event = match event {
+                TapEvent::Stdout(b) => proto::run_event::Event::Stdout(b),
+                TapEvent::Stderr(b) => proto::run_event::Event::Stderr(b),
+                TapEvent::Log(r) => proto::run_event::Event::Log(log_record(&r)),
+            };
+            Ok(proto::RunEvent { event: Some(event) })
+        };
+        tokio::spawn(async move {
+            let _slot = slot;
+            let run = service.run_guarded(&module, run.tap(tap));
+            tokio::pin!(run);
+            // Forward live events while the run goes; a caller that hangs up
+            // cancels its run.
+            let report = loop {
+                tokio::select! {
+                    biased;
+                    Some(event) = taps.recv() => {
+                        if events.send(to_event(event)).await.is_err() {
+                            return;
+                        }
+                    }
+                    report = &mut run => break report,
+                    () = events.closed() => return,
+                }
+            };
+            // The run is over and its tap dropped: send what is left, in order.
+            while let Some(event) = taps.recv().await {
+                if events.send(to_event(event)).await.is_err() {
+                    return;
+                }
+            }
+            let last = match report {
+                Ok(report) => {
+                    let (kind, message, output) = match &report.result {
+                        Ok(out) => ("ok".to_string(), String::new(), out.clone()),
+                        Err(e) => (e.kind().as_str().to_string(), e.to_string(), Vec::new()),
+                    };
+                    Ok(proto::RunEvent {
+                        event: Some(proto::run_event::Event::Outcome(proto::Outcome {
+                            kind,
+                            message,
+                            output,
+                            usage: Some(usage(&report)),
+                            denials: denials(&report),
+                        })),
+                    })
+                }
+                Err(status) => Err(status),
+            };
+            let _ = events.send(last).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_in_every_unit() {
+        let mut m = tonic::metadata::MetadataMap::new();
+        for (text, want) in [
+            ("100m", Duration::from_millis(100)),
+            ("2S", Duration::from_secs(2)),
+            ("1M", Duration::from_secs(60)),
+            ("5u", Duration::from_micros(5)),
+        ] {
+            m.insert("grpc-timeout", text.parse().unwrap());
+            assert_eq!(grpc_timeout(&m), Some(want));
+        }
+        m.insert("grpc-timeout", "soon".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), None);
+    }
+
+    #[test]
+    fn zero_limits_mean_unset_and_bad_cpu_is_invalid() {
+        let l = limits_request(Some(&proto::Limits {
+            memory_mb: 8,
+            ..Default::default()
+        }))
+        .unwrap();
+        assert_eq!(l.memory_bytes, Some(8 << 20));
+        assert_eq!(l.fuel, None);
+        let err = limits_request(Some(&proto::Limits {
+            cpu_percent: 101,
+            ..Default::default()
+        }))
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    }
+}

@@ -1,0 +1,169 @@
+//! Prometheus metrics with the seed's names, and the run log line.
+//!
+//! Recording goes through the `metrics` facade, so it costs next to nothing
+//! when no exporter is installed (the CLI); `chassis serve` installs the
+//! Prometheus exporter on the metrics port.
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `if_chassis_sandbox_count` | gauge | sandboxes running now |
+//! | `if_chassis_memory_usage_mb` | gauge | linear memory of running sandboxes |
+//! | `if_chassis_memory_limit_mb` | gauge | `max_memory_mb` x `sandbox_pool.max_size` |
+//! | `if_chassis_sandbox_escapes` | counter | runs that ended `internal`: the host, not the guest, failed while a guest ran |
+//! | `if_chassis_slo_violations` | counter | runs slower than `slo.target_latency_p95_ms` |
+//! | `if_chassis_runs_total{outcome}` | counter | finished runs by outcome kind |
+//! | `if_chassis_run_duration_seconds` | histogram | wall time per run |
+//! | `if_chassis_run_fuel` | histogram | fuel per run |
+//! | `if_chassis_denials_total{kind}` | counter | capabilities refused, by kind |
+//! | `if_chassis_overloaded_total` | counter | requests refused because every slot was busy |
+//! | `if_chassis_slo_target_latency_ms` | gauge | the configured objective |
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use thiserror::Error;
+
+/// Sandboxes running now.
+pub const SANDBOX_COUNT: &str = "if_chassis_sandbox_count";
+/// Linear memory of running sandboxes, MiB.
+pub const MEMORY_USAGE_MB: &str = "if_chassis_memory_usage_mb";
+/// Memory all sandboxes could use, MiB.
+pub const MEMORY_LIMIT_MB: &str = "if_chassis_memory_limit_mb";
+/// Sandbox boundary failures.
+pub const SANDBOX_ESCAPES: &str = "if_chassis_sandbox_escapes";
+/// Runs over the latency objective.
+pub const SLO_VIOLATIONS: &str = "if_chassis_slo_violations";
+/// Finished runs by outcome.
+pub const RUNS_TOTAL: &str = "if_chassis_runs_total";
+/// Wall time per run.
+pub const RUN_DURATION: &str = "if_chassis_run_duration_seconds";
+/// Fuel per run.
+pub const RUN_FUEL: &str = "if_chassis_run_fuel";
+/// Denials by kind.
+pub const DENIALS_TOTAL: &str = "if_chassis_denials_total";
+/// Requests refused at capacity.
+pub const OVERLOADED_TOTAL: &str = "if_chassis_overloaded_total";
+/// The configured latency objective.
+pub const SLO_TARGET_MS: &str = "if_chassis_slo_target_latency_ms";
+
+/// Every metric name chassis exports, for dashboards and alert tests.
+pub const ALL_METRICS: &[&str] = &[
+    SANDBOX_COUNT,
+    MEMORY_USAGE_MB,
+    MEMORY_LIMIT_MB,
+    SANDBOX_ESCAPES,
+    SLO_VIOLATIONS,
+    RUNS_TOTAL,
+    RUN_DURATION,
+    RUN_FUEL,
+    DENIALS_TOTAL,
+    OVERLOADED_TOTAL,
+    SLO_TARGET_MS,
+];
+
+/// The exporter could not start.
+#[derive(Debug, Error)]
+#[error("starting the Prometheus exporter on {addr}: {message}")]
+pub struct TelemetryError {
+    addr: SocketAddr,
+    message: String,
+}
+
+/// Serves `/metrics` on `addr` and registers every metric at zero, so
+/// alerts and dashboards see each series from the first scrape.
+pub fn install_prometheus(addr: SocketAddr, memory_limit_mb: u64, slo_target_ms: u64) -> Result<(), TelemetryError> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(RUN_DURATION.into()),
+            &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0],
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(RUN_FUEL.into()),
+                &[1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10],
+            )
+        })
+        .and_then(|b| b.install())
+        .map_err(|e| TelemetryError {
+            addr,
+            message: e.to_string(),
+        })?;
+    metrics::describe_gauge!(SANDBOX_COUNT, "Sandboxes running now");
+    metrics::describe_gauge!(MEMORY_USAGE_MB, metrics::Unit::Mebibytes, "Linear memory of running sandboxes");
+    metrics::describe_gauge!(MEMORY_LIMIT_MB, metrics::Unit::Mebibytes, "max_memory_mb times sandbox_pool.max_size");
+    metrics::describe_counter!(SANDBOX_ESCAPES, "Runs where the host, not the guest, failed while a guest ran");
+    metrics::describe_counter!(SLO_VIOLATIONS, "Runs slower than slo.target_latency_p95_ms");
+    metrics::describe_counter!(RUNS_TOTAL, "Finished runs by outcome");
+    metrics::describe_histogram!(RUN_DURATION, metrics::Unit::Seconds, "Wall time per run");
+    metrics::describe_histogram!(RUN_FUEL, "Fuel consumed per run");
+    metrics::describe_counter!(DENIALS_TOTAL, "Capabilities refused, by kind");
+    metrics::describe_counter!(OVERLOADED_TOTAL, "Requests refused because every sandbox slot was busy");
+    metrics::gauge!(SANDBOX_COUNT).set(0.0);
+    metrics::gauge!(MEMORY_USAGE_MB).set(0.0);
+    metrics::gauge!(MEMORY_LIMIT_MB).set(memory_limit_mb as f64);
+    metrics::gauge!(SLO_TARGET_MS).set(slo_target_ms as f64);
+    metrics::counter!(SANDBOX_ESCAPES).absolute(0);
+    metrics::counter!(SLO_VIOLATIONS).absolute(0);
+    metrics::counter!(OVERLOADED_TOTAL).absolute(0);
+    for kind in crate::sandbox::DenialKind::ALL {
+        metrics::counter!(DENIALS_TOTAL, "kind" => kind.as_str()).absolute(0);
+    }
+    for kind in crate::ErrorKind::ALL {
+        metrics::counter!(RUNS_TOTAL, "outcome" => kind.as_str()).absolute(0);
+    }
+    metrics::counter!(RUNS_TOTAL, "outcome" => "ok").absolute(0);
+    Ok(())
+}
+
+/// Bytes of linear memory held by running sandboxes, across the process.
+static LIVE_MEMORY: AtomicU64 = AtomicU64::new(0);
+
+/// Adds (or, negative, removes) live linear memory.
+pub(crate) fn live_memory_delta(delta: i64) {
+    let now = if delta >= 0 {
+        LIVE_MEMORY.fetch_add(delta as u64, Ordering::Relaxed) + delta as u64
+    } else {
+        LIVE_MEMORY.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed) - delta.unsigned_abs()
+    };
+    metrics::gauge!(MEMORY_USAGE_MB).set(now as f64 / (1024.0 * 1024.0));
+}
+
+/// Counts one running sandbox for as long as it lives, cancellation included.
+#[derive(Debug)]
+pub(crate) struct LiveSandbox;
+
+impl LiveSandbox {
+    pub(crate) fn start() -> Self {
+        metrics::gauge!(SANDBOX_COUNT).increment(1.0);
+        LiveSandbox
+    }
+}
+
+impl Drop for LiveSandbox {
+    fn drop(&mut self) {
+        metrics::gauge!(SANDBOX_COUNT).decrement(1.0);
+    }
+}
+
+/// Records a finished run.
+pub(crate) fn record_run(report: &crate::sandbox::RunReport, slo_target_us: u64) {
+    let outcome = report.outcome_name();
+    metrics::counter!(RUNS_TOTAL, "outcome" => outcome).increment(1);
+    metrics::histogram!(RUN_DURATION).record(report.usage.wall_time_us as f64 / 1e6);
+    metrics::histogram!(RUN_FUEL).record(report.usage.fuel_consumed as f64);
+    if report.usage.wall_time_us > slo_target_us {
+        metrics::counter!(SLO_VIOLATIONS).increment(1);
+    }
+    if outcome == crate::ErrorKind::Internal.as_str() {
+        metrics::counter!(SANDBOX_ESCAPES).increment(1);
+    }
+    for d in &report.denials {
+        metrics::counter!(DENIALS_TOTAL, "kind" => d.kind.as_str()).increment(1);
+    }
+}
+
+/// Records a request refused at capacity.
+pub fn record_overloaded() {
+    metrics::counter!(OVERLOADED_TOTAL).increment(1);
+}

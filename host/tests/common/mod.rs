@@ -1,0 +1,94 @@
+//! An in-process chassis server on an ephemeral loopback port, and clients.
+
+#![allow(dead_code, unreachable_pub, reason = "each test file uses a different part; shared by test crates")]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use chassis::config::Config;
+use chassis::grpc::proto::chassis_client::ChassisClient;
+use chassis::grpc::proto::{self, RegisterModuleChunk};
+use chassis::policy::{Policy, PolicySet};
+use chassis::Host;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub done: tokio::task::JoinHandle<Result<(), chassis::grpc::ServeError>>,
+}
+
+impl TestServer {
+    /// Starts a server with `config` (its listen address is replaced by an
+    /// ephemeral loopback port) and the given policies.
+    pub async fn start(mut config: Config, policies: &[&str]) -> Self {
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.metrics.enabled = false;
+        let mut set = PolicySet::default();
+        for text in policies {
+            set.insert(Policy::parse(text, Path::new("test.toml")).unwrap());
+        }
+        let host = Host::builder()
+            .caps(config.host_caps())
+            .pool_slots(config.sandbox_pool.max_size.max(2))
+            .build()
+            .unwrap();
+        let listener = chassis::grpc::bind(&config).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let done = tokio::spawn(async move {
+            chassis::grpc::serve(&config, host, set, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            done,
+        }
+    }
+
+    pub async fn client(&self) -> ChassisClient<Channel> {
+        ChassisClient::connect(format!("http://{}", self.addr)).await.unwrap()
+    }
+
+    /// Begins graceful shutdown.
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub async fn register(client: &mut ChassisClient<Channel>, path: &str) -> proto::ModuleInfo {
+    let bytes = std::fs::read(path).unwrap();
+    // Small chunks, to exercise reassembly.
+    let chunks: Vec<RegisterModuleChunk> = bytes
+        .chunks(16 * 1024)
+        .map(|c| RegisterModuleChunk { data: c.to_vec() })
+        .collect();
+    client
+        .register_module(tokio_stream::iter(chunks))
+        .await
+        .expect("module registers")
+        .into_inner()
+}
+
+pub fn run_request(module_id: &str, policy: &str, input: &str) -> proto::RunRequest {
+    proto::RunRequest {
+        module_id: module_id.into(),
+        policy: policy.into(),
+        input: input.as_bytes().to_vec(),
+        limits: None,
+    }
+}
+
+#[track_caller]
+pub fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: tonic::Code, kind: &str) -> tonic::Status {
+    let status = result.expect_err("an error status");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(chassis::grpc::status::kind_of(&status).as_deref(), Some(kind), "{status:?}");
+    status
+}
