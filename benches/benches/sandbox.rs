@@ -75,7 +75,10 @@ fn sandbox(c: &mut Criterion) {
     group.bench_function("chassis", |b| {
         b.iter(|| {
             let report =
-                runtime.block_on(host.runner().run(&module, input.clone(), &limits, &policy, None));
+                runtime.block_on(
+                    host.runner()
+                        .run(&module, input.clone(), &limits, &policy, None),
+                );
             assert!(report.result.is_ok());
         })
     });

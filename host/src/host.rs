@@ -269,7 +269,8 @@ impl Host {
             caller = %request.caller
         );
         let mut report = tracing::Instrument::instrument(
-            self.runner.run(module, request.input, &limits, policy, request.tap),
+            self.runner
+                .run(module, request.input, &limits, policy, request.tap),
             span.clone(),
         )
         .await;

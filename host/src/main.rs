@@ -141,6 +141,15 @@ enum ClientCall {
         /// Deadline for the call (also bounds the run).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// Fuel budget (tighter than the policy's).
+        #[arg(long)]
+        fuel: Option<u64>,
+        /// Memory cap in MiB (tighter than the policy's).
+        #[arg(long)]
+        memory_mb: Option<u64>,
+        /// CPU share, 1-100 (tighter than the policy's).
+        #[arg(long)]
+        cpu_percent: Option<u32>,
     },
 }
 
@@ -635,7 +644,11 @@ fn config_check(file: &Path, json: bool) -> Result<ExitCode> {
                     config.sandbox_pool.min_size,
                     config.sandbox_pool.max_size,
                     config.runtime.max_memory_mb,
-                    if config.metrics.enabled { config.metrics.port.to_string() } else { "off".into() }
+                    if config.metrics.enabled {
+                        config.metrics.port.to_string()
+                    } else {
+                        "off".into()
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -647,7 +660,8 @@ fn config_check(file: &Path, json: bool) -> Result<ExitCode> {
 /// Sets up logging from `logging:`; keeps the file writer's guard alive.
 fn init_logging(logging: &chassis::config::Logging) -> Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CHASSIS_LOG").unwrap_or_else(|_| EnvFilter::new(logging.filter()));
+    let filter =
+        EnvFilter::try_from_env("CHASSIS_LOG").unwrap_or_else(|_| EnvFilter::new(logging.filter()));
     let writer: tracing_subscriber::fmt::writer::BoxMakeWriter = match logging.output.as_str() {
         "stdout" => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
         "stderr" => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
@@ -660,7 +674,9 @@ fn init_logging(logging: &chassis::config::Logging) -> Result<()> {
             tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(file))
         }
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match logging.format {
         chassis::config::LogFormat::Json => builder.json().with_current_span(true).init(),
         chassis::config::LogFormat::Text => builder.init(),
@@ -701,7 +717,11 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
     let host = Host::builder()
         .caps(config.host_caps())
         .pool_slots(config.sandbox_pool.max_size)
-        .warm_slots(if config.sandbox_pool.enabled { config.sandbox_pool.min_size } else { 0 })
+        .warm_slots(if config.sandbox_pool.enabled {
+            config.sandbox_pool.min_size
+        } else {
+            0
+        })
         .slo_target(Duration::from_millis(config.slo.target_latency_p95_ms))
         .max_module_bytes(config.runtime.max_module_mb * 1024 * 1024)
         .data_dir(&config.data_dir)
@@ -714,15 +734,20 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
     runtime.block_on(async move {
         if config.metrics.enabled {
             let addr = std::net::SocketAddr::new(config.metrics.address, config.metrics.port);
-            chassis::telemetry::install_prometheus(addr, config.memory_limit_mb(), config.slo.target_latency_p95_ms)?;
+            chassis::telemetry::install_prometheus(
+                addr,
+                config.memory_limit_mb(),
+                config.slo.target_latency_p95_ms,
+            )?;
             tracing::info!(%addr, "metrics on /metrics");
         }
         tracing::info!(policies = policies.len(), "loaded policies");
         let listener = chassis::grpc::bind(&config).await?;
         println!("chassis listening on {}", listener.local_addr()?);
         let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing the SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}
@@ -733,13 +758,18 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
     })
 }
 
-async fn connect(args: &ClientArgs) -> Result<chassis::grpc::proto::chassis_client::ChassisClient<tonic::transport::Channel>> {
+async fn connect(
+    args: &ClientArgs,
+) -> Result<chassis::grpc::proto::chassis_client::ChassisClient<tonic::transport::Channel>> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    let mut endpoint = Endpoint::from_shared(args.addr.clone()).with_context(|| format!("bad address {}", args.addr))?;
+    let mut endpoint = Endpoint::from_shared(args.addr.clone())
+        .with_context(|| format!("bad address {}", args.addr))?;
     if args.addr.starts_with("https://") || args.ca.is_some() {
         let mut tls = ClientTlsConfig::new();
         if let Some(ca) = &args.ca {
-            tls = tls.ca_certificate(Certificate::from_pem(std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?));
+            tls = tls.ca_certificate(Certificate::from_pem(
+                std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?,
+            ));
         }
         if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
             tls = tls.identity(Identity::from_pem(
@@ -752,18 +782,30 @@ async fn connect(args: &ClientArgs) -> Result<chassis::grpc::proto::chassis_clie
         }
         endpoint = endpoint.tls_config(tls)?;
     }
-    let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", args.addr))?;
-    Ok(chassis::grpc::proto::chassis_client::ChassisClient::new(channel)
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024))
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
+    Ok(
+        chassis::grpc::proto::chassis_client::ChassisClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024),
+    )
 }
 
 fn status_exit(status: &tonic::Status, json: bool) -> ExitCode {
     let kind = chassis::grpc::status::kind_of(status).unwrap_or_else(|| "unknown".into());
     if json {
-        println!("{}", serde_json::json!({ "code": format!("{:?}", status.code()), "kind": kind, "message": status.message() }));
+        println!(
+            "{}",
+            serde_json::json!({ "code": format!("{:?}", status.code()), "kind": kind, "message": status.message() })
+        );
     } else {
-        eprintln!("chassis: {:?} ({kind}): {}", status.code(), status.message());
+        eprintln!(
+            "chassis: {:?} ({kind}): {}",
+            status.code(),
+            status.message()
+        );
     }
     ErrorKind::ALL
         .iter()
@@ -844,12 +886,27 @@ fn client(args: ClientArgs) -> Result<ExitCode> {
                 }
                 Err(s) => Ok(status_exit(&s, json)),
             },
-            ClientCall::Run { id, policy, input, stream, timeout } => {
+            ClientCall::Run {
+                id,
+                policy,
+                input,
+                stream,
+                timeout,
+                fuel,
+                memory_mb,
+                cpu_percent,
+            } => {
                 let mut request = tonic::Request::new(proto::RunRequest {
                     module_id: id.clone(),
                     policy: policy.clone(),
                     input: input.clone().into_bytes(),
-                    limits: None,
+                    limits: Some(proto::Limits {
+                        fuel: fuel.unwrap_or(0),
+                        memory_mb: memory_mb.unwrap_or(0),
+                        timeout_ms: 0,
+                        cpu_percent: cpu_percent.unwrap_or(0),
+                        output_kb: 0,
+                    }),
                 });
                 if let Some(t) = timeout {
                     request.set_timeout(*t);

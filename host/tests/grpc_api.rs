@@ -19,24 +19,54 @@ async fn register_list_run_and_remove() {
     let wc = register(&mut client, WORDCOUNT_COMPONENT).await;
     assert_eq!(wc.world, proto::World::Command as i32);
 
-    let listed = client.list_modules(proto::ListModulesRequest {}).await.unwrap().into_inner();
+    let listed = client
+        .list_modules(proto::ListModulesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(listed.modules.len(), 2);
-    assert!(listed.modules.iter().any(|m| m.id == wc.id && m.world == proto::World::Command as i32));
+    assert!(
+        listed
+            .modules
+            .iter()
+            .any(|m| m.id == wc.id && m.world == proto::World::Command as i32)
+    );
 
-    let out = client.run(run_request(&hello.id, "", "grpc")).await.unwrap().into_inner();
+    let out = client
+        .run(run_request(&hello.id, "", "grpc"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(out.output, b"Hello, grpc!");
     assert_eq!(out.run_id.len(), 32);
     assert_eq!(out.logs[0].message, "greeting");
     assert!(out.usage.unwrap().fuel_consumed > 0);
 
     // A plain WASI command runs over gRPC with stdin as input.
-    let out = client.run(run_request(&wc.id, "", "a b\nc\n")).await.unwrap().into_inner();
+    let out = client
+        .run(run_request(&wc.id, "", "a b\nc\n"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(out.output, b"2 3 6\n");
 
-    client.remove_module(proto::RemoveModuleRequest { id: hello.id.clone() }).await.unwrap();
-    assert_status(client.run(run_request(&hello.id, "", "")).await, Code::NotFound, "not-found");
+    client
+        .remove_module(proto::RemoveModuleRequest {
+            id: hello.id.clone(),
+        })
+        .await
+        .unwrap();
     assert_status(
-        client.remove_module(proto::RemoveModuleRequest { id: hello.id.clone() }).await,
+        client.run(run_request(&hello.id, "", "")).await,
+        Code::NotFound,
+        "not-found",
+    );
+    assert_status(
+        client
+            .remove_module(proto::RemoveModuleRequest {
+                id: hello.id.clone(),
+            })
+            .await,
         Code::NotFound,
         "not-found",
     );
@@ -56,7 +86,10 @@ async fn run_stream_sends_logs_then_the_outcome() {
     while let Some(event) = stream.message().await.unwrap() {
         events.push(event.event.unwrap());
     }
-    assert!(matches!(&events[0], Event::Log(l) if l.message == "greeting"), "{events:?}");
+    assert!(
+        matches!(&events[0], Event::Log(l) if l.message == "greeting"),
+        "{events:?}"
+    );
     match events.last().unwrap() {
         Event::Outcome(o) => {
             assert_eq!(o.kind, "ok");
@@ -67,7 +100,11 @@ async fn run_stream_sends_logs_then_the_outcome() {
 
     // Guest failures arrive as the outcome, with stderr streamed before it.
     let panic = register(&mut client, HOSTILE_PANIC_COMPONENT).await;
-    let mut stream = client.run_stream(run_request(&panic.id, "", "x")).await.unwrap().into_inner();
+    let mut stream = client
+        .run_stream(run_request(&panic.id, "", "x"))
+        .await
+        .unwrap()
+        .into_inner();
     let mut stderr = Vec::new();
     let mut outcome = None;
     while let Some(event) = stream.message().await.unwrap() {
@@ -93,51 +130,135 @@ async fn every_error_maps_to_its_code_and_kind() {
     let refuse = register(&mut client, HOSTILE_GUEST_ERROR_COMPONENT).await;
 
     // INVALID_ARGUMENT: bad module bytes, a bad request.
-    let junk = vec![proto::RegisterModuleChunk { data: b"\0asm\x0d\x00\x01\x00junk".to_vec() }];
-    assert_status(client.register_module(tokio_stream::iter(junk)).await, Code::InvalidArgument, "invalid-module");
+    let junk = vec![proto::RegisterModuleChunk {
+        data: b"\0asm\x0d\x00\x01\x00junk".to_vec(),
+    }];
+    assert_status(
+        client.register_module(tokio_stream::iter(junk)).await,
+        Code::InvalidArgument,
+        "invalid-module",
+    );
     let unknown_import = std::fs::read(HOSTILE_UNKNOWN_IMPORT_COMPONENT).unwrap();
-    let chunks = vec![proto::RegisterModuleChunk { data: unknown_import }];
-    let status = assert_status(client.register_module(tokio_stream::iter(chunks)).await, Code::InvalidArgument, "invalid-module");
-    assert!(status.message().contains("telepathy"), "{}", status.message());
+    let chunks = vec![proto::RegisterModuleChunk {
+        data: unknown_import,
+    }];
+    let status = assert_status(
+        client.register_module(tokio_stream::iter(chunks)).await,
+        Code::InvalidArgument,
+        "invalid-module",
+    );
+    assert!(
+        status.message().contains("telepathy"),
+        "{}",
+        status.message()
+    );
     let mut bad = run_request(&hello.id, "", "");
-    bad.limits = Some(proto::Limits { cpu_percent: 150, ..Default::default() });
-    assert_status(client.run(bad).await, Code::InvalidArgument, "invalid-request");
+    bad.limits = Some(proto::Limits {
+        cpu_percent: 150,
+        ..Default::default()
+    });
+    assert_status(
+        client.run(bad).await,
+        Code::InvalidArgument,
+        "invalid-request",
+    );
     let mut greedy = run_request(&hello.id, "", "");
-    greedy.limits = Some(proto::Limits { memory_mb: 1 << 20, ..Default::default() });
-    assert_status(client.run(greedy).await, Code::InvalidArgument, "invalid-request");
-    assert_status(client.run(run_request("", "", "")).await, Code::InvalidArgument, "invalid-request");
+    greedy.limits = Some(proto::Limits {
+        memory_mb: 1 << 20,
+        ..Default::default()
+    });
+    assert_status(
+        client.run(greedy).await,
+        Code::InvalidArgument,
+        "invalid-request",
+    );
+    assert_status(
+        client.run(run_request("", "", "")).await,
+        Code::InvalidArgument,
+        "invalid-request",
+    );
 
     // NOT_FOUND: module, policy.
-    assert_status(client.run(run_request(&"f".repeat(64), "", "")).await, Code::NotFound, "not-found");
-    assert_status(client.run(run_request(&hello.id, "no-such-policy", "")).await, Code::NotFound, "not-found");
+    assert_status(
+        client.run(run_request(&"f".repeat(64), "", "")).await,
+        Code::NotFound,
+        "not-found",
+    );
+    assert_status(
+        client
+            .run(run_request(&hello.id, "no-such-policy", ""))
+            .await,
+        Code::NotFound,
+        "not-found",
+    );
 
     // PERMISSION_DENIED: the policy does not pin this module.
-    assert_status(client.run(run_request(&hello.id, "pinned", "")).await, Code::PermissionDenied, "policy-denied");
+    assert_status(
+        client.run(run_request(&hello.id, "pinned", "")).await,
+        Code::PermissionDenied,
+        "policy-denied",
+    );
 
     // RESOURCE_EXHAUSTED: fuel, memory.
     let mut fuel = run_request(&spin.id, "open", "");
-    fuel.limits = Some(proto::Limits { fuel: 10_000_000, ..Default::default() });
-    let status = assert_status(client.run(fuel).await, Code::ResourceExhausted, "out-of-fuel");
+    fuel.limits = Some(proto::Limits {
+        fuel: 10_000_000,
+        ..Default::default()
+    });
+    let status = assert_status(
+        client.run(fuel).await,
+        Code::ResourceExhausted,
+        "out-of-fuel",
+    );
     assert!(status.metadata().get("chassis-usage").is_some());
     let mut memory = run_request(&bomb.id, "", "");
-    memory.limits = Some(proto::Limits { memory_mb: 16, ..Default::default() });
-    assert_status(client.run(memory).await, Code::ResourceExhausted, "memory-limit");
+    memory.limits = Some(proto::Limits {
+        memory_mb: 16,
+        ..Default::default()
+    });
+    assert_status(
+        client.run(memory).await,
+        Code::ResourceExhausted,
+        "memory-limit",
+    );
 
     // DEADLINE_EXCEEDED: from the request's limit, and from the call's own deadline.
     let mut slow = run_request(&spin.id, "", "");
-    slow.limits = Some(proto::Limits { timeout_ms: 150, ..Default::default() });
-    assert_status(client.run(slow).await, Code::DeadlineExceeded, "deadline-exceeded");
+    slow.limits = Some(proto::Limits {
+        timeout_ms: 150,
+        ..Default::default()
+    });
+    assert_status(
+        client.run(slow).await,
+        Code::DeadlineExceeded,
+        "deadline-exceeded",
+    );
     let mut call = tonic::Request::new(run_request(&spin.id, "", ""));
     call.set_timeout(std::time::Duration::from_millis(300));
-    assert_status(client.run(call).await, Code::DeadlineExceeded, "deadline-exceeded");
+    assert_status(
+        client.run(call).await,
+        Code::DeadlineExceeded,
+        "deadline-exceeded",
+    );
 
     // ABORTED: the guest trapped or refused.
-    let status = assert_status(client.run(run_request(&panic.id, "", "")).await, Code::Aborted, "trap");
+    let status = assert_status(
+        client.run(run_request(&panic.id, "", "")).await,
+        Code::Aborted,
+        "trap",
+    );
     assert!(status.metadata().get("chassis-run-id").is_some());
-    assert_status(client.run(run_request(&refuse.id, "", "")).await, Code::Aborted, "guest-error");
+    assert_status(
+        client.run(run_request(&refuse.id, "", "")).await,
+        Code::Aborted,
+        "guest-error",
+    );
 
     // After all of that, the server still serves.
-    let out = client.run(run_request(&hello.id, "open", "still here")).await.unwrap();
+    let out = client
+        .run(run_request(&hello.id, "open", "still here"))
+        .await
+        .unwrap();
     assert_eq!(out.into_inner().output, b"Hello, still here!");
 }
 
@@ -149,7 +270,12 @@ async fn list_policies_shows_what_each_grants() {
     )
     .await;
     let mut client = server.client().await;
-    let policies = client.list_policies(proto::ListPoliciesRequest {}).await.unwrap().into_inner().policies;
+    let policies = client
+        .list_policies(proto::ListPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .policies;
     assert_eq!(policies.len(), 1);
     assert_eq!(policies[0].name, "web");
     assert_eq!(policies[0].description, "one API");
@@ -164,9 +290,15 @@ async fn oversized_modules_and_messages_are_refused() {
     let server = TestServer::start(config, &[]).await;
     let mut client = server.client().await;
     let chunks: Vec<proto::RegisterModuleChunk> = (0..3)
-        .map(|_| proto::RegisterModuleChunk { data: vec![0; 512 * 1024] })
+        .map(|_| proto::RegisterModuleChunk {
+            data: vec![0; 512 * 1024],
+        })
         .collect();
-    let status = assert_status(client.register_module(tokio_stream::iter(chunks)).await, Code::InvalidArgument, "invalid-request");
+    let status = assert_status(
+        client.register_module(tokio_stream::iter(chunks)).await,
+        Code::InvalidArgument,
+        "invalid-request",
+    );
     assert!(status.message().contains("larger than the limit"));
     // A single message over server.max_request_mb is refused by the
     // transport (tonic answers OUT_OF_RANGE) and the server keeps serving.
@@ -188,15 +320,20 @@ async fn health_and_reflection_are_served() {
         .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
     let reply = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "chassis.v1.Chassis".into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "chassis.v1.Chassis".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(reply.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(
+        reply.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     use tonic_reflection::pb::v1::{
-        server_reflection_client::ServerReflectionClient, server_reflection_request::MessageRequest,
-        server_reflection_response::MessageResponse, ServerReflectionRequest,
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {

@@ -28,7 +28,11 @@ async fn requests_beyond_the_pool_get_resource_exhausted() {
     for _ in 0..2 {
         let mut c = client.clone();
         let mut req = run_request(&spin.id, "", "");
-        req.limits = Some(proto::Limits { timeout_ms: 1500, cpu_percent: 10, ..Default::default() });
+        req.limits = Some(proto::Limits {
+            timeout_ms: 1500,
+            cpu_percent: 10,
+            ..Default::default()
+        });
         busy.push(tokio::spawn(async move { c.run(req).await }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -42,13 +46,25 @@ async fn requests_beyond_the_pool_get_resource_exhausted() {
     }
     for r in refused {
         let status = assert_status(r.await.unwrap(), Code::ResourceExhausted, "overloaded");
-        assert!(status.message().contains("all 2 sandbox slots"), "{}", status.message());
+        assert!(
+            status.message().contains("all 2 sandbox slots"),
+            "{}",
+            status.message()
+        );
     }
     for b in busy {
-        assert_status(b.await.unwrap(), Code::DeadlineExceeded, "deadline-exceeded");
+        assert_status(
+            b.await.unwrap(),
+            Code::DeadlineExceeded,
+            "deadline-exceeded",
+        );
     }
     // Slots are back: the server serves again.
-    let out = client.run(run_request(&hello.id, "", "again")).await.unwrap().into_inner();
+    let out = client
+        .run(run_request(&hello.id, "", "again"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(out.output, b"Hello, again!");
 }
 
@@ -63,9 +79,18 @@ async fn shutdown_drains_runs_and_interrupts_them_after_the_grace_period() {
 
     // One run ends within the grace period, one would not.
     let mut short = run_request(&spin.id, "", "");
-    short.limits = Some(proto::Limits { timeout_ms: 400, fuel: 0, cpu_percent: 20, ..Default::default() });
+    short.limits = Some(proto::Limits {
+        timeout_ms: 400,
+        fuel: 0,
+        cpu_percent: 20,
+        ..Default::default()
+    });
     let mut long = run_request(&spin.id, "", "");
-    long.limits = Some(proto::Limits { timeout_ms: 30_000, cpu_percent: 20, ..Default::default() });
+    long.limits = Some(proto::Limits {
+        timeout_ms: 30_000,
+        cpu_percent: 20,
+        ..Default::default()
+    });
     long.limits.as_mut().unwrap().fuel = 1_000_000_000_000;
     let (mut c1, mut c2) = (client.clone(), client.clone());
     let short = tokio::spawn(async move { c1.run(short).await });
@@ -74,9 +99,17 @@ async fn shutdown_drains_runs_and_interrupts_them_after_the_grace_period() {
     server.shutdown();
 
     // The short run finishes on its own terms; the long one is interrupted.
-    assert_status(short.await.unwrap(), Code::DeadlineExceeded, "deadline-exceeded");
+    assert_status(
+        short.await.unwrap(),
+        Code::DeadlineExceeded,
+        "deadline-exceeded",
+    );
     let status = assert_status(long.await.unwrap(), Code::Unavailable, "unavailable");
-    assert!(status.message().contains("shutting down"), "{}", status.message());
+    assert!(
+        status.message().contains("shutting down"),
+        "{}",
+        status.message()
+    );
     server.done.await.unwrap().unwrap();
     // No new connections once stopped.
     assert!(

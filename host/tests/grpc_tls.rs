@@ -24,7 +24,9 @@ impl Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(DnType::CommonName, "chassis test CA");
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "chassis test CA");
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
@@ -39,7 +41,9 @@ impl Pki {
     /// A leaf certificate for `names`, written as `<file>.pem` / `<file>.key`.
     fn leaf(&self, file: &str, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
@@ -65,7 +69,11 @@ fn tls_config(pki: &Pki, require_client_cert: bool) -> Config {
     config
 }
 
-async fn tls_client(server: &TestServer, pki: &Pki, identity: Option<(String, String)>) -> Result<ChassisClient<Channel>, tonic::transport::Error> {
+async fn tls_client(
+    server: &TestServer,
+    pki: &Pki,
+    identity: Option<(String, String)>,
+) -> Result<ChassisClient<Channel>, tonic::transport::Error> {
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca_pem))
         .domain_name("localhost");
@@ -91,12 +99,24 @@ async fn the_client_certificate_names_the_caller_checked_against_the_policy() {
 
     let mut client = tls_client(&server, &pki, Some(ops)).await.unwrap();
     let hello = register(&mut client, HELLO_COMPONENT).await;
-    let out = client.run(run_request(&hello.id, "ops", "mtls")).await.unwrap().into_inner();
+    let out = client
+        .run(run_request(&hello.id, "ops", "mtls"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(out.output, b"Hello, mtls!");
 
     let mut other = tls_client(&server, &pki, Some(intruder)).await.unwrap();
-    let status = assert_status(other.run(run_request(&hello.id, "ops", "")).await, Code::PermissionDenied, "policy-denied");
-    assert!(status.message().contains("caller `intruder.example`"), "{}", status.message());
+    let status = assert_status(
+        other.run(run_request(&hello.id, "ops", "")).await,
+        Code::PermissionDenied,
+        "policy-denied",
+    );
+    assert!(
+        status.message().contains("caller `intruder.example`"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -105,11 +125,18 @@ async fn without_a_client_certificate_the_handshake_fails() {
     let server = TestServer::start(tls_config(&pki, true), &[OPS_POLICY]).await;
     let result = match tls_client(&server, &pki, None).await {
         Err(_) => None,
-        Ok(mut client) => Some(client.list_modules(chassis::grpc::proto::ListModulesRequest {}).await),
+        Ok(mut client) => Some(
+            client
+                .list_modules(chassis::grpc::proto::ListModulesRequest {})
+                .await,
+        ),
     };
     match result {
         None => {}
-        Some(Err(status)) => assert!(format!("{status:?}").contains("CertificateRequired"), "{status:?}"),
+        Some(Err(status)) => assert!(
+            format!("{status:?}").contains("CertificateRequired"),
+            "{status:?}"
+        ),
         Some(Ok(_)) => panic!("a client without a certificate was served"),
     }
 }
@@ -118,7 +145,11 @@ async fn without_a_client_certificate_the_handshake_fails() {
 async fn a_plaintext_client_is_refused_on_a_tls_listener() {
     let pki = Pki::new();
     let server = TestServer::start(tls_config(&pki, true), &[]).await;
-    let result = match Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect().await {
+    let result = match Channel::from_shared(format!("http://{}", server.addr))
+        .unwrap()
+        .connect()
+        .await
+    {
         Err(_) => None,
         Ok(channel) => Some(
             ChassisClient::new(channel)
@@ -126,7 +157,10 @@ async fn a_plaintext_client_is_refused_on_a_tls_listener() {
                 .await,
         ),
     };
-    assert!(!matches!(result, Some(Ok(_))), "plaintext was served: {result:?}");
+    assert!(
+        !matches!(result, Some(Ok(_))),
+        "plaintext was served: {result:?}"
+    );
 }
 
 #[tokio::test]
@@ -136,7 +170,11 @@ async fn with_mtls_off_a_certless_loopback_caller_is_local() {
     let mut client = tls_client(&server, &pki, None).await.unwrap();
     let hello = register(&mut client, HELLO_COMPONENT).await;
     // Over loopback without a certificate the caller is `local`, which every policy admits.
-    let out = client.run(run_request(&hello.id, "ops", "tls")).await.unwrap().into_inner();
+    let out = client
+        .run(run_request(&hello.id, "ops", "tls"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(out.output, b"Hello, tls!");
 }
 

@@ -89,6 +89,34 @@ fn human(ns: f64) -> String {
     }
 }
 
+/// One gRPC figure from target/bench-results/grpc.json.
+#[derive(Debug)]
+struct GrpcFigure {
+    runs_per_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+fn grpc_figures(root: &Path) -> Result<Vec<(String, usize, GrpcFigure)>> {
+    let path = root.join("target/bench-results/grpc.json");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    let mut out = Vec::new();
+    for f in json.as_array().context("grpc.json is a list")? {
+        out.push((
+            f["server"].as_str().unwrap_or_default().to_string(),
+            f["concurrency"].as_u64().unwrap_or_default() as usize,
+            GrpcFigure {
+                runs_per_s: f["runs_per_s"].as_f64().unwrap_or_default(),
+                p50_us: f["p50_us"].as_f64().unwrap_or_default(),
+                p99_us: f["p99_us"].as_f64().unwrap_or_default(),
+            },
+        ));
+    }
+    Ok(out)
+}
+
 /// Runs the benches (criterion's own timing) and regenerates BENCHMARKS.md.
 pub(crate) fn run(quick: bool) -> Result<()> {
     let root = crate::setup::root();
@@ -97,6 +125,11 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         args.extend(["--warm-up-time", "1", "--measurement-time", "3"]);
     }
     crate::cargo(&args)?;
+    let mut grpc_args = vec!["bench", "-p", "chassis-benches", "--bench", "grpc", "--"];
+    if quick {
+        grpc_args.push("--quick");
+    }
+    crate::cargo(&grpc_args)?;
 
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -118,7 +151,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         "| what | chassis | peer | ratio (chassis / peer) | target | met |"
     )?;
     writeln!(md, "|---|---|---|---|---|---|")?;
-    let mut misses = Vec::new();
+    let mut misses: Vec<String> = Vec::new();
     for pair in PAIRS {
         let ours = estimate_ns(&root, pair.ours)?;
         let peer = estimate_ns(&root, pair.peer)?;
@@ -144,6 +177,79 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             ));
         }
     }
+    let grpc = grpc_figures(&root)?;
+    let find = |server: &str, c: usize| {
+        grpc.iter()
+            .find(|(s, n, _)| s == server && *n == c)
+            .map(|(_, _, f)| f)
+    };
+    if let (Some(c1), Some(b1), Some(c64), Some(b64)) = (
+        find("chassis", 1),
+        find("bare", 1),
+        find("chassis", 64),
+        find("bare", 64),
+    ) {
+        writeln!(
+            md,
+            "\n## gRPC `Run` of `echo` over loopback, next to a bare tonic echo of the same RPC\n"
+        )?;
+        writeln!(md, "| what | chassis | bare tonic | ratio | target | met |")?;
+        writeln!(md, "|---|---|---|---|---|---|")?;
+        let mut row = |what: &str,
+                       ours: String,
+                       peer: String,
+                       ratio: String,
+                       target: &str,
+                       met: bool,
+                       why: &str|
+         -> Result<()> {
+            writeln!(
+                md,
+                "| {what} | {ours} | {peer} | {ratio} | {target} | {} |",
+                if met { "yes" } else { "**no**" }
+            )?;
+            if !met {
+                misses.push(format!("- {what}: {ours} against {target}. {why}"));
+            }
+            Ok(())
+        };
+        row(
+            "p50 latency, concurrency 1",
+            format!("{:.0} µs", c1.p50_us),
+            format!("{:.0} µs", b1.p50_us),
+            format!("{:.2}x", c1.p50_us / b1.p50_us),
+            "< 200 µs",
+            c1.p50_us < 200.0,
+            "Per-run sandbox setup plus HTTP/2 round trip on a loaded 2-core machine.",
+        )?;
+        row(
+            "p99 latency, concurrency 1",
+            format!("{:.0} µs", c1.p99_us),
+            format!("{:.0} µs", b1.p99_us),
+            format!("{:.2}x", c1.p99_us / b1.p99_us),
+            "< 1 ms",
+            c1.p99_us < 1000.0,
+            "Tail from the tokio scheduler and the epoch ticker on 2 cores.",
+        )?;
+        row(
+            "throughput, concurrency 64",
+            format!("{:.0} runs/s", c64.runs_per_s),
+            format!("{:.0} runs/s", b64.runs_per_s),
+            format!("{:.2}x", b64.runs_per_s / c64.runs_per_s),
+            "≥ 10,000 runs/s",
+            c64.runs_per_s >= 10_000.0,
+            "Client and server share the same 2 cores in this bench, so each run pays for both.",
+        )?;
+        row(
+            "latency vs bare echo, concurrency 1 (p50)",
+            format!("{:.0} µs", c1.p50_us),
+            format!("{:.0} µs", b1.p50_us),
+            format!("{:.2}x", c1.p50_us / b1.p50_us),
+            "≤ 2x",
+            c1.p50_us / b1.p50_us <= 2.0,
+            "The sandbox run (instantiate, call, teardown) is added to the bare RPC.",
+        )?;
+    }
     if !misses.is_empty() {
         writeln!(md, "\n## Missed targets\n")?;
         for m in misses {
@@ -158,7 +264,10 @@ pub(crate) fn run(quick: bool) -> Result<()> {
          the cached `InstancePre`, the call, the usage report, and teardown.\n\
          - `sandbox/raw-wasmtime`: the same guest on the same engine (pooling allocator, fuel, \
          epoch interruption) with the least a host must do: a default WASI context, fuel set, \
-         instantiate from an `InstancePre`, call `run`, drop."
+         instantiate from an `InstancePre`, call `run`, drop.\n         - gRPC (`benches/benches/grpc.rs`): a chassis server and a bare tonic server implementing \
+         the same `chassis.v1.Chassis/Run` as an echo, both in the bench process on loopback; \
+         clients on the same runtime issue unary `Run` of `echo` with 16 bytes for 5 s per point \
+         (0.5 s with --quick) after a 0.5 s warm-up; percentiles come from every sample."
     )?;
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
     println!("wrote {}", root.join("BENCHMARKS.md").display());

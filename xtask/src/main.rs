@@ -52,7 +52,7 @@ fn main() -> Result<()> {
             setup::guests()
         }
         Task::Bench { quick } => {
-            setup::wasm_target()?;
+            setup::build_tools()?;
             bench::run(quick)
         }
     }
@@ -72,7 +72,7 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
-    setup::wasm_target()?;
+    setup::build_tools()?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;
@@ -81,7 +81,7 @@ fn test(extra: &[String]) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
-    setup::wasm_target()?;
+    setup::build_tools()?;
     cargo(&["fmt", "--all", "--", "--check"])?;
     cargo(&[
         "clippy",
@@ -94,7 +94,7 @@ fn lint() -> Result<()> {
 }
 
 fn demo() -> Result<()> {
-    setup::wasm_target()?;
+    setup::build_tools()?;
     setup::guests()?;
     cargo(&["build", "--quiet", "-p", "chassis"])?;
     let root = setup::root();

@@ -57,3 +57,57 @@ pub(crate) fn guests() -> Result<()> {
         root.join("target/guests").to_str().unwrap(),
     ])
 }
+
+/// Installs Debian packages for the commands that are missing, e.g.
+/// `[("protoc", "protobuf-compiler")]`. Uses apt-get directly as root,
+/// through sudo otherwise.
+pub(crate) fn debian_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
+        .iter()
+        .filter(|(command, _)| !on_path(command))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} with apt-get", missing.join(", "));
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let apt = |args: &[&str]| -> Result<()> {
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        };
+        let status = cmd
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("running apt-get")?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    apt(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)
+}
+
+fn on_path(command: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
+        .unwrap_or(false)
+}
+
+/// What building chassis needs beyond Rust: protoc for the gRPC code.
+pub(crate) fn build_tools() -> Result<()> {
+    wasm_target()?;
+    debian_tools(&[("protoc", "protobuf-compiler")])
+}

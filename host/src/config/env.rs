@@ -7,7 +7,9 @@ use super::{Config, ConfigError, LogFormat};
 type Setter = fn(&mut Config, &str) -> Result<(), String>;
 
 fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
-    v.trim().parse().map_err(|_| format!("`{v}` is not a number in range"))
+    v.trim()
+        .parse()
+        .map_err(|_| format!("`{v}` is not a number in range"))
 }
 
 /// Every override: the variable, the key it sets, and how.
@@ -28,14 +30,22 @@ pub const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
         c.runtime.max_memory_mb = num(v)?;
         Ok(())
     }),
-    ("CHASSIS_MAX_CPU_PERCENT", "runtime.max_cpu_percent", |c, v| {
-        c.runtime.max_cpu_percent = num(v)?;
-        Ok(())
-    }),
-    ("CHASSIS_MAX_EXECUTION_TIME_SECONDS", "runtime.max_execution_time_seconds", |c, v| {
-        c.runtime.max_execution_time_seconds = num(v)?;
-        Ok(())
-    }),
+    (
+        "CHASSIS_MAX_CPU_PERCENT",
+        "runtime.max_cpu_percent",
+        |c, v| {
+            c.runtime.max_cpu_percent = num(v)?;
+            Ok(())
+        },
+    ),
+    (
+        "CHASSIS_MAX_EXECUTION_TIME_SECONDS",
+        "runtime.max_execution_time_seconds",
+        |c, v| {
+            c.runtime.max_execution_time_seconds = num(v)?;
+            Ok(())
+        },
+    ),
     ("CHASSIS_POOL_MIN_SIZE", "sandbox_pool.min_size", |c, v| {
         c.sandbox_pool.min_size = num(v)?;
         Ok(())
@@ -44,10 +54,14 @@ pub const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
         c.sandbox_pool.max_size = num(v)?;
         Ok(())
     }),
-    ("CHASSIS_QUEUE_TIMEOUT_MS", "sandbox_pool.queue_timeout_ms", |c, v| {
-        c.sandbox_pool.queue_timeout_ms = num(v)?;
-        Ok(())
-    }),
+    (
+        "CHASSIS_QUEUE_TIMEOUT_MS",
+        "sandbox_pool.queue_timeout_ms",
+        |c, v| {
+            c.sandbox_pool.queue_timeout_ms = num(v)?;
+            Ok(())
+        },
+    ),
     ("CHASSIS_METRICS_ENABLED", "metrics.enabled", |c, v| {
         c.metrics.enabled = num(v)?;
         Ok(())
@@ -72,10 +86,14 @@ pub const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
         c.logging.output = v.to_string();
         Ok(())
     }),
-    ("CHASSIS_SLO_TARGET_LATENCY_P95_MS", "slo.target_latency_p95_ms", |c, v| {
-        c.slo.target_latency_p95_ms = num(v)?;
-        Ok(())
-    }),
+    (
+        "CHASSIS_SLO_TARGET_LATENCY_P95_MS",
+        "slo.target_latency_p95_ms",
+        |c, v| {
+            c.slo.target_latency_p95_ms = num(v)?;
+            Ok(())
+        },
+    ),
     ("VAULT_ADDR", "credentials.vault_addr", |c, v| {
         c.credentials.vault_addr = Some(v.to_string());
         Ok(())
@@ -84,7 +102,10 @@ pub const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
 
 impl Config {
     /// Applies every `CHASSIS_*` (and `VAULT_ADDR`) variable in `vars`.
-    pub fn apply_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    pub fn apply_env(
+        &mut self,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
         for (name, value) in vars {
             if let Some((var, key, set)) = ENV_OVERRIDES.iter().find(|(n, _, _)| *n == name) {
                 set(self, &value).map_err(|message| ConfigError::Invalid {

@@ -340,7 +340,12 @@ impl Config {
                 path: path.to_path_buf(),
                 line,
                 column,
-                message: e.to_string().split(" at line ").next().unwrap_or_default().to_string(),
+                message: e
+                    .to_string()
+                    .split(" at line ")
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
             }
         })?;
         Ok(file.chassis)
@@ -354,22 +359,37 @@ impl Config {
             message,
         };
         if self.runtime.engine == EngineName::Wasmer {
-            return Err(bad("runtime.engine", "chassis embeds wasmtime only; set `engine: wasmtime`".into()));
+            return Err(bad(
+                "runtime.engine",
+                "chassis embeds wasmtime only; set `engine: wasmtime`".into(),
+            ));
         }
         if self.runtime.max_memory_mb == 0 || self.runtime.max_memory_mb > 64 * 1024 {
-            return Err(bad("runtime.max_memory_mb", "must be from 1 to 65536".into()));
+            return Err(bad(
+                "runtime.max_memory_mb",
+                "must be from 1 to 65536".into(),
+            ));
         }
         if !(1..=100).contains(&self.runtime.max_cpu_percent) {
-            return Err(bad("runtime.max_cpu_percent", "must be from 1 to 100".into()));
+            return Err(bad(
+                "runtime.max_cpu_percent",
+                "must be from 1 to 100".into(),
+            ));
         }
         if self.runtime.max_execution_time_seconds == 0 {
-            return Err(bad("runtime.max_execution_time_seconds", "must be greater than zero".into()));
+            return Err(bad(
+                "runtime.max_execution_time_seconds",
+                "must be greater than zero".into(),
+            ));
         }
         if self.runtime.max_fuel == Some(0) {
             return Err(bad("runtime.max_fuel", "must be greater than zero".into()));
         }
         if self.sandbox_pool.max_size == 0 || self.sandbox_pool.max_size > 100_000 {
-            return Err(bad("sandbox_pool.max_size", "must be from 1 to 100000".into()));
+            return Err(bad(
+                "sandbox_pool.max_size",
+                "must be from 1 to 100000".into(),
+            ));
         }
         if self.sandbox_pool.min_size > self.sandbox_pool.max_size {
             return Err(bad(
@@ -381,18 +401,27 @@ impl Config {
             ));
         }
         if !(0.0..=100.0).contains(&self.slo.target_availability_percent) {
-            return Err(bad("slo.target_availability_percent", "must be from 0 to 100".into()));
+            return Err(bad(
+                "slo.target_availability_percent",
+                "must be from 0 to 100".into(),
+            ));
         }
         if self.logging.level.parse::<tracing::Level>().is_err() {
             return Err(bad(
                 "logging.level",
-                format!("`{}` is not one of TRACE, DEBUG, INFO, WARN, ERROR", self.logging.level),
+                format!(
+                    "`{}` is not one of TRACE, DEBUG, INFO, WARN, ERROR",
+                    self.logging.level
+                ),
             ));
         }
         if let Some(addr) = &self.credentials.vault_addr
             && !(addr.starts_with("https://") || addr.starts_with("http://"))
         {
-            return Err(bad("credentials.vault_addr", format!("`{addr}` is not an http(s) URL")));
+            return Err(bad(
+                "credentials.vault_addr",
+                format!("`{addr}` is not an http(s) URL"),
+            ));
         }
         if !self.server.listen.ip().is_loopback() && self.server.tls.is_none() {
             return Err(bad(
@@ -415,10 +444,19 @@ impl Config {
             ));
         }
         if self.server.max_request_mb == 0 {
-            return Err(bad("server.max_request_mb", "must be greater than zero".into()));
+            return Err(bad(
+                "server.max_request_mb",
+                "must be greater than zero".into(),
+            ));
         }
-        if self.metrics.enabled && self.metrics.port == self.server.listen.port() && self.metrics.address == self.server.listen.ip() {
-            return Err(bad("metrics.port", "is the same as the gRPC listen port".into()));
+        if self.metrics.enabled
+            && self.metrics.port == self.server.listen.port()
+            && self.metrics.address == self.server.listen.ip()
+        {
+            return Err(bad(
+                "metrics.port",
+                "is the same as the gRPC listen port".into(),
+            ));
         }
         Ok(())
     }

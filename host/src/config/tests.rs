@@ -39,8 +39,14 @@ fn the_seed_config_loads_unchanged_with_every_key_read() {
     assert_eq!(c.runtime.max_memory_mb, 512);
     assert_eq!(c.runtime.max_cpu_percent, 50);
     assert_eq!(c.runtime.max_execution_time_seconds, 300);
-    assert_eq!(c.credentials.vault_addr.as_deref(), Some("https://vault.prod.infrafabric.io:8200"));
-    assert_eq!(c.credentials.vault_token_path, Some("/etc/infrafabric/vault-token".into()));
+    assert_eq!(
+        c.credentials.vault_addr.as_deref(),
+        Some("https://vault.prod.infrafabric.io:8200")
+    );
+    assert_eq!(
+        c.credentials.vault_token_path,
+        Some("/etc/infrafabric/vault-token".into())
+    );
     assert_eq!(c.slo.target_latency_p95_ms, 10);
     assert!(c.metrics.enabled);
     assert_eq!(c.metrics.port, 9092);
@@ -62,7 +68,11 @@ fn the_shipped_production_config_is_valid() {
 
 #[test]
 fn an_unknown_key_is_an_error_with_its_line() {
-    let err = Config::parse("chassis:\n  runtime:\n    max_memry_mb: 5\n", Path::new("c.yaml")).unwrap_err();
+    let err = Config::parse(
+        "chassis:\n  runtime:\n    max_memry_mb: 5\n",
+        Path::new("c.yaml"),
+    )
+    .unwrap_err();
     let text = err.to_string();
     assert!(text.starts_with("c.yaml:3:5: "), "{text}");
     assert!(text.contains("unknown field `max_memry_mb`"), "{text}");
@@ -70,7 +80,11 @@ fn an_unknown_key_is_an_error_with_its_line() {
 
 #[test]
 fn a_wrong_type_is_an_error_with_its_line() {
-    let err = Config::parse("chassis:\n  metrics:\n    port: lots\n", Path::new("c.yaml")).unwrap_err();
+    let err = Config::parse(
+        "chassis:\n  metrics:\n    port: lots\n",
+        Path::new("c.yaml"),
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("c.yaml:3:11: "), "{err}");
 }
 
@@ -83,9 +97,18 @@ fn rules_between_keys_name_the_key() {
             .unwrap_err()
             .to_string()
     };
-    assert!(check("chassis:\n  runtime:\n    engine: wasmer\n").contains("`chassis.runtime.engine`: chassis embeds wasmtime only"));
-    assert!(check("chassis:\n  sandbox_pool:\n    min_size: 20\n    max_size: 10\n").contains("20 is above max_size (10)"));
-    assert!(check("chassis:\n  server:\n    listen: 0.0.0.0:50051\n").contains("`server.tls` (cert_file, key_file) is required"));
+    assert!(
+        check("chassis:\n  runtime:\n    engine: wasmer\n")
+            .contains("`chassis.runtime.engine`: chassis embeds wasmtime only")
+    );
+    assert!(
+        check("chassis:\n  sandbox_pool:\n    min_size: 20\n    max_size: 10\n")
+            .contains("20 is above max_size (10)")
+    );
+    assert!(
+        check("chassis:\n  server:\n    listen: 0.0.0.0:50051\n")
+            .contains("`server.tls` (cert_file, key_file) is required")
+    );
     assert!(check("chassis:\n  server:\n    listen: 0.0.0.0:50051\n    tls:\n      cert_file: /c\n      key_file: /k\n").contains("client_ca_file"));
     assert!(check("chassis:\n  logging:\n    level: LOUD\n").contains("is not one of"));
 }
@@ -104,7 +127,11 @@ fn environment_variables_override_the_file() {
     let err = c
         .apply_env([("CHASSIS_METRICS_PORT".to_string(), "99999".to_string())])
         .unwrap_err();
-    assert!(err.to_string().contains("environment variable CHASSIS_METRICS_PORT"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("environment variable CHASSIS_METRICS_PORT"),
+        "{err}"
+    );
 }
 
 #[test]

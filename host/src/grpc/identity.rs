@@ -37,7 +37,10 @@ pub fn certificate_identity(der: &[u8]) -> Option<String> {
 
 /// The caller of a request from `peer` with client certificates `certs`.
 pub fn caller_identity(peer: Option<SocketAddr>, certs: Option<&[impl AsRef<[u8]>]>) -> String {
-    if let Some(id) = certs.and_then(|c| c.first()).and_then(|c| certificate_identity(c.as_ref())) {
+    if let Some(id) = certs
+        .and_then(|c| c.first())
+        .and_then(|c| certificate_identity(c.as_ref()))
+    {
         return id;
     }
     match peer {
@@ -53,12 +56,25 @@ mod tests {
     #[test]
     fn the_san_names_the_caller_and_loopback_is_local() {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params = rcgen::CertificateParams::new(vec!["coordinator.example".to_string()]).unwrap();
+        let params =
+            rcgen::CertificateParams::new(vec!["coordinator.example".to_string()]).unwrap();
         let cert = params.self_signed(&key).unwrap();
         let der = cert.der().to_vec();
-        assert_eq!(certificate_identity(&der).as_deref(), Some("coordinator.example"));
-        assert_eq!(caller_identity(Some("10.0.0.1:5".parse().unwrap()), Some(&[der][..])), "coordinator.example");
-        assert_eq!(caller_identity(Some("127.0.0.1:5".parse().unwrap()), None::<&[Vec<u8>]>), "local");
-        assert_eq!(caller_identity(Some("10.0.0.1:5".parse().unwrap()), None::<&[Vec<u8>]>), "anonymous");
+        assert_eq!(
+            certificate_identity(&der).as_deref(),
+            Some("coordinator.example")
+        );
+        assert_eq!(
+            caller_identity(Some("10.0.0.1:5".parse().unwrap()), Some(&[der][..])),
+            "coordinator.example"
+        );
+        assert_eq!(
+            caller_identity(Some("127.0.0.1:5".parse().unwrap()), None::<&[Vec<u8>]>),
+            "local"
+        );
+        assert_eq!(
+            caller_identity(Some("10.0.0.1:5".parse().unwrap()), None::<&[Vec<u8>]>),
+            "anonymous"
+        );
     }
 }

@@ -93,7 +93,9 @@ pub async fn serve(
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<ChassisServer<ChassisService>>().await;
+    health_reporter
+        .set_serving::<ChassisServer<ChassisService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -116,8 +118,13 @@ pub async fn serve(
     tracing::info!(addr = ?local, tls = config.server.tls.is_some(), "chassis serving gRPC");
     let stop = async move {
         shutdown.await;
-        tracing::info!(grace_s = grace.as_secs(), "shutting down: no new connections, draining runs");
-        health_reporter.set_not_serving::<ChassisServer<ChassisService>>().await;
+        tracing::info!(
+            grace_s = grace.as_secs(),
+            "shutting down: no new connections, draining runs"
+        );
+        health_reporter
+            .set_not_serving::<ChassisServer<ChassisService>>()
+            .await;
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             tracing::warn!("shutdown grace period over: interrupting the runs still going");
@@ -128,7 +135,10 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection)
         .add_service(chassis)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), stop)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop,
+        )
         .await?;
     tracing::info!("chassis stopped");
     Ok(())

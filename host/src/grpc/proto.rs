@@ -1,5 +1,9 @@
 //! Generated `chassis.v1` messages, client and server.
-#![allow(missing_docs, unreachable_pub, reason = "generated code; documented in proto/chassis/v1/chassis.proto")]
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    reason = "generated code; documented in proto/chassis/v1/chassis.proto"
+)]
 #![allow(clippy::all, reason = "generated code")]
 
 tonic::include_proto!("chassis.v1");

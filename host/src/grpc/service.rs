@@ -71,7 +71,10 @@ impl ChassisService {
     }
 
     /// Resolves the module, the policy, the caller and the limits of a request.
-    fn prepare(&self, request: &Request<proto::RunRequest>) -> Result<(Arc<Module>, RunRequest), Status> {
+    fn prepare(
+        &self,
+        request: &Request<proto::RunRequest>,
+    ) -> Result<(Arc<Module>, RunRequest), Status> {
         let caller = caller_identity(
             request.remote_addr(),
             request.peer_certs().as_deref().map(|c| c.as_slice()),
@@ -89,14 +92,18 @@ impl ChassisService {
         let policy = if body.policy.is_empty() {
             self.default_policy.clone()
         } else {
-            self.policies.get(&body.policy).ok_or_else(|| not_found("policy", &body.policy))?
+            self.policies
+                .get(&body.policy)
+                .ok_or_else(|| not_found("policy", &body.policy))?
         };
         let mut limits = limits_request(body.limits.as_ref())?;
         if let Some(deadline) = deadline {
             // End the run a little before the caller gives up, so the caller
             // hears `deadline-exceeded` from the run rather than its own timer.
             let margin = (deadline / 10).min(Duration::from_millis(50));
-            let deadline = deadline.saturating_sub(margin).max(Duration::from_millis(1));
+            let deadline = deadline
+                .saturating_sub(margin)
+                .max(Duration::from_millis(1));
             limits.timeout = Some(limits.timeout.map_or(deadline, |t| t.min(deadline)));
         }
         let run = RunRequest::new(body.input.clone())
@@ -238,13 +245,19 @@ impl Chassis for ChassisService {
             if (bytes.len() + chunk.data.len()) as u64 > self.max_module_bytes {
                 return Err(status(
                     ErrorKind::InvalidRequest,
-                    format!("module is larger than the limit of {} bytes", self.max_module_bytes),
+                    format!(
+                        "module is larger than the limit of {} bytes",
+                        self.max_module_bytes
+                    ),
                 ));
             }
             bytes.extend_from_slice(&chunk.data);
         }
         if bytes.is_empty() {
-            return Err(status(ErrorKind::InvalidModule, "no module bytes were sent"));
+            return Err(status(
+                ErrorKind::InvalidModule,
+                "no module bytes were sent",
+            ));
         }
         let host = self.host.clone();
         let module = tokio::task::spawn_blocking(move || host.modules().register(&bytes))
@@ -309,7 +322,10 @@ impl Chassis for ChassisService {
         Ok(Response::new(proto::ListPoliciesResponse { policies }))
     }
 
-    async fn run(&self, request: Request<proto::RunRequest>) -> Result<Response<proto::RunResponse>, Status> {
+    async fn run(
+        &self,
+        request: Request<proto::RunRequest>,
+    ) -> Result<Response<proto::RunResponse>, Status> {
         let (module, run) = self.prepare(&request)?;
         let _slot = self.slot().await?;
         let report = self.run_guarded(&module, run).await?;
@@ -329,7 +345,10 @@ impl Chassis for ChassisService {
 
     type RunStreamStream = EventStream;
 
-    async fn run_stream(&self, request: Request<proto::RunRequest>) -> Result<Response<EventStream>, Status> {
+    async fn run_stream(
+        &self,
+        request: Request<proto::RunRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let (module, run) = self.prepare(&request)?;
         let slot = self.slot().await?;
         let (events, rx) = mpsc::channel::<Result<proto::RunEvent, Status>>(64);

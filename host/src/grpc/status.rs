@@ -16,9 +16,10 @@ pub fn code_for(kind: ErrorKind) -> Code {
     match kind {
         ErrorKind::InvalidModule | ErrorKind::InvalidRequest => Code::InvalidArgument,
         ErrorKind::PolicyDenied => Code::PermissionDenied,
-        ErrorKind::OutOfFuel | ErrorKind::MemoryLimit | ErrorKind::Overloaded | ErrorKind::OutputLimit => {
-            Code::ResourceExhausted
-        }
+        ErrorKind::OutOfFuel
+        | ErrorKind::MemoryLimit
+        | ErrorKind::Overloaded
+        | ErrorKind::OutputLimit => Code::ResourceExhausted,
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Trap | ErrorKind::GuestError => Code::Aborted,

@@ -78,7 +78,8 @@ mod tests {
 
     #[test]
     fn the_shipped_policies_load_as_a_set() {
-        let set = PolicySet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")).unwrap();
+        let set = PolicySet::load_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies"))
+            .unwrap();
         assert!(set.get("reporter").is_some());
         assert!(set.get("github-fetcher").is_some());
         assert!(set.len() >= 3);

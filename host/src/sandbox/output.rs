@@ -52,11 +52,14 @@ pub enum TapEvent {
 /// Where live output goes; only what is kept under the caps is sent.
 pub type Tap = tokio::sync::mpsc::UnboundedSender<TapEvent>;
 
+/// Turns kept bytes into the event for their stream.
+type WrapBytes = fn(Vec<u8>) -> TapEvent;
+
 /// A stdout/stderr sink shared between the guest's WASI context and the host.
 #[derive(Debug, Clone)]
 pub struct CappedPipe {
     buffer: Arc<Mutex<Buffer>>,
-    tap: Option<(Tap, fn(Vec<u8>) -> TapEvent)>,
+    tap: Option<(Tap, WrapBytes)>,
 }
 
 impl CappedPipe {
@@ -73,7 +76,7 @@ impl CappedPipe {
     }
 
     /// Also sends what is kept to `tap`, wrapped by `wrap`.
-    pub fn with_tap(mut self, tap: Option<Tap>, wrap: fn(Vec<u8>) -> TapEvent) -> Self {
+    pub fn with_tap(mut self, tap: Option<Tap>, wrap: WrapBytes) -> Self {
         self.tap = tap.map(|t| (t, wrap));
         self
     }

@@ -71,12 +71,19 @@ pub struct TelemetryError {
 
 /// Serves `/metrics` on `addr` and registers every metric at zero, so
 /// alerts and dashboards see each series from the first scrape.
-pub fn install_prometheus(addr: SocketAddr, memory_limit_mb: u64, slo_target_ms: u64) -> Result<(), TelemetryError> {
+pub fn install_prometheus(
+    addr: SocketAddr,
+    memory_limit_mb: u64,
+    slo_target_ms: u64,
+) -> Result<(), TelemetryError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(RUN_DURATION.into()),
-            &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0],
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 5.0, 30.0, 300.0,
+            ],
         )
         .and_then(|b| {
             b.set_buckets_for_metric(
@@ -90,15 +97,29 @@ pub fn install_prometheus(addr: SocketAddr, memory_limit_mb: u64, slo_target_ms:
             message: e.to_string(),
         })?;
     metrics::describe_gauge!(SANDBOX_COUNT, "Sandboxes running now");
-    metrics::describe_gauge!(MEMORY_USAGE_MB, metrics::Unit::Mebibytes, "Linear memory of running sandboxes");
-    metrics::describe_gauge!(MEMORY_LIMIT_MB, metrics::Unit::Mebibytes, "max_memory_mb times sandbox_pool.max_size");
-    metrics::describe_counter!(SANDBOX_ESCAPES, "Runs where the host, not the guest, failed while a guest ran");
+    metrics::describe_gauge!(
+        MEMORY_USAGE_MB,
+        metrics::Unit::Mebibytes,
+        "Linear memory of running sandboxes"
+    );
+    metrics::describe_gauge!(
+        MEMORY_LIMIT_MB,
+        metrics::Unit::Mebibytes,
+        "max_memory_mb times sandbox_pool.max_size"
+    );
+    metrics::describe_counter!(
+        SANDBOX_ESCAPES,
+        "Runs where the host, not the guest, failed while a guest ran"
+    );
     metrics::describe_counter!(SLO_VIOLATIONS, "Runs slower than slo.target_latency_p95_ms");
     metrics::describe_counter!(RUNS_TOTAL, "Finished runs by outcome");
     metrics::describe_histogram!(RUN_DURATION, metrics::Unit::Seconds, "Wall time per run");
     metrics::describe_histogram!(RUN_FUEL, "Fuel consumed per run");
     metrics::describe_counter!(DENIALS_TOTAL, "Capabilities refused, by kind");
-    metrics::describe_counter!(OVERLOADED_TOTAL, "Requests refused because every sandbox slot was busy");
+    metrics::describe_counter!(
+        OVERLOADED_TOTAL,
+        "Requests refused because every sandbox slot was busy"
+    );
     metrics::gauge!(SANDBOX_COUNT).set(0.0);
     metrics::gauge!(MEMORY_USAGE_MB).set(0.0);
     metrics::gauge!(MEMORY_LIMIT_MB).set(memory_limit_mb as f64);

@@ -1,15 +1,19 @@
 //! An in-process chassis server on an ephemeral loopback port, and clients.
 
-#![allow(dead_code, unreachable_pub, reason = "each test file uses a different part; shared by test crates")]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "each test file uses a different part; shared by test crates"
+)]
 
 use std::net::SocketAddr;
 use std::path::Path;
 
+use chassis::Host;
 use chassis::config::Config;
 use chassis::grpc::proto::chassis_client::ChassisClient;
 use chassis::grpc::proto::{self, RegisterModuleChunk};
 use chassis::policy::{Policy, PolicySet};
-use chassis::Host;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
@@ -51,7 +55,9 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> ChassisClient<Channel> {
-        ChassisClient::connect(format!("http://{}", self.addr)).await.unwrap()
+        ChassisClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
     }
 
     /// Begins graceful shutdown.
@@ -86,9 +92,17 @@ pub fn run_request(module_id: &str, policy: &str, input: &str) -> proto::RunRequ
 }
 
 #[track_caller]
-pub fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: tonic::Code, kind: &str) -> tonic::Status {
+pub fn assert_status(
+    result: Result<impl std::fmt::Debug, tonic::Status>,
+    code: tonic::Code,
+    kind: &str,
+) -> tonic::Status {
     let status = result.expect_err("an error status");
     assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(chassis::grpc::status::kind_of(&status).as_deref(), Some(kind), "{status:?}");
+    assert_eq!(
+        chassis::grpc::status::kind_of(&status).as_deref(),
+        Some(kind),
+        "{status:?}"
+    );
     status
 }

@@ -1,0 +1,293 @@
+//! `chassis serve` as a process: config from the seed, /metrics scraped and
+//! parsed, SIGTERM drains in-flight runs.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use chassis_tests::programs::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Served {
+    child: Child,
+    addr: String,
+    metrics_port: u16,
+    _data: tempfile::TempDir,
+}
+
+impl Served {
+    fn start(extra_yaml: &str) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let metrics_port = free_port();
+        let config = data.path().join("chassis.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "chassis:\n  metrics:\n    enabled: true\n    port: {metrics_port}\n  logging:\n    level: INFO\n    format: json\n    output: stderr\n  server:\n    listen: 127.0.0.1:0\n{extra_yaml}  data_dir: {}\n",
+                data.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chassis"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("chassis listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self {
+            child,
+            addr,
+            metrics_port,
+            _data: data,
+        }
+    }
+
+    fn client(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_chassis"))
+            .arg("client")
+            .arg("--addr")
+            .arg(format!("http://{}", self.addr))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn register(&self, path: &str) -> String {
+        let out = self.client(&["register", path]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
+    fn scrape(&self) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.metrics_port)).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parses Prometheus text into (series, value) pairs.
+fn samples(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && !l.trim().is_empty()
+                && !l.starts_with("HTTP/")
+                && l.contains(' ')
+        })
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_are_exported_with_the_seed_names_and_move_with_runs() {
+    let served = Served::start("");
+    let hello = served.register(HELLO_COMPONENT);
+    let spin = served.register(HOSTILE_SPIN_COMPONENT);
+    assert!(
+        served
+            .client(&["run", &hello, "--input", "m"])
+            .status
+            .success()
+    );
+    let out = served.client(&["run", &spin, "--fuel", "100000"]);
+    assert_eq!(
+        out.status.code(),
+        Some(13),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = served.client(&[
+        "run",
+        &spin,
+        "--timeout",
+        "2s",
+        "--fuel",
+        "1000000000000",
+        "--cpu-percent",
+        "10",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(14),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The exporter is read by another thread; give it a bounded moment.
+    let mut text = served.scrape();
+    for _ in 0..50 {
+        if text.contains("if_chassis_sandbox_count 0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        text = served.scrape();
+    }
+    let s = samples(&text);
+    let value = |name: &str| {
+        s.iter()
+            .find(|(series, _)| series == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    for name in chassis::telemetry::ALL_METRICS {
+        assert!(text.contains(name), "{name} not exported:\n{text}");
+    }
+    assert_eq!(value("if_chassis_sandbox_count"), 0.0);
+    assert_eq!(value("if_chassis_sandbox_escapes"), 0.0);
+    assert_eq!(value("if_chassis_memory_limit_mb"), 512.0 * 100.0);
+    assert_eq!(value("if_chassis_runs_total{outcome=\"ok\"}"), 1.0);
+    assert_eq!(
+        value("if_chassis_runs_total{outcome=\"deadline-exceeded\"}"),
+        1.0
+    );
+    assert_eq!(value("if_chassis_runs_total{outcome=\"out-of-fuel\"}"), 1.0);
+    assert!(
+        value("if_chassis_slo_violations") >= 1.0,
+        "the spin run was slower than 10 ms"
+    );
+    assert!(value("if_chassis_run_duration_seconds_count") >= 3.0);
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_run_finish_then_exits() {
+    let served = Served::start("    shutdown_grace_seconds: 10\n");
+    let spin = served.register(HOSTILE_SPIN_COMPONENT);
+    let addr = served.addr.clone();
+    let run = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_chassis"))
+            .args([
+                "client",
+                "--addr",
+                &format!("http://{addr}"),
+                "--json",
+                "run",
+                &spin,
+                "--timeout",
+                "1500ms",
+            ])
+            .args(["--fuel", "1000000000000", "--cpu-percent", "20"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    served.sigterm();
+    let out = run.join().unwrap();
+    // The run was not cut off: it ended on its own deadline.
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("deadline-exceeded"),
+        "{text} / {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut served = served;
+    let status = served.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut logs = String::new();
+    served
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .unwrap();
+    assert!(logs.contains("shutting down"), "{logs}");
+    assert!(
+        logs.contains("\"run_id\""),
+        "JSON logs carry the run span: {logs}"
+    );
+    assert!(logs.contains("chassis stopped"), "{logs}");
+}
+
+#[test]
+fn config_check_accepts_the_seed_and_names_a_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("seed.yaml");
+    std::fs::write(
+        &seed,
+        "chassis:\n  # WASM runtime\n  runtime:\n    engine: wasmtime  # or wasmer\n    max_memory_mb: 512\n    max_cpu_percent: 50\n    max_execution_time_seconds: 300\n\n  # Scoped credentials\n  credentials:\n    vault_addr: https://vault.prod.infrafabric.io:8200\n    vault_token_path: /etc/infrafabric/vault-token\n\n  # SLO tracking\n  slo:\n    target_latency_p95_ms: 10\n    target_availability_percent: 99.9\n\n  # Metrics\n  metrics:\n    enabled: true\n    port: 9092\n\n  logging:\n    level: INFO\n    format: json\n    output: /var/log/infrafabric/chassis.log\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["config", "check"])
+        .arg(&seed)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deploy =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/chassis.production.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["config", "check"])
+        .arg(&deploy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "chassis:\n  sandbox_pool:\n    max_sise: 4\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(11));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:3:5: ") && err.contains("unknown field `max_sise`"),
+        "{err}"
+    );
+}
