@@ -8,6 +8,7 @@
 //!
 //! Dependencies point one way: `host` -> `sandbox` -> `policy`/`modules` -> `engine`.
 
+pub mod audit;
 pub mod config;
 pub mod engine;
 pub mod error;
