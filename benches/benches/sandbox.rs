@@ -99,7 +99,33 @@ fn sandbox(c: &mut Criterion) {
             })
         })
     });
+    // Through `Host::run` (policy checks, run id, metrics, tracing span),
+    // without and with the audit log, to price auditing alone.
+    let audit_dir = tempfile::tempdir().unwrap();
+    let mut options = chassis::audit::AuditOptions::in_data_dir(audit_dir.path());
+    options.max_file_bytes = 1 << 30;
+    let audit = chassis::audit::AuditLog::open(options).unwrap();
+    let audited = Host::builder()
+        .pool_slots(16)
+        .audit(audit.clone())
+        .build()
+        .unwrap();
+    let audited_module = audited.modules().register(&wasm).unwrap();
+    for (name, host, module) in [
+        ("host-run", &host, &module),
+        ("host-run-audited", &audited, &audited_module),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let report = runtime
+                    .block_on(host.run(module, chassis::RunRequest::new(input.clone())))
+                    .unwrap();
+                assert!(report.result.is_ok());
+            })
+        });
+    }
     group.finish();
+    audit.close().unwrap();
 }
 
 criterion_group!(benches, sandbox);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use thiserror::Error;
 
+use crate::audit::{AuditError, AuditLog};
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::error::ErrorKind;
 use crate::modules::{Module, ModuleError, ModuleStore};
@@ -44,6 +45,7 @@ pub struct HostBuilder {
     data_dir: Option<PathBuf>,
     slo_target: std::time::Duration,
     max_module_bytes: u64,
+    audit: Option<Arc<AuditLog>>,
 }
 
 impl Default for HostBuilder {
@@ -54,6 +56,7 @@ impl Default for HostBuilder {
             data_dir: None,
             slo_target: std::time::Duration::from_millis(10),
             max_module_bytes: crate::modules::DEFAULT_MAX_MODULE_BYTES,
+            audit: None,
         }
     }
 }
@@ -89,6 +92,12 @@ impl HostBuilder {
         self
     }
 
+    /// Record every run in `audit` (run started/ended, capability denied).
+    pub fn audit(mut self, audit: Arc<AuditLog>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
     /// Keep compiled artifacts and keys under `dir` instead of in memory.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
@@ -111,6 +120,7 @@ impl HostBuilder {
             runner,
             modules: Arc::new(modules.with_max_module_bytes(self.max_module_bytes)),
             slo_target_us: self.slo_target.as_micros() as u64,
+            audit: self.audit,
         })
     }
 }
@@ -122,6 +132,7 @@ pub struct Host {
     runner: Runner,
     modules: Arc<ModuleStore>,
     slo_target_us: u64,
+    audit: Option<Arc<AuditLog>>,
 }
 
 /// Why a run could not even start.
@@ -136,6 +147,9 @@ pub enum StartError {
         #[source]
         source: LimitsError,
     },
+    /// The audit log cannot record the run, so it is refused (fail closed).
+    #[error("refusing the run: {0}")]
+    Audit(#[from] AuditError),
     /// The policy does not allow this module or this caller.
     #[error("policy `{policy}` denies this run: {reason}")]
     Denied {
@@ -152,6 +166,7 @@ impl StartError {
         match self {
             StartError::Limits { .. } => ErrorKind::InvalidRequest,
             StartError::Denied { .. } => ErrorKind::PolicyDenied,
+            StartError::Audit(e) => e.kind(),
         }
     }
 }
@@ -230,6 +245,23 @@ impl Host {
         &self.runner
     }
 
+    /// The audit log, if this host keeps one.
+    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+        self.audit.as_ref()
+    }
+
+    /// Appends an event to the audit log, if there is one.
+    pub fn audit_event(
+        &self,
+        kind: &'static str,
+        fields: serde_json::Value,
+    ) -> Result<(), AuditError> {
+        match &self.audit {
+            Some(log) => log.record(kind, fields),
+            None => Ok(()),
+        }
+    }
+
     /// The limits a run of `request` would get.
     pub fn limits_for(&self, request: &RunRequest) -> Result<Limits, StartError> {
         Limits::resolve(
@@ -261,6 +293,19 @@ impl Host {
         }
         let limits = self.limits_for(&request)?;
         let run_id = new_run_id();
+        self.audit_event(
+            "run.started",
+            serde_json::json!({
+                "run_id": run_id,
+                "module": module.id(),
+                "world": module.world(),
+                "policy": policy.name,
+                "policy_sha256": policy.sha256,
+                "caller": request.caller,
+                "limits": limits,
+            }),
+        )?;
+        let caller = request.caller.clone();
         let span = tracing::info_span!(
             "run",
             run_id = %run_id,
@@ -276,6 +321,31 @@ impl Host {
         .await;
         report.run_id = run_id;
         crate::telemetry::record_run(&report, self.slo_target_us);
+        for denial in &report.denials {
+            self.audit_event(
+                "capability.denied",
+                serde_json::json!({
+                    "run_id": report.run_id,
+                    "kind": denial.kind,
+                    "target": denial.target,
+                    "reason": denial.reason,
+                }),
+            )?;
+        }
+        let error = report.result.as_ref().err().map(|e| e.to_string());
+        self.audit_event(
+            "run.ended",
+            serde_json::json!({
+                "run_id": report.run_id,
+                "module": module.id(),
+                "policy": policy.name,
+                "caller": caller,
+                "outcome": report.outcome_name(),
+                "error": error,
+                "usage": report.usage,
+                "denials": report.denials.len() as u64 + report.denials_dropped,
+            }),
+        )?;
         span.in_scope(|| match &report.result {
             Ok(_) => tracing::info!(
                 outcome = "ok",

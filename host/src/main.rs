@@ -54,6 +54,60 @@ enum Command {
     Config(ConfigCommand),
     /// Drive a chassis server from the shell.
     Client(ClientArgs),
+    /// Verify, read and re-key the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Check every record: hashes, signatures, the chain, sequence numbers
+    /// and, against the checkpoint, truncation. Exits 0 when the log is
+    /// intact; otherwise names the first bad record and why, and exits 1.
+    Verify {
+        /// Log files in order [default: every audit-*.jsonl in <data-dir>/audit].
+        files: Vec<PathBuf>,
+        /// A trusted public key (hex, or a file of hex keys); repeatable
+        /// [default: <data-dir>/keys/audit.pub].
+        #[arg(long, value_name = "KEY|FILE")]
+        pubkey: Vec<String>,
+        /// Checkpoint to detect truncation [default: <data-dir>/audit/audit.checkpoint when present].
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+    /// Print records, filtered.
+    Show {
+        /// Log files in order [default: every audit-*.jsonl in <data-dir>/audit].
+        files: Vec<PathBuf>,
+        /// Only this run id.
+        #[arg(long)]
+        run: Option<String>,
+        /// Only this module (sha256).
+        #[arg(long)]
+        module: Option<String>,
+        /// Only this caller.
+        #[arg(long)]
+        caller: Option<String>,
+        /// Only this event kind, e.g. `run.ended`.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Print records as JSON lines.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+    /// Generate a new signing key and record the rotation, signed by the old
+    /// key and endorsed by the new one. Run it with the server stopped.
+    RotateKey {
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +348,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => return serve(args),
         Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
         Command::Client(args) => client(args),
+        Command::Audit(command) => audit(command),
     };
     match result {
         Ok(code) => code,
@@ -714,7 +769,14 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
         Some(dir) => chassis::policy::PolicySet::load_dir(dir)?,
         None => chassis::policy::PolicySet::default(),
     };
-    let host = Host::builder()
+    let mut builder = Host::builder();
+    if let Some(options) = config.audit_options() {
+        let dir = options.dir.clone();
+        let log = chassis::audit::AuditLog::open(options)
+            .with_context(|| format!("opening the audit log in {}", dir.display()))?;
+        builder = builder.audit(log);
+    }
+    let host = builder
         .caps(config.host_caps())
         .pool_slots(config.sandbox_pool.max_size)
         .warm_slots(if config.sandbox_pool.enabled {
@@ -967,4 +1029,192 @@ fn client(args: ClientArgs) -> Result<ExitCode> {
             }
         }
     })
+}
+
+fn audit_files(files: Vec<PathBuf>, data_dir: &Path) -> Result<Vec<PathBuf>> {
+    if !files.is_empty() {
+        return Ok(files);
+    }
+    let dir = data_dir.join("audit");
+    let found =
+        chassis::audit::log_files(&dir).with_context(|| format!("listing {}", dir.display()))?;
+    anyhow::ensure!(
+        !found.is_empty(),
+        "no audit-*.jsonl files in {}",
+        dir.display()
+    );
+    Ok(found)
+}
+
+fn audit(command: AuditCommand) -> Result<ExitCode> {
+    use chassis::audit::{keys, verify};
+    match command {
+        AuditCommand::Verify {
+            files,
+            pubkey,
+            checkpoint,
+            json,
+            data_dir,
+        } => {
+            let data = data_dir.resolve();
+            let files = audit_files(files, &data)?;
+            let mut trusted = Vec::new();
+            if pubkey.is_empty() {
+                let path = keys::keys_dir(&data).join(keys::PUBLIC_KEYS_FILE);
+                trusted = keys::read_public_keys(&path)
+                    .with_context(|| "no trusted keys: pass --pubkey")?;
+            }
+            for k in &pubkey {
+                match keys::parse_public_key(k) {
+                    Ok(key) => trusted.push(key),
+                    Err(_) => trusted.extend(keys::read_public_keys(Path::new(k))?),
+                }
+            }
+            let checkpoint_path = checkpoint.or_else(|| {
+                let default = data.join("audit").join(verify::CHECKPOINT_FILE);
+                default.exists().then_some(default)
+            });
+            let checkpoint = match &checkpoint_path {
+                Some(p) => Some(verify::Checkpoint::read(p).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            match verify::verify(&files, &trusted, checkpoint.as_ref()) {
+                Ok(ok) => {
+                    if json {
+                        println!("{}", serde_json::json!({ "ok": true, "verified": ok }));
+                    } else {
+                        println!(
+                            "ok: {} records in {} file(s), last record {} ({}), signed by {}{}",
+                            ok.records,
+                            ok.files,
+                            ok.last_seq,
+                            &ok.last_hash[..16],
+                            ok.keys.join(", "),
+                            if checkpoint.is_some() {
+                                "; matches the checkpoint"
+                            } else {
+                                "; no checkpoint given, truncation at the end not checked"
+                            }
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(problem) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "ok": false,
+                                "file": problem.file,
+                                "line": problem.line,
+                                "seq": problem.seq,
+                                "reason": problem.reason.to_string(),
+                            })
+                        );
+                    } else {
+                        eprintln!("chassis: audit log does not verify: {problem}");
+                    }
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        AuditCommand::Show {
+            files,
+            run,
+            module,
+            caller,
+            kind,
+            json,
+            data_dir,
+        } => {
+            let files = audit_files(files, &data_dir.resolve())?;
+            let mut out = std::io::stdout().lock();
+            for file in files {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                for (i, line) in text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                {
+                    let record: chassis::audit::record::Record = serde_json::from_str(line)
+                        .with_context(|| {
+                            format!("{}:{}: not an audit record", file.display(), i + 1)
+                        })?;
+                    let field = |name: &str| record.fields[name].as_str().map(str::to_string);
+                    let keep = run
+                        .as_ref()
+                        .is_none_or(|r| field("run_id").as_ref() == Some(r))
+                        && module
+                            .as_ref()
+                            .is_none_or(|m| field("module").as_ref() == Some(m))
+                        && caller
+                            .as_ref()
+                            .is_none_or(|c| field("caller").as_ref() == Some(c))
+                        && kind.as_ref().is_none_or(|k| &record.kind == k);
+                    if !keep {
+                        continue;
+                    }
+                    if json {
+                        writeln!(out, "{line}")?;
+                    } else {
+                        writeln!(
+                            out,
+                            "{:>6} {} {:<18} {}",
+                            record.seq, record.ts, record.kind, record.fields
+                        )?;
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::RotateKey { data_dir } => {
+            let data = data_dir.resolve();
+            let options = chassis::audit::AuditOptions::in_data_dir(&data);
+            let key_file = options.key_file.clone();
+            let mut secret = zeroize_secret();
+            getrandom::fill(&mut secret[..]).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+            let new = ed25519_dalek::SigningKey::from_bytes(&secret);
+            let new_public = new.verifying_key();
+            // The new key is on disk before the log names it, so a crash
+            // in between never leaves a rotation to a key that is lost.
+            let staged = key_file.with_extension("new");
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&staged)
+                    .with_context(|| format!("writing {}", staged.display()))?;
+                f.write_all(&secret[..])?;
+                f.sync_all()?;
+            }
+            let log = chassis::audit::AuditLog::open(options)?;
+            log.rotate_key(new)?;
+            log.close()?;
+            let retired = key_file.with_extension(format!("retired-{}", chrono_stamp()));
+            std::fs::rename(&key_file, &retired)
+                .with_context(|| format!("retiring {}", key_file.display()))?;
+            std::fs::rename(&staged, &key_file)
+                .with_context(|| format!("installing {}", key_file.display()))?;
+            println!(
+                "rotated the audit key: new key {} ({}); old key kept at {}",
+                chassis::audit::record::key_id(&new_public),
+                hex::encode(new_public.as_bytes()),
+                retired.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn chrono_stamp() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "")
+}
+
+fn zeroize_secret() -> zeroize::Zeroizing<[u8; 32]> {
+    zeroize::Zeroizing::new([0u8; 32])
 }

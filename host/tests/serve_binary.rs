@@ -291,3 +291,65 @@ fn config_check_accepts_the_seed_and_names_a_bad_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_served_host_audits_what_ran_and_the_log_verifies_after_shutdown() {
+    let mut served = Served::start("");
+    let hello = served.register(HELLO_COMPONENT);
+    let thief = served.register(HOSTILE_SECRET_THIEF_COMPONENT);
+    let out = served.client(&["--json", "run", &hello, "--input", "audited"]);
+    assert!(out.status.success());
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let _ = served.client(&["run", &thief, "--input", "root-password"]);
+    served.sigterm();
+    assert!(served.child.wait().unwrap().success());
+
+    let data = served._data.path().join("data");
+    let chassis = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_chassis"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = chassis(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = chassis(&["audit", "show", "--json"]);
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "host.start",
+        "module.registered",
+        "run.started",
+        "run.ended",
+        "capability.denied",
+        "host.stop",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    let out = chassis(&["audit", "show", "--json", "--run", &run_id]);
+    let mine: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(mine.len(), 2, "started and ended");
+    assert_eq!(mine[1]["fields"]["outcome"], "ok");
+    assert_eq!(mine[1]["fields"]["caller"], "local");
+    let denied = records
+        .iter()
+        .find(|r| r["kind"] == "capability.denied")
+        .unwrap();
+    assert_eq!(denied["fields"]["target"], "root-password");
+}

@@ -92,6 +92,55 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Directory of policy files (`*.toml`) served by name.
     pub policies_dir: Option<PathBuf>,
+    /// The tamper-evident audit log.
+    pub audit: Audit,
+}
+
+/// `chassis.audit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Audit {
+    /// Write the audit log (`chassis serve`).
+    pub enabled: bool,
+    /// Directory of log files; default `<data_dir>/audit`.
+    pub dir: Option<PathBuf>,
+    /// Signing key; default `<data_dir>/keys/audit.ed25519`, created if absent.
+    pub key_file: Option<PathBuf>,
+    /// `every` record, or `batch` (at most `batch_records` or `batch_interval_ms` unsynced).
+    pub fsync: AuditFsync,
+    /// Records per fsync in batch mode.
+    pub batch_records: u32,
+    /// Longest time between fsyncs in batch mode.
+    pub batch_interval_ms: u64,
+    /// Start a new file past this size.
+    pub max_file_mb: u64,
+    /// Keep running when the log cannot be written (counted); default: fail closed.
+    pub fail_open: bool,
+}
+
+/// `chassis.audit.fsync`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditFsync {
+    /// fsync after every record.
+    Every,
+    /// fsync in bounded batches.
+    Batch,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            key_file: None,
+            fsync: AuditFsync::Batch,
+            batch_records: 256,
+            batch_interval_ms: 50,
+            max_file_mb: 64,
+            fail_open: false,
+        }
+    }
 }
 
 impl Default for Config {
@@ -106,6 +155,7 @@ impl Default for Config {
             server: Server::default(),
             data_dir: PathBuf::from(".chassis"),
             policies_dir: None,
+            audit: Audit::default(),
         }
     }
 }
@@ -443,6 +493,12 @@ impl Config {
                     .into(),
             ));
         }
+        if self.audit.batch_records == 0 {
+            return Err(bad(
+                "audit.batch_records",
+                "must be greater than zero".into(),
+            ));
+        }
         if self.server.max_request_mb == 0 {
             return Err(bad(
                 "server.max_request_mb",
@@ -470,6 +526,30 @@ impl Config {
             max_cpu_percent: self.runtime.max_cpu_percent,
             ..HostCaps::default()
         }
+    }
+
+    /// How to open the audit log, or `None` when it is disabled.
+    pub fn audit_options(&self) -> Option<crate::audit::AuditOptions> {
+        if !self.audit.enabled {
+            return None;
+        }
+        let mut options = crate::audit::AuditOptions::in_data_dir(&self.data_dir);
+        if let Some(dir) = &self.audit.dir {
+            options.dir = dir.clone();
+        }
+        if let Some(key) = &self.audit.key_file {
+            options.key_file = key.clone();
+        }
+        options.fsync = match self.audit.fsync {
+            AuditFsync::Every => crate::audit::FsyncPolicy::Every,
+            AuditFsync::Batch => crate::audit::FsyncPolicy::Batch {
+                records: self.audit.batch_records,
+                interval_ms: self.audit.batch_interval_ms,
+            },
+        };
+        options.max_file_bytes = self.audit.max_file_mb.max(1) * 1024 * 1024;
+        options.fail_open = self.audit.fail_open;
+        Some(options)
     }
 
     /// Sandboxes all running at once could use this much linear memory: the

@@ -80,6 +80,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (interrupt_tx, interrupt_rx) = watch::channel(false);
+    let audit = host.audit().cloned();
+    if let Some(log) = &audit {
+        let _ = log.record(
+            "host.start",
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "listen": listener.local_addr().ok().map(|a| a.to_string()),
+                "tls": config.server.tls.is_some(),
+                "policies": policies.len(),
+            }),
+        );
+        for p in policies.iter() {
+            let _ = log.record(
+                "policy.loaded",
+                serde_json::json!({
+                    "policy": p.name,
+                    "sha256": p.sha256,
+                    "file": p.source.as_ref().map(|s| s.display().to_string()),
+                }),
+            );
+        }
+    }
     let service = ChassisService::new(
         host,
         policies,
@@ -140,6 +162,15 @@ pub async fn serve(
             stop,
         )
         .await?;
+    if let Some(log) = &audit {
+        let _ = log.record(
+            "host.stop",
+            serde_json::json!({ "reason": "shutdown signal" }),
+        );
+        if let Err(e) = log.close() {
+            tracing::error!(error = %e, "closing the audit log");
+        }
+    }
     tracing::info!("chassis stopped");
     Ok(())
 }

@@ -265,6 +265,17 @@ impl Chassis for ChassisService {
             .map_err(|e| status(ErrorKind::Internal, format!("compiling task failed: {e}")))?
             .map_err(|e| status(e.kind(), e.to_string()))?;
         tracing::info!(module = %module.id(), world = %module.world(), %caller, "module registered");
+        self.host
+            .audit_event(
+                "module.registered",
+                serde_json::json!({
+                    "module": module.id(),
+                    "world": module.world(),
+                    "size_bytes": module.size_bytes(),
+                    "caller": caller,
+                }),
+            )
+            .map_err(|e| status(e.kind(), e.to_string()))?;
         Ok(Response::new(proto::ModuleInfo {
             id: module.id().into(),
             world: world(module.world()),
@@ -294,10 +305,20 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::RemoveModuleRequest>,
     ) -> Result<Response<proto::RemoveModuleResponse>, Status> {
+        let caller = caller_identity(
+            request.remote_addr(),
+            request.peer_certs().as_deref().map(|c| c.as_slice()),
+        );
         let id = &request.get_ref().id;
         match self.host.modules().remove(id) {
             Ok(true) => {
-                tracing::info!(module = %id, "module removed");
+                tracing::info!(module = %id, %caller, "module removed");
+                self.host
+                    .audit_event(
+                        "module.removed",
+                        serde_json::json!({ "module": id, "caller": caller }),
+                    )
+                    .map_err(|e| status(e.kind(), e.to_string()))?;
                 Ok(Response::new(proto::RemoveModuleResponse {}))
             }
             Ok(false) => Err(not_found("module", id)),
