@@ -14,6 +14,7 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 mod host;
+pub mod load;
 pub mod modules;
 pub mod policy;
 pub mod sandbox;

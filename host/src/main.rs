@@ -57,6 +57,52 @@ enum Command {
     /// Verify, read and re-key the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Run a module many times, in this process or against a server, and
+    /// report throughput, latency percentiles, errors by kind, RSS per live
+    /// sandbox, and fuel and memory per run.
+    Load(LoadArgs),
+}
+
+#[derive(Debug, Args)]
+struct LoadArgs {
+    /// The module (.wasm) to run.
+    #[arg(long, value_name = "FILE")]
+    module: PathBuf,
+    /// Runs in flight at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Stop after this many runs.
+    #[arg(long, conflicts_with = "duration")]
+    runs: Option<u64>,
+    /// Stop after this long, e.g. `30s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Input given to every run.
+    #[arg(long, default_value = "")]
+    input: String,
+    /// Run under this policy file (local) or policy name (remote).
+    #[arg(long)]
+    policy: Option<String>,
+    /// Load a server instead of this process, e.g. http://127.0.0.1:50051.
+    #[arg(long, value_name = "ADDR")]
+    remote: Option<String>,
+    /// Linear memory cap per sandbox in MiB (also sizes the local pool).
+    #[arg(long, default_value_t = 64)]
+    memory_mb: u64,
+    /// Fuel per run.
+    #[arg(long, value_parser = parse_fuel)]
+    fuel: Option<FuelRequest>,
+    /// Deadline per run.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also draw a latency histogram and throughput-over-time chart.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    #[command(flatten)]
+    data_dir: DataDirArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -349,6 +395,7 @@ fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
         Command::Client(args) => client(args),
         Command::Audit(command) => audit(command),
+        Command::Load(args) => load(args),
     };
     match result {
         Ok(code) => code,
@@ -1217,4 +1264,138 @@ fn chrono_stamp() -> String {
 
 fn zeroize_secret() -> zeroize::Zeroizing<[u8; 32]> {
     zeroize::Zeroizing::new([0u8; 32])
+}
+
+fn load(args: LoadArgs) -> Result<ExitCode> {
+    use chassis::load::{Progress, Stop, Target};
+    let stop = match (args.runs, args.duration) {
+        (Some(n), _) => Stop::Runs(n),
+        (None, Some(d)) => Stop::Duration(d),
+        (None, None) => anyhow::bail!("say how much load: --runs N or --duration D"),
+    };
+    let input = args.input.clone().into_bytes();
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("reading module {}", args.module.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let target = match &args.remote {
+        None => {
+            let caps = chassis::sandbox::HostCaps {
+                max_memory_bytes: args.memory_mb * 1024 * 1024,
+                ..Default::default()
+            };
+            let host = Host::builder()
+                .caps(caps)
+                .pool_slots(u32::try_from(args.concurrency.max(1)).unwrap_or(u32::MAX))
+                .warm_slots(u32::try_from(args.concurrency.min(1000)).unwrap_or(1000))
+                .data_dir(args.data_dir.resolve())
+                .build()?;
+            let module = match host.modules().register(&bytes) {
+                Ok(m) => m,
+                Err(e) => return Ok(fail(args.json, &args.module, e.kind(), &e.to_string())),
+            };
+            let mut request = RunRequest::new(input).limits(LimitsRequest {
+                fuel: args.fuel,
+                timeout: args.timeout,
+                ..Default::default()
+            });
+            if let Some(policy) = &args.policy {
+                request = request.policy(std::sync::Arc::new(Policy::load(Path::new(policy))?));
+            }
+            Target::Local {
+                host,
+                module,
+                request,
+            }
+        }
+        Some(addr) => runtime.block_on(async {
+            use chassis::grpc::proto;
+            let channel = tonic::transport::Endpoint::from_shared(addr.clone())?
+                .connect()
+                .await
+                .with_context(|| format!("connecting to {addr}"))?;
+            let mut client = proto::chassis_client::ChassisClient::new(channel)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20);
+            let module = client
+                .register_module(tokio_stream::iter(vec![proto::RegisterModuleChunk {
+                    data: bytes.clone(),
+                }]))
+                .await
+                .map_err(|s| anyhow::anyhow!("registering the module: {}", s.message()))?
+                .into_inner();
+            let fuel = match args.fuel {
+                Some(FuelRequest::Budget(n)) => n,
+                _ => 0,
+            };
+            anyhow::Ok(Target::Remote {
+                client,
+                request: proto::RunRequest {
+                    module_id: module.id,
+                    policy: args.policy.clone().unwrap_or_default(),
+                    input: input.clone(),
+                    limits: Some(proto::Limits {
+                        fuel,
+                        timeout_ms: args.timeout.map_or(0, |t| t.as_millis() as u64),
+                        ..Default::default()
+                    }),
+                },
+            })
+        })?,
+    };
+    let progress = std::sync::Arc::new(Progress::default());
+    let bar = if args.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::hidden()
+    } else {
+        match stop {
+            Stop::Runs(n) => indicatif::ProgressBar::new(n),
+            Stop::Duration(d) => indicatif::ProgressBar::new(d.as_secs().max(1)),
+        }
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let report = runtime.block_on(async {
+        let watcher = {
+            let progress = progress.clone();
+            let bar = bar.clone();
+            let started = std::time::Instant::now();
+            tokio::spawn(async move {
+                loop {
+                    let done = progress.done.load(std::sync::atomic::Ordering::Relaxed);
+                    match stop {
+                        Stop::Runs(_) => bar.set_position(done),
+                        Stop::Duration(_) => bar.set_position(started.elapsed().as_secs()),
+                    }
+                    bar.set_message(format!(
+                        "live {} | errors {}",
+                        progress.live.load(std::sync::atomic::Ordering::Relaxed),
+                        progress.errors.load(std::sync::atomic::Ordering::Relaxed)
+                    ));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+        };
+        let report = chassis::load::run(target, args.concurrency, stop, progress).await;
+        watcher.abort();
+        report
+    });
+    bar.finish_and_clear();
+    if let Some(path) = &args.plot {
+        chassis::load::write_svg(&report, path)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+        if let Some(path) = &args.plot {
+            println!("plot            {}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

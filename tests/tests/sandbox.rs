@@ -151,6 +151,67 @@ mod wordcount {
     }
 }
 
+mod sleeper {
+    use super::*;
+
+    #[tokio::test]
+    async fn sleeps_without_burning_fuel_and_many_share_one_thread() {
+        let host = host();
+        let mut tasks = Vec::new();
+        // As many as the pool has slots: all live at once on one thread.
+        for _ in 0..8 {
+            let host = host.clone();
+            tasks.push(tokio::spawn(async move {
+                run(&host, SLEEPER_COMPONENT, b"200", &quick()).await
+            }));
+        }
+        let mut reports = Vec::new();
+        for t in tasks {
+            reports.push(t.await.unwrap());
+        }
+        for r in &reports {
+            assert_eq!(r.result.as_deref().unwrap(), b"slept 200 ms");
+            assert!(
+                r.usage.fuel_consumed < 1_000_000,
+                "parked, not spinning: {}",
+                r.usage.fuel_consumed
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sleep_past_the_deadline_is_deadline_exceeded() {
+        let host = host();
+        let request = LimitsRequest {
+            timeout: Some(Duration::from_millis(100)),
+            ..quick()
+        };
+        let report = run(&host, SLEEPER_COMPONENT, b"5000", &request).await;
+        assert_eq!(kind(&report), ErrorKind::DeadlineExceeded);
+    }
+}
+
+mod hasher {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_a_generated_buffer_deterministically() {
+        let host = host();
+        let a = run(&host, HASHER_COMPONENT, b"65536", &quick()).await;
+        let b = run(&host, HASHER_COMPONENT, b"65536", &quick()).await;
+        assert_eq!(a.result.as_deref().unwrap(), b.result.as_deref().unwrap());
+        assert_eq!(
+            a.usage.fuel_consumed, b.usage.fuel_consumed,
+            "fuel is deterministic"
+        );
+        assert!(
+            a.usage.fuel_consumed > 16 * 65536,
+            "{}",
+            a.usage.fuel_consumed
+        );
+    }
+}
+
 mod hostile_spin {
     use super::*;
 

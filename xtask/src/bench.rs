@@ -172,7 +172,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         let met = ratio <= pair.max_ratio;
         writeln!(
             md,
-            "| {} | {} | {} ({}) | {ratio:.2}x | ≤ {:.1}x | {} |",
+            "| {} | {} | {} ({}) | {ratio:.2}x | ≤ {:.2}x | {} |",
             pair.what,
             human(ours),
             human(peer),
@@ -182,7 +182,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         )?;
         if !met {
             misses.push(format!(
-                "- {}: {ratio:.2}x against a target of {:.1}x ({:.0}% over). Where the time goes: {}.",
+                "- {}: {ratio:.2}x against a target of {:.2}x ({:.0}% over). Where the time goes: {}.",
                 pair.what,
                 pair.max_ratio,
                 (ratio / pair.max_ratio - 1.0) * 100.0,
@@ -277,7 +277,11 @@ pub(crate) fn run(quick: bool) -> Result<()> {
          the cached `InstancePre`, the call, the usage report, and teardown.\n\
          - `sandbox/raw-wasmtime`: the same guest on the same engine (pooling allocator, fuel, \
          epoch interruption) with the least a host must do: a default WASI context, fuel set, \
-         instantiate from an `InstancePre`, call `run`, drop.\n         - gRPC (`benches/benches/grpc.rs`): a chassis server and a bare tonic server implementing \
+         instantiate from an `InstancePre`, call `run`, drop.\n\
+         - `sandbox/host-run` and `sandbox/host-run-audited`: the same run through `Host::run` (policy \
+         checks, run id, metrics, tracing span), without and with the audit log (batch fsync, \
+         two signed records per run).\n\
+         - gRPC (`benches/benches/grpc.rs`): a chassis server and a bare tonic server implementing \
          the same `chassis.v1.Chassis/Run` as an echo, both in the bench process on loopback; \
          clients on the same runtime issue unary `Run` of `echo` with 16 bytes for 5 s per point \
          (0.5 s with --quick) after a 0.5 s warm-up; percentiles come from every sample."

@@ -1,0 +1,213 @@
+//! `chassis load`: run a module many times at a set concurrency, in this
+//! process or against a server, and report throughput, latency, errors by
+//! kind, memory and fuel.
+
+mod plot;
+mod report;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub use plot::write_svg;
+pub use report::{Distribution, LoadReport};
+
+use crate::grpc::proto;
+use crate::modules::Module;
+use crate::{Host, RunRequest};
+
+/// When a load test stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// After this many runs in total.
+    Runs(u64),
+    /// After this long (runs in flight then finish).
+    Duration(Duration),
+}
+
+/// What to run against.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A host in this process.
+    Local {
+        /// The host.
+        host: Host,
+        /// The module, registered on it.
+        module: Arc<Module>,
+        /// The request every run repeats.
+        request: RunRequest,
+    },
+    /// A chassis server.
+    Remote {
+        /// A connected client (cloned per worker; one HTTP/2 connection).
+        client: proto::chassis_client::ChassisClient<tonic::transport::Channel>,
+        /// The request every run repeats.
+        request: proto::RunRequest,
+    },
+}
+
+/// One finished run.
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    /// When it finished, from the start of the load.
+    pub(crate) at: Duration,
+    pub(crate) latency: Duration,
+    /// `ok` or the error kind.
+    pub(crate) outcome: String,
+    pub(crate) fuel: Option<u64>,
+    pub(crate) peak_memory: Option<u64>,
+}
+
+/// Live counters a caller can watch (for a progress bar).
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Runs finished.
+    pub done: AtomicU64,
+    /// Runs in flight now.
+    pub live: AtomicUsize,
+    /// Most runs in flight at once.
+    pub peak_live: AtomicUsize,
+    /// Runs that did not end `ok`.
+    pub errors: AtomicU64,
+}
+
+/// Resident set size of this process, from /proc.
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn usage_from_metadata(status: &tonic::Status) -> (Option<u64>, Option<u64>) {
+    let text = status
+        .metadata()
+        .get("chassis-usage")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let get = |key: &str| {
+        text.split(' ')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+    };
+    (get("fuel"), get("peak_memory_bytes"))
+}
+
+impl Target {
+    async fn run_once(&self) -> (String, Option<u64>, Option<u64>) {
+        match self {
+            Target::Local {
+                host,
+                module,
+                request,
+            } => match host.run(module, request.clone()).await {
+                Ok(report) => (
+                    report.outcome_name().to_string(),
+                    Some(report.usage.fuel_consumed),
+                    Some(report.usage.peak_memory_bytes),
+                ),
+                Err(e) => (e.kind().as_str().to_string(), None, None),
+            },
+            Target::Remote { client, request } => match client.clone().run(request.clone()).await {
+                Ok(response) => {
+                    let usage = response.into_inner().usage.unwrap_or_default();
+                    (
+                        "ok".into(),
+                        Some(usage.fuel_consumed),
+                        Some(usage.peak_memory_bytes),
+                    )
+                }
+                Err(status) => {
+                    let kind = crate::grpc::status::kind_of(&status).unwrap_or_else(|| {
+                        format!("grpc-{:?}", status.code()).to_ascii_lowercase()
+                    });
+                    let (fuel, memory) = usage_from_metadata(&status);
+                    (kind, fuel, memory)
+                }
+            },
+        }
+    }
+}
+
+/// Runs the load and reports. `progress` is updated as runs finish.
+pub async fn run(
+    target: Target,
+    concurrency: usize,
+    stop: Stop,
+    progress: Arc<Progress>,
+) -> LoadReport {
+    let concurrency = concurrency.max(1);
+    let baseline_rss = rss_bytes();
+    let start = Instant::now();
+    let tickets = Arc::new(AtomicU64::new(0));
+    let peak_rss = Arc::new(AtomicU64::new(baseline_rss));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let peak_rss = peak_rss.clone();
+        let sampling = sampling.clone();
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                peak_rss.fetch_max(rss_bytes(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let mut workers = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let target = target.clone();
+        let tickets = tickets.clone();
+        let progress = progress.clone();
+        workers.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let go = match stop {
+                    Stop::Runs(n) => tickets.fetch_add(1, Ordering::Relaxed) < n,
+                    Stop::Duration(d) => start.elapsed() < d,
+                };
+                if !go {
+                    break;
+                }
+                let live = progress.live.fetch_add(1, Ordering::Relaxed) + 1;
+                progress.peak_live.fetch_max(live, Ordering::Relaxed);
+                let began = Instant::now();
+                let (outcome, fuel, peak_memory) = target.run_once().await;
+                let latency = began.elapsed();
+                progress.live.fetch_sub(1, Ordering::Relaxed);
+                progress.done.fetch_add(1, Ordering::Relaxed);
+                if outcome != "ok" {
+                    progress.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                samples.push(Sample {
+                    at: start.elapsed(),
+                    latency,
+                    outcome,
+                    fuel,
+                    peak_memory,
+                });
+            }
+            samples
+        }));
+    }
+    let mut samples = Vec::new();
+    for w in workers {
+        if let Ok(mut s) = w.await {
+            samples.append(&mut s);
+        }
+    }
+    let elapsed = start.elapsed();
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    peak_rss.fetch_max(rss_bytes(), Ordering::Relaxed);
+    LoadReport::build(
+        &samples,
+        elapsed,
+        concurrency,
+        baseline_rss,
+        peak_rss.load(Ordering::Relaxed),
+        progress.peak_live.load(Ordering::Relaxed),
+    )
+}

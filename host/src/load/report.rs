@@ -1,0 +1,222 @@
+//! The load report: what a load tester reads at the end.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::Sample;
+
+/// Percentiles of one quantity.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Distribution {
+    /// Smallest.
+    pub min: f64,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
+
+impl Distribution {
+    /// Percentiles of `values` (empty gives zeros).
+    pub fn of(mut values: Vec<f64>) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        values.sort_by(|a, b| a.total_cmp(b));
+        let at =
+            |p: f64| values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1];
+        Self {
+            min: values[0],
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: values[values.len() - 1],
+            mean: values.iter().sum::<f64>() / values.len() as f64,
+        }
+    }
+}
+
+/// Everything `chassis load` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Runs finished.
+    pub runs: u64,
+    /// Concurrency asked for.
+    pub concurrency: usize,
+    /// Wall time of the whole load, seconds.
+    pub duration_s: f64,
+    /// Runs per second over the whole load.
+    pub throughput_per_s: f64,
+    /// Latency per run, microseconds.
+    pub latency_us: Distribution,
+    /// Runs by outcome (`ok` or an error kind).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Runs that did not end `ok`.
+    pub errors: u64,
+    /// RSS before the load, bytes.
+    pub baseline_rss_bytes: u64,
+    /// Largest RSS seen, bytes.
+    pub peak_rss_bytes: u64,
+    /// Most runs in flight at once.
+    pub peak_live_sandboxes: usize,
+    /// (peak RSS - baseline) / peak live sandboxes, bytes.
+    pub rss_per_live_sandbox_bytes: u64,
+    /// Fuel per run.
+    pub fuel: Distribution,
+    /// Peak linear memory per run, bytes.
+    pub peak_memory_bytes: Distribution,
+    /// Runs finished in each second of the load.
+    pub throughput_by_second: Vec<u64>,
+    /// Every latency, microseconds, for plots (not serialized).
+    #[serde(skip)]
+    pub latencies_us: Vec<f64>,
+}
+
+impl LoadReport {
+    pub(crate) fn build(
+        samples: &[Sample],
+        elapsed: Duration,
+        concurrency: usize,
+        baseline_rss: u64,
+        peak_rss: u64,
+        peak_live: usize,
+    ) -> Self {
+        let mut outcomes = BTreeMap::new();
+        for s in samples {
+            *outcomes.entry(s.outcome.clone()).or_insert(0) += 1;
+        }
+        let errors = samples.iter().filter(|s| s.outcome != "ok").count() as u64;
+        let seconds = elapsed.as_secs() as usize + 1;
+        let mut by_second = vec![0u64; seconds];
+        for s in samples {
+            let i = (s.at.as_secs() as usize).min(seconds - 1);
+            by_second[i] += 1;
+        }
+        let latencies: Vec<f64> = samples
+            .iter()
+            .map(|s| s.latency.as_secs_f64() * 1e6)
+            .collect();
+        Self {
+            runs: samples.len() as u64,
+            concurrency,
+            duration_s: elapsed.as_secs_f64(),
+            throughput_per_s: samples.len() as f64 / elapsed.as_secs_f64().max(1e-9),
+            latency_us: Distribution::of(latencies.clone()),
+            outcomes,
+            errors,
+            baseline_rss_bytes: baseline_rss,
+            peak_rss_bytes: peak_rss,
+            peak_live_sandboxes: peak_live,
+            rss_per_live_sandbox_bytes: peak_rss.saturating_sub(baseline_rss)
+                / peak_live.max(1) as u64,
+            fuel: Distribution::of(
+                samples
+                    .iter()
+                    .filter_map(|s| s.fuel)
+                    .map(|f| f as f64)
+                    .collect(),
+            ),
+            peak_memory_bytes: Distribution::of(
+                samples
+                    .iter()
+                    .filter_map(|s| s.peak_memory)
+                    .map(|m| m as f64)
+                    .collect(),
+            ),
+            throughput_by_second: by_second,
+            latencies_us: latencies,
+        }
+    }
+
+    /// The report as a person reads it.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let l = &self.latency_us;
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let _ = writeln!(
+            out,
+            "runs            {} at concurrency {} in {:.2} s",
+            self.runs, self.concurrency, self.duration_s
+        );
+        let _ = writeln!(out, "throughput      {:.0} runs/s", self.throughput_per_s);
+        let _ = writeln!(
+            out,
+            "latency         p50 {:.0} µs | p95 {:.0} µs | p99 {:.0} µs | max {:.0} µs",
+            l.p50, l.p95, l.p99, l.max
+        );
+        let outcomes: Vec<String> = self
+            .outcomes
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        let _ = writeln!(out, "outcomes        {}", outcomes.join(" | "));
+        let _ = writeln!(
+            out,
+            "memory          peak RSS {:.1} MiB (baseline {:.1} MiB) | peak live sandboxes {} | RSS per live sandbox {:.0} KiB",
+            mib(self.peak_rss_bytes),
+            mib(self.baseline_rss_bytes),
+            self.peak_live_sandboxes,
+            self.rss_per_live_sandbox_bytes as f64 / 1024.0
+        );
+        let _ = writeln!(
+            out,
+            "fuel per run    p50 {:.0} | p99 {:.0} | max {:.0}",
+            self.fuel.p50, self.fuel.p99, self.fuel.max
+        );
+        let _ = writeln!(
+            out,
+            "guest memory    p50 {:.0} KiB | p99 {:.0} KiB | max {:.0} KiB",
+            self.peak_memory_bytes.p50 / 1024.0,
+            self.peak_memory_bytes.p99 / 1024.0,
+            self.peak_memory_bytes.max / 1024.0
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_right_samples() {
+        let d = Distribution::of((1..=100).map(f64::from).collect());
+        assert_eq!(
+            (d.min, d.p50, d.p95, d.p99, d.max),
+            (1.0, 50.0, 95.0, 99.0, 100.0)
+        );
+        assert_eq!(Distribution::of(vec![]), Distribution::default());
+    }
+
+    #[test]
+    fn the_report_adds_up() {
+        let samples: Vec<Sample> = (0..10)
+            .map(|i| Sample {
+                at: Duration::from_millis(i * 150),
+                latency: Duration::from_micros(100 + i),
+                outcome: if i % 5 == 0 {
+                    "out-of-fuel".into()
+                } else {
+                    "ok".into()
+                },
+                fuel: Some(1000),
+                peak_memory: Some(65536),
+            })
+            .collect();
+        let r = LoadReport::build(&samples, Duration::from_millis(1500), 2, 1000, 3000, 4);
+        assert_eq!(r.runs, 10);
+        assert_eq!(r.errors, 2);
+        assert_eq!(r.outcomes["ok"], 8);
+        assert_eq!(r.throughput_by_second.iter().sum::<u64>(), 10);
+        assert_eq!(r.rss_per_live_sandbox_bytes, 500);
+    }
+}
