@@ -128,5 +128,62 @@ fn sandbox(c: &mut Criterion) {
     audit.close().unwrap();
 }
 
-criterion_group!(benches, sandbox);
+/// A CPU-bound guest (FNV over 1 MiB, 16 rounds): chassis with fuel and
+/// epoch interruption next to the same guest on an engine with neither.
+fn cpu(c: &mut Criterion) {
+    use chassis_tests::programs::HASHER_COMPONENT;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let wasm = std::fs::read(HASHER_COMPONENT).unwrap();
+    let input = b"1048576".to_vec();
+    let host = Host::builder().pool_slots(4).build().unwrap();
+    let module = host.modules().register(&wasm).unwrap();
+    let policy = std::sync::Arc::new(chassis::policy::Policy::deny_all());
+    let limits = host.limits_for(&chassis::RunRequest::new(vec![])).unwrap();
+
+    let mut config = wasmtime::Config::new();
+    config
+        .wasm_component_model(true)
+        .cranelift_opt_level(wasmtime::OptLevel::Speed)
+        .consume_fuel(false)
+        .epoch_interruption(false);
+    let engine = wasmtime::Engine::new(&config).unwrap();
+    let mut linker: Linker<RawState> = Linker::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    raw::Agent::add_to_linker::<_, HasSelf<RawState>>(&mut linker, |s| s).unwrap();
+    let component = wasmtime::component::Component::new(&engine, &wasm).unwrap();
+    let pre = raw::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+
+    let mut group = c.benchmark_group("cpu");
+    group.sample_size(20);
+    group.bench_function("chassis", |b| {
+        b.iter(|| {
+            let report =
+                runtime.block_on(
+                    host.runner()
+                        .run(&module, input.clone(), &limits, &policy, None),
+                );
+            assert!(report.result.is_ok());
+        })
+    });
+    group.bench_function("uninstrumented", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let state = RawState {
+                    wasi: WasiCtx::builder().build(),
+                    table: ResourceTable::new(),
+                };
+                let mut store = Store::new(&engine, state);
+                let agent = pre.instantiate_async(&mut store).await.unwrap();
+                let out = agent.call_run(&mut store, &input).await.unwrap();
+                assert!(out.is_ok());
+            })
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sandbox, cpu);
 criterion_main!(benches);

@@ -27,6 +27,15 @@ const PAIRS: &[Pair] = &[
                      the resource limiter, the epoch callback and the usage report",
     },
     Pair {
+        what: "fuel + epoch overhead on a CPU-bound guest (FNV over 1 MiB, 16 rounds)",
+        ours: "cpu/chassis",
+        peer: "cpu/uninstrumented",
+        peer_name: "the same guest on an engine without fuel or epochs",
+        max_ratio: 1.3,
+        why_missed: "fuel metering adds a counter update per basic block and epoch checks a load and \
+                     compare at loop headers; the hot loop here is a few instructions long",
+    },
+    Pair {
         what: "auditing: `Host::run` of `echo` with the audit log vs without",
         ours: "sandbox/host-run-audited",
         peer: "sandbox/host-run",
@@ -130,6 +139,66 @@ fn grpc_figures(root: &Path) -> Result<Vec<(String, usize, GrpcFigure)>> {
     Ok(out)
 }
 
+/// Runs `chassis load ... --json` with the release binary.
+fn chassis_load(root: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let out = std::process::Command::new(root.join("target/release/chassis"))
+        .arg("load")
+        .args(args)
+        .arg("--json")
+        .arg("--data-dir")
+        .arg(root.join("target/bench-data"))
+        .output()
+        .context("running chassis load")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "chassis load {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The `wasmtime` CLI at chassis's wasmtime major version, installed with
+/// cargo into target/peers when missing.
+fn wasmtime_cli(root: &Path) -> Result<std::path::PathBuf> {
+    let installed = root.join("target/peers/bin/wasmtime");
+    if installed.exists() {
+        return Ok(installed);
+    }
+    eprintln!("xtask: installing wasmtime-cli 48.0.8 (the peer for process-per-run comparisons)");
+    crate::cargo(&[
+        "install",
+        "wasmtime-cli",
+        "--version",
+        "48.0.8",
+        "--locked",
+        "--root",
+        root.join("target/peers").to_str().context("path")?,
+    ])?;
+    Ok(installed)
+}
+
+/// Runs per second of `wasmtime run` as a process per run.
+fn wasmtime_run_rate(cli: &Path, wasm: &Path, input: &str, runs: usize) -> Result<f64> {
+    use std::io::Write;
+    let start = std::time::Instant::now();
+    for _ in 0..runs {
+        let mut child = std::process::Command::new(cli)
+            .arg("run")
+            .arg(wasm)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("running wasmtime")?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(input.as_bytes())?;
+        anyhow::ensure!(child.wait()?.success(), "wasmtime run failed");
+    }
+    Ok(runs as f64 / start.elapsed().as_secs_f64())
+}
+
 /// Runs the benches (criterion's own timing) and regenerates BENCHMARKS.md.
 pub(crate) fn run(quick: bool) -> Result<()> {
     let root = crate::setup::root();
@@ -143,6 +212,59 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         grpc_args.push("--quick");
     }
     crate::cargo(&grpc_args)?;
+    crate::cargo(&["build", "--release", "-p", "chassis"])?;
+    crate::setup::guests()?;
+    let guests = crate::setup::guest_dir();
+    let g = |name: &str| guests.join(name).display().to_string();
+    let (echo_runs, sleepers, sleep_ms) = if quick {
+        ("50000", "1000", "3000")
+    } else {
+        ("300000", "10000", "20000")
+    };
+    let echo = chassis_load(
+        &root,
+        &[
+            "--module",
+            &g("echo.wasm"),
+            "--concurrency",
+            "16",
+            "--runs",
+            echo_runs,
+            "--input",
+            "sixteen bytes!!!",
+        ],
+    )?;
+    let live = chassis_load(
+        &root,
+        &[
+            "--module",
+            &g("sleeper.wasm"),
+            "--concurrency",
+            sleepers,
+            "--runs",
+            sleepers,
+            "--input",
+            sleep_ms,
+            "--memory-mb",
+            "64",
+        ],
+    )?;
+    let words = "the quick brown fox jumps over the lazy dog\n";
+    let wc = chassis_load(
+        &root,
+        &[
+            "--module",
+            &g("wordcount.wasm"),
+            "--concurrency",
+            "4",
+            "--runs",
+            "20000",
+            "--input",
+            words,
+        ],
+    )?;
+    let peer_rate = wasmtime_cli(&root)
+        .and_then(|cli| wasmtime_run_rate(&cli, &guests.join("wordcount.wasm"), words, 100));
 
     let mut md = String::new();
     writeln!(md, "# Benchmarks\n")?;
@@ -263,6 +385,72 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             "The sandbox run (instantiate, call, teardown) is added to the bare RPC.",
         )?;
     }
+    writeln!(
+        md,
+        "\n## Load (`chassis load`, release build, in-process)\n"
+    )?;
+    writeln!(md, "| what | chassis | peer | ratio | target | met |")?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let echo_rate = f(&echo, "throughput_per_s");
+    let met = echo_rate >= 50_000.0;
+    writeln!(
+        md,
+        "| trivial run throughput (`echo`, concurrency 16, {} runs) | {echo_rate:.0} runs/s | — | — | ≥ 50,000 runs/s | {} |",
+        echo["runs"],
+        if met { "yes" } else { "**no**" }
+    )?;
+    if !met {
+        misses.push(format!(
+            "- trivial run throughput: {echo_rate:.0} runs/s, {:.0}% short of 50,000. Each run goes through `Host::run` \
+             (limits, policy, run id, metrics, tracing span) on top of the sandbox, on 2 cores shared with the \
+             load generator itself.",
+            (1.0 - echo_rate / 50_000.0) * 100.0
+        ));
+    }
+    let wc_rate = f(&wc, "throughput_per_s");
+    match &peer_rate {
+        Ok(peer) => {
+            let ratio = wc_rate / peer;
+            writeln!(
+                md,
+                "| plain WASI command (`wordcount`) throughput | {wc_rate:.0} runs/s | {peer:.1} runs/s (`wasmtime run` 48.0.8, a process per run) | {ratio:.0}x | ≥ 100x | {} |",
+                if ratio >= 100.0 { "yes" } else { "**no**" }
+            )?;
+            if ratio < 100.0 {
+                misses.push(format!(
+                    "- command throughput vs `wasmtime run`: {ratio:.0}x against 100x."
+                ));
+            }
+        }
+        Err(e) => {
+            writeln!(
+                md,
+                "| plain WASI command (`wordcount`) throughput | {wc_rate:.0} runs/s | not measured | — | ≥ 100x | **no** |"
+            )?;
+            misses.push(format!("- command throughput vs `wasmtime run`: the peer could not be installed or run here ({e:#})."));
+        }
+    }
+    let peak_live = live["peak_live_sandboxes"].as_u64().unwrap_or(0);
+    let errors = live["errors"].as_u64().unwrap_or(u64::MAX);
+    let per = live["rss_per_live_sandbox_bytes"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
+    let want = sleepers.parse::<u64>().unwrap_or(0);
+    let met = peak_live == want && errors == 0 && per <= 512 * 1024;
+    writeln!(
+        md,
+        "| live sandboxes at once (`sleeper`, {sleep_ms} ms each) | {peak_live} live, {errors} errors, {:.0} KiB RSS per live sandbox (peak RSS {:.0} MiB) | — | — | {want} live, 0 errors, ≤ 512 KiB each | {} |",
+        per as f64 / 1024.0,
+        f(&live, "peak_rss_bytes") / (1024.0 * 1024.0),
+        if met { "yes" } else { "**no**" }
+    )?;
+    if !met {
+        misses.push(format!(
+            "- live sandboxes: {peak_live} of {want} live at once, {errors} errors, {:.0} KiB per sandbox.",
+            per as f64 / 1024.0
+        ));
+    }
     if !misses.is_empty() {
         writeln!(md, "\n## Missed targets\n")?;
         for m in misses {
@@ -281,6 +469,11 @@ pub(crate) fn run(quick: bool) -> Result<()> {
          - `sandbox/host-run` and `sandbox/host-run-audited`: the same run through `Host::run` (policy \
          checks, run id, metrics, tracing span), without and with the audit log (batch fsync, \
          two signed records per run).\n\
+         - `cpu/chassis` and `cpu/uninstrumented`: the `hasher` guest over 1 MiB, 16 rounds, through \
+         `Runner::run` and through raw wasmtime on an engine with fuel and epochs off.\n\
+         - Load rows: the release `chassis load` command in-process; the `wasmtime run` peer is the \
+         wasmtime 48.0.8 CLI installed by `cargo install` into target/peers, run 100 times as a \
+         process with the same input on stdin.\n\
          - gRPC (`benches/benches/grpc.rs`): a chassis server and a bare tonic server implementing \
          the same `chassis.v1.Chassis/Run` as an echo, both in the bench process on loopback; \
          clients on the same runtime issue unary `Run` of `echo` with 16 bytes for 5 s per point \
