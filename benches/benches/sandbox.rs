@@ -49,6 +49,38 @@ impl raw::chassis::agent::host::Host for RawState {
     }
 }
 
+/// The peer's pre-instantiated agent on `engine`.
+fn raw_pre(engine: &wasmtime::Engine, wasm: &[u8]) -> raw::AgentPre<RawState> {
+    let mut linker: Linker<RawState> = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    raw::Agent::add_to_linker::<_, HasSelf<RawState>>(&mut linker, |s| s).unwrap();
+    let component = wasmtime::component::Component::new(engine, wasm).unwrap();
+    raw::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap()
+}
+
+/// One run by the peer: a default WASI context, fuel and epoch deadline when
+/// the engine meters them, instantiate, call, drop.
+async fn raw_run(
+    engine: &wasmtime::Engine,
+    pre: &raw::AgentPre<RawState>,
+    input: &[u8],
+    metered: bool,
+) {
+    let state = RawState {
+        wasi: WasiCtx::builder().build(),
+        table: ResourceTable::new(),
+    };
+    let mut store = Store::new(engine, state);
+    if metered {
+        store.set_fuel(u64::MAX / 2).unwrap();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    }
+    let agent = pre.instantiate_async(&mut store).await.unwrap();
+    let out = agent.call_run(&mut store, input).await.unwrap();
+    assert!(out.is_ok());
+}
+
 fn sandbox(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -65,11 +97,7 @@ fn sandbox(c: &mut Criterion) {
     // The peer shares the chassis engine, so pooling, fuel and epoch
     // settings are identical by construction.
     let engine = host.runner().engine().wasmtime().clone();
-    let mut linker: Linker<RawState> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    raw::Agent::add_to_linker::<_, HasSelf<RawState>>(&mut linker, |s| s).unwrap();
-    let component = wasmtime::component::Component::new(&engine, &wasm).unwrap();
-    let pre = raw::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    let pre = raw_pre(&engine, &wasm);
 
     let mut group = c.benchmark_group("sandbox");
     group.bench_function("chassis", |b| {
@@ -83,21 +111,7 @@ fn sandbox(c: &mut Criterion) {
         })
     });
     group.bench_function("raw-wasmtime", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let state = RawState {
-                    wasi: WasiCtx::builder().build(),
-                    table: ResourceTable::new(),
-                };
-                let mut store = Store::new(&engine, state);
-                store.set_fuel(u64::MAX / 2).unwrap();
-                store.set_epoch_deadline(1);
-                store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-                let agent = pre.instantiate_async(&mut store).await.unwrap();
-                let out = agent.call_run(&mut store, &input).await.unwrap();
-                assert!(out.is_ok());
-            })
-        })
+        b.iter(|| runtime.block_on(raw_run(&engine, &pre, &input, true)))
     });
     // Through `Host::run` (policy checks, run id, metrics, tracing span),
     // without and with the audit log, to price auditing alone.
@@ -150,11 +164,7 @@ fn cpu(c: &mut Criterion) {
         .consume_fuel(false)
         .epoch_interruption(false);
     let engine = wasmtime::Engine::new(&config).unwrap();
-    let mut linker: Linker<RawState> = Linker::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
-    raw::Agent::add_to_linker::<_, HasSelf<RawState>>(&mut linker, |s| s).unwrap();
-    let component = wasmtime::component::Component::new(&engine, &wasm).unwrap();
-    let pre = raw::AgentPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+    let pre = raw_pre(&engine, &wasm);
 
     let mut group = c.benchmark_group("cpu");
     group.sample_size(20);
@@ -169,18 +179,7 @@ fn cpu(c: &mut Criterion) {
         })
     });
     group.bench_function("uninstrumented", |b| {
-        b.iter(|| {
-            runtime.block_on(async {
-                let state = RawState {
-                    wasi: WasiCtx::builder().build(),
-                    table: ResourceTable::new(),
-                };
-                let mut store = Store::new(&engine, state);
-                let agent = pre.instantiate_async(&mut store).await.unwrap();
-                let out = agent.call_run(&mut store, &input).await.unwrap();
-                assert!(out.is_ok());
-            })
-        })
+        b.iter(|| runtime.block_on(raw_run(&engine, &pre, &input, false)))
     });
     group.finish();
 }

@@ -188,7 +188,8 @@ struct Listener {
 }
 
 impl Listener {
-    fn start() -> Self {
+    /// A TCP listener that answers each connection's first read with `reply`.
+    fn answering(reply: &'static [u8]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -197,12 +198,16 @@ impl Listener {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { break };
                 count.fetch_add(1, Ordering::SeqCst);
-                let mut line = [0u8; 64];
-                let _ = stream.read(&mut line);
-                let _ = stream.write_all(b"pong\n");
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let _ = stream.write_all(reply);
             }
         });
         Self { port, accepted }
+    }
+
+    fn start() -> Self {
+        Self::answering(b"pong\n")
     }
 
     fn accepted(&self) -> usize {
@@ -267,23 +272,15 @@ async fn run_network_attacks(guest: &str) {
     );
 
     // A name that resolves to loopback does not unlock it, even when listed.
-    let by_name = fixture.policy(&format!(
-        "[network]\nallow = [\"localhost:{}\"]\n",
-        allowed.port
-    ));
-    let (code, _, report) = attempt(
+    assert_a_name_never_unlocks_loopback(
         &host,
         guest,
-        &by_name,
+        &fixture,
+        allowed.port,
         &format!("connect 127.0.0.1:{}", allowed.port),
+        "PermissionDenied",
     )
     .await;
-    assert_eq!(code, "PermissionDenied");
-    assert!(
-        report.denials[0].reason.contains("loopback"),
-        "{:?}",
-        report.denials
-    );
     assert_eq!(allowed.accepted(), 1);
 
     // With no network in the policy, TCP is off altogether.
@@ -301,22 +298,27 @@ async fn run_network_attacks(guest: &str) {
 
 /// A loopback HTTP server answering every request with `pong`.
 fn http_server() -> Listener {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = accepted.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { break };
-            count.fetch_add(1, Ordering::SeqCst);
-            let mut buf = [0u8; 4096];
-            let _ = stream.read(&mut buf);
-            let _ = stream.write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong",
-            );
-        }
-    });
-    Listener { port, accepted }
+    Listener::answering(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong")
+}
+
+/// Listing `localhost:PORT` must not let `request` reach loopback: the guest
+/// sees `code` and the denial says why.
+async fn assert_a_name_never_unlocks_loopback(
+    host: &Host,
+    guest: &str,
+    fixture: &Fixture,
+    port: u16,
+    request: &str,
+    code: &str,
+) {
+    let by_name = fixture.policy(&format!("[network]\nallow = [\"localhost:{port}\"]\n"));
+    let (got, _, report) = attempt(host, guest, &by_name, request).await;
+    assert_eq!(got, code);
+    assert!(
+        report.denials[0].reason.contains("loopback"),
+        "{:?}",
+        report.denials
+    );
 }
 
 async fn run_http_attacks(guest: &str) {
@@ -346,23 +348,15 @@ async fn run_http_attacks(guest: &str) {
         assert_eq!(code, "HttpRequestDenied", "{target}: {text}");
         assert_eq!(report.denials[0].kind, DenialKind::Network, "{target}");
     }
-    let by_name = fixture.policy(&format!(
-        "[network]\nallow = [\"localhost:{}\"]\n",
-        server.port
-    ));
-    let (code, _, report) = attempt(
+    assert_a_name_never_unlocks_loopback(
         &host,
         guest,
-        &by_name,
+        &fixture,
+        server.port,
         &format!("get http://localhost:{}/", server.port),
+        "HttpRequestDenied",
     )
     .await;
-    assert_eq!(code, "HttpRequestDenied");
-    assert!(
-        report.denials[0].reason.contains("loopback"),
-        "{:?}",
-        report.denials
-    );
     assert_eq!(server.accepted(), 1);
     assert_eq!(other.accepted(), 0);
 }
