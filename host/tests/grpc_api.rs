@@ -116,6 +116,27 @@ async fn run_stream_sends_logs_then_the_outcome() {
     }
     assert!(String::from_utf8_lossy(&stderr).contains("agent gave up"));
     assert_eq!(outcome.unwrap().kind, "trap");
+
+    // A WASI command streams too: its stdout is streamed and is the output.
+    let wc = register(&mut client, WORDCOUNT_COMPONENT).await;
+    let mut stream = client
+        .run_stream(run_request(&wc.id, "", "a b c\n"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut stdout = Vec::new();
+    let mut outcome = None;
+    while let Some(event) = stream.message().await.unwrap() {
+        match event.event.unwrap() {
+            Event::Stdout(b) => stdout.extend(b),
+            Event::Outcome(o) => outcome = Some(o),
+            _ => {}
+        }
+    }
+    let outcome = outcome.unwrap();
+    assert_eq!(outcome.kind, "ok");
+    assert_eq!(outcome.output, b"1 3 6\n");
+    assert_eq!(stdout, b"1 3 6\n");
 }
 
 #[tokio::test]
