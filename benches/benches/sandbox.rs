@@ -157,12 +157,12 @@ fn cpu(c: &mut Criterion) {
     let policy = std::sync::Arc::new(chassis::policy::Policy::deny_all());
     let limits = host.limits_for(&chassis::RunRequest::new(vec![])).unwrap();
 
-    let mut config = wasmtime::Config::new();
-    config
-        .wasm_component_model(true)
-        .cranelift_opt_level(wasmtime::OptLevel::Speed)
-        .consume_fuel(false)
-        .epoch_interruption(false);
+    // The chassis engine's exact configuration with fuel and epochs off, so
+    // the ratio prices those two alone (bounds checks, pooling: identical).
+    let mut config = chassis::engine::EngineConfig::new()
+        .with_pool_slots(4)
+        .wasmtime_config();
+    config.consume_fuel(false).epoch_interruption(false);
     let engine = wasmtime::Engine::new(&config).unwrap();
     let pre = raw_pre(&engine, &wasm);
 

@@ -847,6 +847,7 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
                 addr,
                 config.memory_limit_mb(),
                 config.slo.target_latency_p95_ms,
+                config.slo.target_availability_percent,
             )?;
             tracing::info!(%addr, "metrics on /metrics");
         }

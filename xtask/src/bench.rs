@@ -30,7 +30,7 @@ const PAIRS: &[Pair] = &[
         what: "fuel + epoch overhead on a CPU-bound guest (FNV over 1 MiB, 16 rounds)",
         ours: "cpu/chassis",
         peer: "cpu/uninstrumented",
-        peer_name: "the same guest on an engine without fuel or epochs",
+        peer_name: "the same guest on the same engine configuration with fuel and epochs off",
         max_ratio: 1.3,
         why_missed: "fuel metering adds a counter update per basic block and epoch checks a load and \
                      compare at loop headers; the hot loop here is a few instructions long",
@@ -470,7 +470,8 @@ pub(crate) fn run(quick: bool) -> Result<()> {
          checks, run id, metrics, tracing span), without and with the audit log (batch fsync, \
          two signed records per run).\n\
          - `cpu/chassis` and `cpu/uninstrumented`: the `hasher` guest over 1 MiB, 16 rounds, through \
-         `Runner::run` and through raw wasmtime on an engine with fuel and epochs off.\n\
+         `Runner::run` and through raw wasmtime on the chassis engine configuration (pooling, memory \
+         reservation, bounds checks) with only fuel and epochs turned off.\n\
          - Load rows: the release `chassis load` command in-process; the `wasmtime run` peer is the \
          wasmtime 48.0.8 CLI installed by `cargo install` into target/peers, run 100 times as a \
          process with the same input on stdin.\n\

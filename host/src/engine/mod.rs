@@ -105,7 +105,9 @@ impl EngineConfig {
         self.epoch_tick
     }
 
-    fn wasmtime_config(&self) -> wasmtime::Config {
+    /// The wasmtime configuration these settings produce. Public so
+    /// benchmarks can build a peer engine that differs in one setting only.
+    pub fn wasmtime_config(&self) -> wasmtime::Config {
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)

@@ -17,6 +17,7 @@
 //! | `if_chassis_denials_total{kind}` | counter | capabilities refused, by kind |
 //! | `if_chassis_overloaded_total` | counter | requests refused because every slot was busy |
 //! | `if_chassis_slo_target_latency_ms` | gauge | the configured objective |
+//! | `if_chassis_slo_target_availability_percent` | gauge | `slo.target_availability_percent` |
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +46,8 @@ pub const DENIALS_TOTAL: &str = "if_chassis_denials_total";
 pub const OVERLOADED_TOTAL: &str = "if_chassis_overloaded_total";
 /// The configured latency objective.
 pub const SLO_TARGET_MS: &str = "if_chassis_slo_target_latency_ms";
+/// The configured availability objective.
+pub const SLO_TARGET_AVAILABILITY: &str = "if_chassis_slo_target_availability_percent";
 
 /// Every metric name chassis exports, for dashboards and alert tests.
 pub const ALL_METRICS: &[&str] = &[
@@ -59,6 +62,7 @@ pub const ALL_METRICS: &[&str] = &[
     DENIALS_TOTAL,
     OVERLOADED_TOTAL,
     SLO_TARGET_MS,
+    SLO_TARGET_AVAILABILITY,
 ];
 
 /// The exporter could not start.
@@ -75,6 +79,7 @@ pub fn install_prometheus(
     addr: SocketAddr,
     memory_limit_mb: u64,
     slo_target_ms: u64,
+    availability_target_percent: f64,
 ) -> Result<(), TelemetryError> {
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
@@ -124,6 +129,7 @@ pub fn install_prometheus(
     metrics::gauge!(MEMORY_USAGE_MB).set(0.0);
     metrics::gauge!(MEMORY_LIMIT_MB).set(memory_limit_mb as f64);
     metrics::gauge!(SLO_TARGET_MS).set(slo_target_ms as f64);
+    metrics::gauge!(SLO_TARGET_AVAILABILITY).set(availability_target_percent);
     metrics::counter!(SANDBOX_ESCAPES).absolute(0);
     metrics::counter!(SLO_VIOLATIONS).absolute(0);
     metrics::counter!(OVERLOADED_TOTAL).absolute(0);
