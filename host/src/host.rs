@@ -250,14 +250,15 @@ impl Host {
         self.audit.as_ref()
     }
 
-    /// Appends an event to the audit log, if there is one.
+    /// Appends an event to the audit log, if there is one. `fields` is only
+    /// built when there is a log, so hosts without one pay nothing per run.
     pub fn audit_event(
         &self,
         kind: &'static str,
-        fields: serde_json::Value,
+        fields: impl FnOnce() -> serde_json::Value,
     ) -> Result<(), AuditError> {
         match &self.audit {
-            Some(log) => log.record(kind, fields),
+            Some(log) => log.record(kind, fields()),
             None => Ok(()),
         }
     }
@@ -293,8 +294,7 @@ impl Host {
         }
         let limits = self.limits_for(&request)?;
         let run_id = new_run_id();
-        self.audit_event(
-            "run.started",
+        self.audit_event("run.started", || {
             serde_json::json!({
                 "run_id": run_id,
                 "module": module.id(),
@@ -303,9 +303,8 @@ impl Host {
                 "policy_sha256": policy.sha256,
                 "caller": request.caller,
                 "limits": limits,
-            }),
-        )?;
-        let caller = request.caller.clone();
+            })
+        })?;
         let span = tracing::info_span!(
             "run",
             run_id = %run_id,
@@ -322,30 +321,27 @@ impl Host {
         report.run_id = run_id;
         crate::telemetry::record_run(&report, self.slo_target_us);
         for denial in &report.denials {
-            self.audit_event(
-                "capability.denied",
+            self.audit_event("capability.denied", || {
                 serde_json::json!({
                     "run_id": report.run_id,
                     "kind": denial.kind,
                     "target": denial.target,
                     "reason": denial.reason,
-                }),
-            )?;
+                })
+            })?;
         }
-        let error = report.result.as_ref().err().map(|e| e.to_string());
-        self.audit_event(
-            "run.ended",
+        self.audit_event("run.ended", || {
             serde_json::json!({
                 "run_id": report.run_id,
                 "module": module.id(),
                 "policy": policy.name,
-                "caller": caller,
+                "caller": request.caller,
                 "outcome": report.outcome_name(),
-                "error": error,
+                "error": report.result.as_ref().err().map(|e| e.to_string()),
                 "usage": report.usage,
                 "denials": report.denials.len() as u64 + report.denials_dropped,
-            }),
-        )?;
+            })
+        })?;
         span.in_scope(|| match &report.result {
             Ok(_) => tracing::info!(
                 outcome = "ok",

@@ -266,15 +266,14 @@ impl Chassis for ChassisService {
             .map_err(|e| status(e.kind(), e.to_string()))?;
         tracing::info!(module = %module.id(), world = %module.world(), %caller, "module registered");
         self.host
-            .audit_event(
-                "module.registered",
+            .audit_event("module.registered", || {
                 serde_json::json!({
                     "module": module.id(),
                     "world": module.world(),
                     "size_bytes": module.size_bytes(),
                     "caller": caller,
-                }),
-            )
+                })
+            })
             .map_err(|e| status(e.kind(), e.to_string()))?;
         Ok(Response::new(proto::ModuleInfo {
             id: module.id().into(),
@@ -316,7 +315,7 @@ impl Chassis for ChassisService {
                 self.host
                     .audit_event(
                         "module.removed",
-                        serde_json::json!({ "module": id, "caller": caller }),
+                        || serde_json::json!({ "module": id, "caller": caller }),
                     )
                     .map_err(|e| status(e.kind(), e.to_string()))?;
                 Ok(Response::new(proto::RemoveModuleResponse {}))

@@ -128,11 +128,14 @@ impl Runner {
         let stderr = CappedPipe::new(limits.output_bytes).with_tap(tap.clone(), TapEvent::Stderr);
         let denials = DenialLog::new(self.denials.clone());
         let prepared = module.prepared();
-        let (wasi, input) = match wasi_context(module, policy, &stdout, &stderr, &denials, input) {
-            Ok(built) => built,
-            Err(e) => return RunReport::failed(e, started),
-        };
-        let gate = http::HttpGate::new(Arc::new(policy.network.clone()), denials.clone());
+        // One copy of the allowlist per run, shared by wasi:sockets and wasi:http.
+        let network = Arc::new(policy.network.clone());
+        let (wasi, input) =
+            match wasi_context(module, policy, &network, &stdout, &stderr, &denials, input) {
+                Ok(built) => built,
+                Err(e) => return RunReport::failed(e, started),
+            };
+        let gate = http::HttpGate::new(network, denials.clone());
         let state = SandboxState::new(
             wasi,
             gate,
@@ -237,6 +240,7 @@ impl Runner {
 fn wasi_context(
     module: &Module,
     policy: &Policy,
+    network: &Arc<crate::policy::NetworkPolicy>,
     stdout: &CappedPipe,
     stderr: &CappedPipe,
     denials: &DenialLog,
@@ -260,7 +264,7 @@ fn wasi_context(
                 ),
             })?;
     }
-    let network = Arc::new(policy.network.clone());
+    let network = network.clone();
     wasi.allow_tcp(!network.is_empty())
         .allow_ip_name_lookup(!network.is_empty());
     let denials = denials.clone();
