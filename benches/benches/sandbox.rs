@@ -81,18 +81,49 @@ async fn raw_run(
     assert!(out.is_ok());
 }
 
-fn sandbox(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let wasm = std::fs::read(ECHO_COMPONENT).unwrap();
-    let input = b"sixteen bytes!!!".to_vec();
+/// What both groups measure chassis with: a current-thread runtime, the
+/// guest's bytes, a host with it registered, and the default policy and limits.
+struct Chassis {
+    runtime: tokio::runtime::Runtime,
+    wasm: Vec<u8>,
+    host: Host,
+    module: std::sync::Arc<chassis::modules::Module>,
+    policy: std::sync::Arc<chassis::policy::Policy>,
+    limits: chassis::sandbox::Limits,
+}
 
-    let host = Host::builder().pool_slots(16).build().unwrap();
-    let module = host.modules().register(&wasm).unwrap();
-    let policy = std::sync::Arc::new(chassis::policy::Policy::deny_all());
-    let limits = host.limits_for(&chassis::RunRequest::new(vec![])).unwrap();
+impl Chassis {
+    fn new(guest: &str, slots: u32) -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let wasm = std::fs::read(guest).unwrap();
+        let host = Host::builder().pool_slots(slots).build().unwrap();
+        let module = host.modules().register(&wasm).unwrap();
+        let policy = std::sync::Arc::new(chassis::policy::Policy::deny_all());
+        let limits = host.limits_for(&chassis::RunRequest::new(vec![])).unwrap();
+        Self {
+            runtime,
+            wasm,
+            host,
+            module,
+            policy,
+            limits,
+        }
+    }
+}
+
+fn sandbox(c: &mut Criterion) {
+    let Chassis {
+        runtime,
+        wasm,
+        host,
+        module,
+        policy,
+        limits,
+    } = Chassis::new(ECHO_COMPONENT, 16);
+    let input = b"sixteen bytes!!!".to_vec();
 
     // The peer shares the chassis engine, so pooling, fuel and epoch
     // settings are identical by construction.
@@ -146,16 +177,15 @@ fn sandbox(c: &mut Criterion) {
 /// epoch interruption next to the same guest on an engine with neither.
 fn cpu(c: &mut Criterion) {
     use chassis_tests::programs::HASHER_COMPONENT;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let wasm = std::fs::read(HASHER_COMPONENT).unwrap();
+    let Chassis {
+        runtime,
+        wasm,
+        host,
+        module,
+        policy,
+        limits,
+    } = Chassis::new(HASHER_COMPONENT, 4);
     let input = b"1048576".to_vec();
-    let host = Host::builder().pool_slots(4).build().unwrap();
-    let module = host.modules().register(&wasm).unwrap();
-    let policy = std::sync::Arc::new(chassis::policy::Policy::deny_all());
-    let limits = host.limits_for(&chassis::RunRequest::new(vec![])).unwrap();
 
     // The chassis engine's exact configuration with fuel and epochs off, so
     // the ratio prices those two alone (bounds checks, pooling: identical).

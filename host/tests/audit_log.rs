@@ -1,6 +1,10 @@
 //! A real audit log, tampered with in every way `chassis audit verify` must
 //! catch; and the log a running server writes.
 
+mod common;
+
+use common::assert_success;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -64,11 +68,7 @@ fn an_untouched_log_of_100000_records_verifies() {
     let data = tempfile::tempdir().unwrap();
     write_log(data.path(), 100_000);
     let out = verify(data.path(), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("ok: 100000 records"), "{text}");
     assert!(text.contains("matches the checkpoint"), "{text}");
@@ -177,18 +177,10 @@ fn key_rotation_from_the_cli_keeps_the_log_verifiable() {
         .arg(data.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     write_log(data.path(), 2);
     let out = verify(data.path(), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 6 records"));
     let show = Command::new(env!("CARGO_BIN_EXE_chassis"))
         .args([

@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::assert_success;
+
 use std::process::Command;
 
 use chassis::config::Config;
@@ -19,11 +21,7 @@ fn load(args: &[&str]) -> (serde_json::Value, std::process::Output) {
         .arg(data.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     (serde_json::from_slice(&out.stdout).unwrap(), out)
 }
 
@@ -143,11 +141,7 @@ async fn a_remote_load_goes_through_the_server() {
     })
     .await
     .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["outcomes"]["ok"], 30);
     assert!(r["fuel"]["p50"].as_f64().unwrap() > 0.0);

@@ -1,6 +1,10 @@
 //! `chassis serve` as a process: config from the seed, /metrics scraped and
 //! parsed, SIGTERM drains in-flight runs.
 
+mod common;
+
+use common::assert_success;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -72,11 +76,7 @@ impl Served {
 
     fn register(&self, path: &str) -> String {
         let out = self.client(&["register", path]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out);
         String::from_utf8_lossy(&out.stdout)
             .split(' ')
             .next()
@@ -259,11 +259,7 @@ fn config_check_accepts_the_seed_and_names_a_bad_key() {
         .arg(&seed)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let deploy =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/chassis.production.yaml");
     let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
@@ -271,11 +267,7 @@ fn config_check_accepts_the_seed_and_names_a_bad_key() {
         .arg(&deploy)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
 
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "chassis:\n  sandbox_pool:\n    max_sise: 4\n").unwrap();
@@ -315,11 +307,7 @@ fn a_served_host_audits_what_ran_and_the_log_verifies_after_shutdown() {
             .unwrap()
     };
     let out = chassis(&["audit", "verify"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let out = chassis(&["audit", "show", "--json"]);
     let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -106,3 +106,13 @@ pub fn assert_status(
     );
     status
 }
+
+/// Asserts a `chassis` process exited 0, showing its stderr when not.
+#[track_caller]
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
