@@ -319,7 +319,7 @@ impl Host {
         )
         .await;
         report.run_id = run_id;
-        crate::telemetry::record_run(&report, self.slo_target_us);
+        crate::telemetry::record_run(&report, module.id(), self.slo_target_us);
         for denial in &report.denials {
             self.audit_event("capability.denied", || {
                 serde_json::json!({

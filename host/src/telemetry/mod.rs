@@ -18,6 +18,17 @@
 //! | `if_chassis_overloaded_total` | counter | requests refused because every slot was busy |
 //! | `if_chassis_slo_target_latency_ms` | gauge | the configured objective |
 //! | `if_chassis_slo_target_availability_percent` | gauge | `slo.target_availability_percent` |
+//! | `if_chassis_module_fuel_total{module}` | counter | fuel burnt per module (first 12 hex digits of its id) |
+//! | `if_chassis_module_peak_memory_mb{module}` | gauge | peak linear memory of the module's last run |
+//! | `if_chassis_claim_duration_seconds` | histogram | time to acquire a step claim from the claim store |
+//! | `if_chassis_claims_total{result}` | counter | claim attempts: `acquired`, `contended` (another host holds it), `error` (store unreachable or failed) |
+//! | `if_chassis_fence_rejections_total` | counter | step results refused because the claim's fence no longer held |
+//! | `if_chassis_runbook_steps_total{state}` | counter | step transitions: `completed`, `failed`, `retried` |
+//! | `if_chassis_coordinator_up` | gauge | 1 while the claim store answers, 0 while it does not |
+//! | `if_chassis_secret_reads_total{result}` | counter | secret reads: `granted`, `denied`, `error` |
+//! | `if_chassis_secret_revoke_failures_total` | counter | dynamic-secret lease revocations that failed (they are retried) |
+//! | `if_chassis_secret_leases_pending` | gauge | leases whose revocation is still being retried |
+//! | `if_chassis_audit_records_total`, `if_chassis_audit_write_failures_total` | counter | see [`crate::audit`] |
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,8 +60,41 @@ pub const SLO_TARGET_MS: &str = "if_chassis_slo_target_latency_ms";
 /// The configured availability objective.
 pub const SLO_TARGET_AVAILABILITY: &str = "if_chassis_slo_target_availability_percent";
 
+/// Fuel burnt per module.
+pub const MODULE_FUEL: &str = "if_chassis_module_fuel_total";
+/// Peak linear memory of a module's last run, MiB.
+pub const MODULE_PEAK_MEMORY_MB: &str = "if_chassis_module_peak_memory_mb";
+/// Time to acquire a step claim.
+pub const CLAIM_DURATION: &str = "if_chassis_claim_duration_seconds";
+/// Claim attempts by result.
+pub const CLAIMS_TOTAL: &str = "if_chassis_claims_total";
+/// Step results refused by fencing.
+pub const FENCE_REJECTIONS: &str = "if_chassis_fence_rejections_total";
+/// Runbook step transitions by state.
+pub const RUNBOOK_STEPS_TOTAL: &str = "if_chassis_runbook_steps_total";
+/// Whether the claim store answers.
+pub const COORDINATOR_UP: &str = "if_chassis_coordinator_up";
+/// Secret reads by result.
+pub const SECRET_READS_TOTAL: &str = "if_chassis_secret_reads_total";
+/// Failed lease revocations.
+pub const SECRET_REVOKE_FAILURES: &str = "if_chassis_secret_revoke_failures_total";
+/// Leases whose revocation is being retried.
+pub const SECRET_LEASES_PENDING: &str = "if_chassis_secret_leases_pending";
+
 /// Every metric name chassis exports, for dashboards and alert tests.
 pub const ALL_METRICS: &[&str] = &[
+    MODULE_FUEL,
+    MODULE_PEAK_MEMORY_MB,
+    CLAIM_DURATION,
+    CLAIMS_TOTAL,
+    FENCE_REJECTIONS,
+    RUNBOOK_STEPS_TOTAL,
+    COORDINATOR_UP,
+    SECRET_READS_TOTAL,
+    SECRET_REVOKE_FAILURES,
+    SECRET_LEASES_PENDING,
+    crate::audit::RECORDS_TOTAL,
+    crate::audit::WRITE_FAILURES_TOTAL,
     SANDBOX_COUNT,
     MEMORY_USAGE_MB,
     MEMORY_LIMIT_MB,
@@ -96,6 +140,14 @@ pub fn install_prometheus(
                 &[1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10],
             )
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(CLAIM_DURATION.into()),
+                &[
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+                ],
+            )
+        })
         .and_then(|b| b.install())
         .map_err(|e| TelemetryError {
             addr,
@@ -125,6 +177,46 @@ pub fn install_prometheus(
         OVERLOADED_TOTAL,
         "Requests refused because every sandbox slot was busy"
     );
+    metrics::describe_counter!(MODULE_FUEL, "Fuel burnt per module");
+    metrics::describe_gauge!(
+        MODULE_PEAK_MEMORY_MB,
+        metrics::Unit::Mebibytes,
+        "Peak linear memory of the module's last run"
+    );
+    metrics::describe_histogram!(
+        CLAIM_DURATION,
+        metrics::Unit::Seconds,
+        "Time to acquire a runbook step claim"
+    );
+    metrics::describe_counter!(CLAIMS_TOTAL, "Claim attempts by result");
+    metrics::describe_counter!(
+        FENCE_REJECTIONS,
+        "Step results refused because the claim's fence no longer held"
+    );
+    metrics::describe_counter!(RUNBOOK_STEPS_TOTAL, "Runbook step transitions by state");
+    metrics::describe_gauge!(COORDINATOR_UP, "1 while the claim store answers");
+    metrics::describe_counter!(SECRET_READS_TOTAL, "Secret reads by result");
+    metrics::describe_counter!(
+        SECRET_REVOKE_FAILURES,
+        "Dynamic-secret lease revocations that failed and are retried"
+    );
+    metrics::describe_gauge!(
+        SECRET_LEASES_PENDING,
+        "Leases whose revocation is still being retried"
+    );
+    for result in ["acquired", "contended", "error"] {
+        metrics::counter!(CLAIMS_TOTAL, "result" => result).absolute(0);
+    }
+    for state in ["completed", "failed", "retried"] {
+        metrics::counter!(RUNBOOK_STEPS_TOTAL, "state" => state).absolute(0);
+    }
+    for result in ["granted", "denied", "error"] {
+        metrics::counter!(SECRET_READS_TOTAL, "result" => result).absolute(0);
+    }
+    metrics::counter!(FENCE_REJECTIONS).absolute(0);
+    metrics::counter!(SECRET_REVOKE_FAILURES).absolute(0);
+    metrics::gauge!(SECRET_LEASES_PENDING).set(0.0);
+    metrics::gauge!(COORDINATOR_UP).set(1.0);
     metrics::gauge!(SANDBOX_COUNT).set(0.0);
     metrics::gauge!(MEMORY_USAGE_MB).set(0.0);
     metrics::gauge!(MEMORY_LIMIT_MB).set(memory_limit_mb as f64);
@@ -174,8 +266,13 @@ impl Drop for LiveSandbox {
 }
 
 /// Records a finished run.
-pub(crate) fn record_run(report: &crate::sandbox::RunReport, slo_target_us: u64) {
+pub(crate) fn record_run(report: &crate::sandbox::RunReport, module_id: &str, slo_target_us: u64) {
     let outcome = report.outcome_name();
+    let module: String = module_id.chars().take(12).collect();
+    metrics::counter!(MODULE_FUEL, "module" => module.clone())
+        .increment(report.usage.fuel_consumed);
+    metrics::gauge!(MODULE_PEAK_MEMORY_MB, "module" => module)
+        .set(report.usage.peak_memory_bytes as f64 / (1024.0 * 1024.0));
     metrics::counter!(RUNS_TOTAL, "outcome" => outcome).increment(1);
     metrics::histogram!(RUN_DURATION).record(report.usage.wall_time_us as f64 / 1e6);
     metrics::histogram!(RUN_FUEL).record(report.usage.fuel_consumed as f64);
