@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod coord;
 pub mod engine;
 pub mod error;
 pub mod grpc;

@@ -23,7 +23,7 @@
 //! | `if_chassis_claim_duration_seconds` | histogram | time to acquire a step claim from the claim store |
 //! | `if_chassis_claims_total{result}` | counter | claim attempts: `acquired`, `contended` (another host holds it), `error` (store unreachable or failed) |
 //! | `if_chassis_fence_rejections_total` | counter | step results refused because the claim's fence no longer held |
-//! | `if_chassis_runbook_steps_total{state}` | counter | step transitions: `completed`, `failed`, `retried` |
+//! | `if_chassis_runbook_steps_total{state}` | counter | step transitions: `completed`, `failed`, `retried`, `skipped` |
 //! | `if_chassis_coordinator_up` | gauge | 1 while the claim store answers, 0 while it does not |
 //! | `if_chassis_secret_reads_total{result}` | counter | secret reads: `granted`, `denied`, `error` |
 //! | `if_chassis_secret_revoke_failures_total` | counter | dynamic-secret lease revocations that failed (they are retried) |
@@ -207,7 +207,7 @@ pub fn install_prometheus(
     for result in ["acquired", "contended", "error"] {
         metrics::counter!(CLAIMS_TOTAL, "result" => result).absolute(0);
     }
-    for state in ["completed", "failed", "retried"] {
+    for state in ["completed", "failed", "retried", "skipped"] {
         metrics::counter!(RUNBOOK_STEPS_TOTAL, "state" => state).absolute(0);
     }
     for result in ["granted", "denied", "error"] {

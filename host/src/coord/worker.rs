@@ -1,0 +1,696 @@
+//! The per-host coordinator: validates and stores submitted runbooks, and
+//! claims and runs ready steps in this host's sandboxes.
+//!
+//! One loop per host joins the claim store under a session lease, keeps it
+//! alive, and on every change (or poll tick) scans the active runbooks:
+//! steps whose dependencies completed are claimed while sandbox slots are
+//! free; steps behind a failed dependency are marked skipped; runbooks
+//! whose steps are all terminal are closed. Each claimed step runs as one
+//! sandboxed module run and its result is written under its fence, retried
+//! while the store is unreachable, dropped (and counted) if the fence no
+//! longer holds, since then another host owns the step.
+//!
+//! When the store cannot be reached the loop stops claiming, lets running
+//! steps finish, and reconnects with backoff; `coordinator_up` says so.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio_stream::StreamExt;
+
+use super::runbook::{RunbookError, RunbookFile, RunbookSpec};
+use super::store::{
+    Change, Claim, ClaimStore, CoordError, RunbookView, Session, StepOutcome, StepRecord, StepState,
+};
+use crate::policy::{Policy, PolicySet};
+use crate::sandbox::LimitsRequest;
+use crate::telemetry::{
+    CLAIM_DURATION, CLAIMS_TOTAL, COORDINATOR_UP, FENCE_REJECTIONS, RUNBOOK_STEPS_TOTAL,
+};
+use crate::{ErrorKind, Host, RunRequest};
+
+/// How a host takes part in coordination.
+#[derive(Debug, Clone)]
+pub struct CoordinatorOptions {
+    /// This host's name in claims (unique per host).
+    pub holder: String,
+    /// Session lease TTL: how long a dead host's claims outlive it.
+    pub claim_ttl: Duration,
+    /// Steps this host runs at once.
+    pub max_concurrent_steps: usize,
+    /// Scan interval when nothing wakes the loop.
+    pub poll_interval: Duration,
+}
+
+impl CoordinatorOptions {
+    /// Options for `holder` with the seed's 300 s claim TTL.
+    pub fn new(holder: impl Into<String>) -> Self {
+        Self {
+            holder: holder.into(),
+            claim_ttl: Duration::from_secs(300),
+            max_concurrent_steps: 64,
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The default holder name: `<hostname>-<pid>`.
+pub fn default_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "chassis".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Why a runbook submission was refused.
+#[derive(Debug, Error)]
+pub enum SubmitError {
+    /// The runbook is invalid (the error names the step and field).
+    #[error(transparent)]
+    Runbook(#[from] RunbookError),
+    /// The claim store refused or could not be reached.
+    #[error(transparent)]
+    Store(#[from] CoordError),
+}
+
+impl SubmitError {
+    /// The stable kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Runbook(e) => e.kind(),
+            Self::Store(e) => e.kind(),
+        }
+    }
+}
+
+struct Inner {
+    store: Arc<dyn ClaimStore>,
+    host: Host,
+    policies: Arc<PolicySet>,
+    options: CoordinatorOptions,
+    slots: Arc<Semaphore>,
+    wake: Notify,
+    up: AtomicBool,
+}
+
+/// A host's coordinator. Clones share one loop.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator")
+            .field("store", &self.inner.store.backend())
+            .field("holder", &self.inner.options.holder)
+            .finish()
+    }
+}
+
+/// The running loop; [`CoordinatorTask::stop`] drains it.
+#[derive(Debug)]
+pub struct CoordinatorTask {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CoordinatorTask {
+    /// Stops claiming, waits up to `grace` for running steps to record
+    /// their results, then leaves the store (dropping any claim left, so
+    /// other hosts take those steps over at once).
+    pub async fn stop(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(grace + Duration::from_secs(1), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Coordinator {
+    /// A coordinator running steps on `host` with `policies`.
+    pub fn new(
+        store: Arc<dyn ClaimStore>,
+        host: Host,
+        policies: Arc<PolicySet>,
+        options: CoordinatorOptions,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(options.max_concurrent_steps.max(1)));
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                host,
+                policies,
+                options,
+                slots,
+                wake: Notify::new(),
+                up: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// The claim store.
+    pub fn store(&self) -> &Arc<dyn ClaimStore> {
+        &self.inner.store
+    }
+
+    /// This host's name in claims.
+    pub fn holder(&self) -> &str {
+        &self.inner.options.holder
+    }
+
+    /// Whether the store answered the last time it was asked.
+    pub fn is_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    /// Validates runbook `text` (named `file` in errors), registers the
+    /// module files it names from `modules` (reference as written ->
+    /// bytes), and stores it for any host to run. Returns the runbook id
+    /// and the revision to watch from.
+    pub async fn submit(
+        &self,
+        text: &str,
+        file: &str,
+        modules: &BTreeMap<String, Vec<u8>>,
+        caller: &str,
+        id: Option<&str>,
+    ) -> Result<(String, i64), SubmitError> {
+        let parsed = RunbookFile::parse(text, file)?;
+        let mut to_store: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut known_in_store: BTreeMap<String, bool> = BTreeMap::new();
+        for reference in parsed.steps.values().map(|s| s.module.as_str()) {
+            if let Some(id) = reference.strip_prefix("sha256:") {
+                let known = self.inner.host.modules().get(id).is_some()
+                    || self.inner.store.module(id).await?.is_some();
+                known_in_store.insert(reference.to_string(), known);
+            }
+        }
+        let spec = parsed.resolve(
+            caller,
+            |reference| {
+                if let Some(id) = reference.strip_prefix("sha256:") {
+                    return if known_in_store.get(reference).copied().unwrap_or(false) {
+                        Ok(id.to_string())
+                    } else {
+                        Err(format!(
+                            "no module {id} on this host or in the claim store; name its .wasm file instead"
+                        ))
+                    };
+                }
+                let bytes = modules.get(reference).ok_or_else(|| {
+                    format!("module file `{reference}` was not sent with the runbook")
+                })?;
+                let module = self
+                    .inner
+                    .host
+                    .modules()
+                    .register(bytes)
+                    .map_err(|e| format!("`{reference}` is not a usable module: {e}"))?;
+                to_store.insert(module.id().to_string(), bytes.clone());
+                Ok(module.id().to_string())
+            },
+            |name| match self.inner.policies.get(name) {
+                None => Err(format!("no policy `{name}` on this host")),
+                Some(p) if !p.allows_caller(caller) => Err(format!(
+                    "caller `{caller}` is not among the callers of policy `{name}`"
+                )),
+                Some(_) => Ok(()),
+            },
+        )?;
+        let id = match id {
+            Some(id) if !id.is_empty() => {
+                if !valid_id(id) {
+                    return Err(CoordError::Invalid(format!(
+                        "runbook id `{id}` must be 1-128 characters of a-z, A-Z, 0-9, `-`, `_` and `.`"
+                    ))
+                    .into());
+                }
+                id.to_string()
+            }
+            _ => new_id(&spec.name),
+        };
+        let modules: Vec<(String, Vec<u8>)> = to_store.into_iter().collect();
+        let revision = self.inner.store.submit(&id, &spec, &modules).await?;
+        let _ = self.inner.host.audit_event("runbook.submitted", || {
+            serde_json::json!({
+                "runbook": id,
+                "name": spec.name,
+                "caller": caller,
+                "steps": spec.steps.len(),
+                "revision": revision,
+            })
+        });
+        tracing::info!(runbook = %id, name = %spec.name, steps = spec.steps.len(), "runbook submitted");
+        self.inner.wake.notify_one();
+        Ok((id, revision))
+    }
+
+    /// Starts the claim loop on the current runtime.
+    pub fn start(&self) -> CoordinatorTask {
+        let (stop, stop_rx) = watch::channel(false);
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.run_loop(stop_rx).await });
+        CoordinatorTask { stop, task }
+    }
+
+    fn set_up(&self, up: bool) {
+        if self.inner.up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                tracing::info!(
+                    store = self.inner.store.backend(),
+                    "claim store reachable again"
+                );
+            } else {
+                tracing::warn!(
+                    store = self.inner.store.backend(),
+                    "claim store unreachable: not claiming new steps"
+                );
+            }
+        }
+        metrics::gauge!(COORDINATOR_UP).set(if up { 1.0 } else { 0.0 });
+    }
+
+    async fn run_loop(self, mut stop: watch::Receiver<bool>) {
+        let inner = &self.inner;
+        let backoff_max = Duration::from_secs(5);
+        let mut backoff = Duration::from_millis(100);
+        let mut session: Option<Session> = None;
+        let mut changes: Option<super::store::EventStream> = None;
+        let mut last_renewal = Instant::now();
+        let mut running: JoinSet<()> = JoinSet::new();
+        let renew_every = (inner.options.claim_ttl / 3).max(Duration::from_millis(200));
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            while running.try_join_next().is_some() {}
+            let mut failed = false;
+            if session.is_none() {
+                match inner
+                    .store
+                    .join(&inner.options.holder, inner.options.claim_ttl)
+                    .await
+                {
+                    Ok(s) => {
+                        tracing::info!(holder = %s.holder, lease = s.lease, ttl_s = s.ttl.as_secs(), store = inner.store.backend(), "joined the claim store");
+                        session = Some(s);
+                        last_renewal = Instant::now();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "joining the claim store");
+                        failed = true;
+                    }
+                }
+            }
+            if let Some(s) = &session
+                && last_renewal.elapsed() >= renew_every
+            {
+                match inner.store.keep_alive(s).await {
+                    Ok(()) => last_renewal = Instant::now(),
+                    Err(CoordError::SessionLost(lease)) => {
+                        tracing::warn!(
+                            lease,
+                            "session lease expired: claims on it are gone; joining again"
+                        );
+                        session = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "renewing the session lease");
+                        failed = true;
+                    }
+                }
+            }
+            if !failed && changes.is_none() {
+                match inner.store.changes().await {
+                    Ok(c) => changes = Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "watching the claim store");
+                        failed = true;
+                    }
+                }
+            }
+            if !failed && let Some(s) = session.clone() {
+                match self.scan(&s, &mut running).await {
+                    Ok(()) => {}
+                    Err(CoordError::SessionLost(_)) => session = None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "scanning runbooks");
+                        failed = true;
+                    }
+                }
+            }
+            self.set_up(!failed);
+            let wait = if failed {
+                changes = None;
+                let wait = backoff;
+                backoff = (backoff * 2).min(backoff_max);
+                wait
+            } else {
+                backoff = Duration::from_millis(100);
+                inner
+                    .options
+                    .poll_interval
+                    .min(renew_every.saturating_sub(last_renewal.elapsed()))
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = inner.wake.notified() => {}
+                _ = stop.changed() => {}
+                Some(_) = running.join_next(), if !running.is_empty() => {}
+                event = next_change(&mut changes) => {
+                    if let Some(Err(e)) = event {
+                        tracing::warn!(error = %e, "the claim store watch ended; re-watching");
+                        changes = None;
+                    }
+                }
+            }
+        }
+        // Draining: running steps record their results; nothing new starts.
+        while running.join_next().await.is_some() {}
+        if let Some(s) = &session
+            && let Err(e) = inner.store.leave(s).await
+        {
+            tracing::warn!(error = %e, "leaving the claim store; claims end with the lease TTL");
+        }
+    }
+
+    /// One pass over the active runbooks.
+    async fn scan(&self, session: &Session, running: &mut JoinSet<()>) -> Result<(), CoordError> {
+        let inner = &self.inner;
+        for id in inner.store.active().await? {
+            let Some(view) = inner.store.runbook(&id).await? else {
+                continue;
+            };
+            if view.steps.values().all(|s| s.state().is_terminal()) {
+                inner.store.close(&id).await?;
+                let state = view.state();
+                let _ = inner.host.audit_event(
+                    "runbook.finished",
+                    || serde_json::json!({ "runbook": id, "state": state.as_str() }),
+                );
+                tracing::info!(runbook = %id, state = state.as_str(), "runbook finished");
+                continue;
+            }
+            let outputs = view.outputs();
+            let order = view.spec.topological_order();
+            // Hosts start at different points, so they contend less.
+            let start = holder_offset(&inner.options.holder, order.len());
+            for name in order[start..].iter().chain(order[..start].iter()) {
+                let step_view = &view.steps[*name];
+                if step_view.state() != StepState::Pending {
+                    continue;
+                }
+                let spec = &view.spec.steps[*name];
+                let blocked = spec.depends_on.iter().find(|d| {
+                    let s = view.steps[d.as_str()].state();
+                    s.is_terminal() && s != StepState::Completed
+                });
+                if let Some(dep) = blocked {
+                    let record = StepRecord {
+                        outcome: StepOutcome::Skipped {
+                            because: dep.clone(),
+                        },
+                        host: String::new(),
+                        fence: 0,
+                        attempts: 0,
+                        run_id: String::new(),
+                    };
+                    if inner.store.skip(&id, name, &record).await? {
+                        metrics::counter!(RUNBOOK_STEPS_TOTAL, "state" => "skipped").increment(1);
+                    }
+                    continue;
+                }
+                if !spec
+                    .depends_on
+                    .iter()
+                    .all(|d| view.steps[d.as_str()].state() == StepState::Completed)
+                {
+                    continue;
+                }
+                let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
+                    return Ok(()); // every slot busy; the next wake-up continues
+                };
+                let started = Instant::now();
+                let claim = inner
+                    .store
+                    .claim(session, &id, name, step_view.failures + 1)
+                    .await;
+                metrics::histogram!(CLAIM_DURATION).record(started.elapsed().as_secs_f64());
+                let claim = match claim {
+                    Ok(Some(c)) => {
+                        metrics::counter!(CLAIMS_TOTAL, "result" => "acquired").increment(1);
+                        c
+                    }
+                    Ok(None) => {
+                        metrics::counter!(CLAIMS_TOTAL, "result" => "contended").increment(1);
+                        continue;
+                    }
+                    Err(e) => {
+                        metrics::counter!(CLAIMS_TOTAL, "result" => "error").increment(1);
+                        return Err(e);
+                    }
+                };
+                let this = self.clone();
+                let spec = view.spec.clone();
+                let outputs = outputs.clone();
+                running.spawn(async move {
+                    this.run_step(claim, spec, outputs).await;
+                    drop(permit);
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one claimed step and records what happened under its fence.
+    async fn run_step(&self, claim: Claim, spec: RunbookSpec, outputs: BTreeMap<String, Vec<u8>>) {
+        let inner = &self.inner;
+        let step = &spec.steps[&claim.step];
+        let _ = inner.host.audit_event("step.claimed", || {
+            serde_json::json!({
+                "runbook": claim.runbook, "step": claim.step, "fence": claim.fence,
+                "attempt": claim.attempt, "holder": claim.holder,
+            })
+        });
+        tracing::info!(runbook = %claim.runbook, step = %claim.step, fence = claim.fence, attempt = claim.attempt, "step claimed");
+        let (outcome, run_id) = self.execute(&spec, &claim.step, &outputs).await;
+        let retry = matches!(outcome, StepOutcome::Failed { .. }) && claim.attempt <= step.retries;
+        let state = if retry {
+            "retried"
+        } else {
+            outcome.state().as_str()
+        };
+        let record = StepRecord {
+            outcome,
+            host: claim.holder.clone(),
+            fence: claim.fence,
+            attempts: claim.attempt,
+            run_id,
+        };
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let written = if retry {
+                inner.store.release(&claim, claim.attempt).await
+            } else {
+                inner.store.finish(&claim, &record).await
+            };
+            match written {
+                Ok(()) => {
+                    metrics::counter!(RUNBOOK_STEPS_TOTAL, "state" => state).increment(1);
+                    let _ = inner.host.audit_event(
+                        if retry { "step.retrying" } else { "step.finished" },
+                        || {
+                            serde_json::json!({
+                                "runbook": claim.runbook, "step": claim.step, "fence": claim.fence,
+                                "attempt": claim.attempt, "state": state, "run_id": record.run_id,
+                                "error": match &record.outcome { StepOutcome::Failed { error, .. } => Some(error.clone()), _ => None },
+                            })
+                        },
+                    );
+                    tracing::info!(runbook = %claim.runbook, step = %claim.step, fence = claim.fence, state, "step recorded");
+                    break;
+                }
+                Err(e @ CoordError::Fenced { .. }) => {
+                    metrics::counter!(FENCE_REJECTIONS).increment(1);
+                    let _ = inner.host.audit_event("step.fenced", || {
+                        serde_json::json!({
+                            "runbook": claim.runbook, "step": claim.step, "fence": claim.fence,
+                            "attempt": claim.attempt, "run_id": record.run_id,
+                        })
+                    });
+                    tracing::warn!(error = %e, "step result dropped: another host owns the step now");
+                    break;
+                }
+                Err(e) => {
+                    // The store is unreachable: keep the result until it
+                    // answers; if our lease lapses meanwhile, the fence
+                    // will refuse the write and the step runs elsewhere.
+                    tracing::warn!(error = %e, runbook = %claim.runbook, step = %claim.step, "recording a step result; retrying");
+                    self.set_up(false);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        inner.wake.notify_one();
+    }
+
+    /// Runs a step's module; never fails, a failure is an outcome.
+    async fn execute(
+        &self,
+        spec: &RunbookSpec,
+        name: &str,
+        outputs: &BTreeMap<String, Vec<u8>>,
+    ) -> (StepOutcome, String) {
+        let inner = &self.inner;
+        let step = &spec.steps[name];
+        let failed = |kind: ErrorKind, error: String| StepOutcome::Failed {
+            kind: kind.as_str().to_string(),
+            error,
+        };
+        let module = match inner.host.modules().get(&step.module) {
+            Some(m) => m,
+            None => match inner.store.module(&step.module).await {
+                Ok(Some(bytes)) => match inner.host.modules().register(&bytes) {
+                    Ok(m) if m.id() == step.module => m,
+                    Ok(m) => {
+                        return (
+                            failed(
+                                ErrorKind::InvalidModule,
+                                format!("stored module {} hashes to {}", step.module, m.id()),
+                            ),
+                            String::new(),
+                        );
+                    }
+                    Err(e) => return (failed(e.kind(), e.to_string()), String::new()),
+                },
+                Ok(None) => {
+                    return (
+                        failed(
+                            ErrorKind::InvalidModule,
+                            format!(
+                                "module {} is neither on this host nor in the claim store",
+                                step.module
+                            ),
+                        ),
+                        String::new(),
+                    );
+                }
+                Err(e) => return (failed(e.kind(), e.to_string()), String::new()),
+            },
+        };
+        let policy = match &step.policy {
+            None => Arc::new(Policy::deny_all()),
+            Some(p) => match inner.policies.get(p) {
+                Some(p) => p,
+                None => {
+                    return (
+                        failed(
+                            ErrorKind::PolicyDenied,
+                            format!("no policy `{p}` on host {}", inner.options.holder),
+                        ),
+                        String::new(),
+                    );
+                }
+            },
+        };
+        let request = RunRequest::new(step.render_input(outputs))
+            .policy(policy)
+            .caller(spec.caller.clone())
+            .limits(LimitsRequest {
+                timeout: step.timeout(),
+                ..LimitsRequest::default()
+            });
+        match inner.host.run(&module, request).await {
+            Ok(report) => {
+                let run_id = report.run_id.clone();
+                match report.result {
+                    Ok(output) => (StepOutcome::Completed { output }, run_id),
+                    Err(e) => (failed(e.kind(), e.to_string()), run_id),
+                }
+            }
+            Err(e) => (failed(e.kind(), e.to_string()), String::new()),
+        }
+    }
+}
+
+async fn next_change(
+    changes: &mut Option<super::store::EventStream>,
+) -> Option<Result<super::store::StepEvent, CoordError>> {
+    match changes {
+        Some(c) => c.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn holder_offset(holder: &str, len: usize) -> usize {
+    if len == 0 {
+        return 0;
+    }
+    let h = holder.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    (h % len as u64) as usize
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// `<name>-<12 random hex>`.
+fn new_id(name: &str) -> String {
+    let mut bytes = [0u8; 6];
+    let _ = getrandom::fill(&mut bytes);
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    format!("{name}-{}", hex::encode(bytes))
+}
+
+/// Waits until runbook `id` is closed (every step terminal) and returns
+/// its final view. Watches for changes and re-reads on each.
+pub async fn wait_closed(store: &dyn ClaimStore, id: &str) -> Result<RunbookView, CoordError> {
+    loop {
+        let view = store
+            .runbook(id)
+            .await?
+            .ok_or_else(|| CoordError::NotFound(id.to_string()))?;
+        if view.closed {
+            return Ok(view);
+        }
+        let mut events = store.watch(id, view.revision + 1).await?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), events.next()).await {
+                Ok(Some(Ok(e))) if e.change == Change::Closed => break,
+                Ok(Some(Ok(_))) => continue,
+                // A stream error or a quiet second: read the state again.
+                Ok(Some(Err(_))) | Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
