@@ -1,5 +1,7 @@
 //! The `chassis` command: a thin shell over the `chassis` library.
 
+mod runbook_cli;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -54,6 +56,9 @@ enum Command {
     Config(ConfigCommand),
     /// Drive a chassis server from the shell.
     Client(ClientArgs),
+    /// Check and run runbooks locally, or submit and follow them on a server.
+    #[command(subcommand)]
+    Runbook(runbook_cli::RunbookCommand),
     /// Verify, read and re-key the tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -187,6 +192,18 @@ enum ConfigCommand {
 
 #[derive(Debug, Args)]
 struct ClientArgs {
+    #[command(flatten)]
+    remote: RemoteArgs,
+    /// Print responses as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    call: ClientCall,
+}
+
+/// How to reach a chassis server.
+#[derive(Debug, Args)]
+pub(crate) struct RemoteArgs {
     /// Server address, e.g. http://127.0.0.1:50051 or https://chassis.example:50051.
     #[arg(long, default_value = "http://127.0.0.1:50051", env = "CHASSIS_ADDR")]
     addr: String,
@@ -202,11 +219,6 @@ struct ClientArgs {
     /// Server name to verify, when it differs from the address's host.
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
-    /// Print responses as JSON.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    call: ClientCall,
 }
 
 #[derive(Debug, Subcommand)]
@@ -394,6 +406,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => return serve(args),
         Command::Config(ConfigCommand::Check { file, json }) => config_check(&file, json),
         Command::Client(args) => client(args),
+        Command::Runbook(command) => runbook_cli::command(command),
         Command::Audit(command) => audit(command),
         Command::Load(args) => load(args),
     };
@@ -868,8 +881,8 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
     })
 }
 
-async fn connect(
-    args: &ClientArgs,
+pub(crate) async fn connect(
+    args: &RemoteArgs,
 ) -> Result<chassis::grpc::proto::chassis_client::ChassisClient<tonic::transport::Channel>> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
     let mut endpoint = Endpoint::from_shared(args.addr.clone())
@@ -903,7 +916,7 @@ async fn connect(
     )
 }
 
-fn status_exit(status: &tonic::Status, json: bool) -> ExitCode {
+pub(crate) fn status_exit(status: &tonic::Status, json: bool) -> ExitCode {
     let kind = chassis::grpc::status::kind_of(status).unwrap_or_else(|| "unknown".into());
     if json {
         println!(
@@ -931,7 +944,7 @@ fn client(args: ClientArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let mut client = connect(&args).await?;
+        let mut client = connect(&args.remote).await?;
         let json = args.json;
         let world = |w: i32| match proto::World::try_from(w) {
             Ok(proto::World::Agent) => "agent",

@@ -101,6 +101,30 @@ fn demo() -> Result<()> {
     let chassis = root.join("target/debug/chassis");
     let guests = setup::guest_dir();
     let data = root.join("target/demo-data");
+    println!(
+        "chassis demo: embedded default host (in-process claims), data dir {}\n",
+        data.display()
+    );
+    let runbook = root.join("runbooks/incident-digest.toml");
+    println!(
+        "== the example runbook, every step a sandboxed module run:\n   chassis runbook run {}\n",
+        runbook.display()
+    );
+    let status = Command::new(&chassis)
+        .args(["runbook", "run"])
+        .arg(&runbook)
+        .arg("--modules")
+        .arg(&guests)
+        .arg("--policies")
+        .arg(root.join("policies"))
+        .arg("--data-dir")
+        .arg(&data)
+        .status()
+        .context("running chassis runbook run")?;
+    if !status.success() {
+        bail!("the example runbook did not complete ({status})");
+    }
+    println!("\n== the sandbox holds hostile guests to their limits:\n");
     let steps: [(&str, &str, &[&str]); 5] = [
         (
             "an SDK agent greets its input",
@@ -128,10 +152,6 @@ fn demo() -> Result<()> {
             &[],
         ),
     ];
-    println!(
-        "chassis demo: embedded default host, data dir {}\n",
-        data.display()
-    );
     for (what, file, args) in steps {
         println!("== {what}: chassis run {file} {args:?}");
         let out = Command::new(&chassis)

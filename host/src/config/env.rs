@@ -18,6 +18,47 @@ pub const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
         c.server.listen = v.parse().map_err(|_| format!("`{v}` is not host:port"))?;
         Ok(())
     }),
+    (
+        "CHASSIS_ETCD_ENDPOINTS",
+        "coordinator.etcd.endpoints (and backend: etcd)",
+        |c, v| {
+            let endpoints: Vec<String> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_string)
+                .collect();
+            if endpoints.is_empty() {
+                return Err("no endpoints; give a comma-separated list".into());
+            }
+            c.coordinator.backend = super::CoordinatorBackend::Etcd;
+            match &mut c.coordinator.etcd {
+                Some(etcd) => etcd.endpoints = endpoints,
+                None => {
+                    c.coordinator.etcd = Some(super::Etcd {
+                        endpoints,
+                        timeout_seconds: 5,
+                        ca_cert: None,
+                        cert_file: None,
+                        key_file: None,
+                    })
+                }
+            }
+            Ok(())
+        },
+    ),
+    (
+        "CHASSIS_TASK_CLAIM_TTL_SECONDS",
+        "coordinator.task_claim_ttl_seconds",
+        |c, v| {
+            c.coordinator.task_claim_ttl_seconds = num(v)?;
+            Ok(())
+        },
+    ),
+    ("CHASSIS_HOST_ID", "coordinator.host_id", |c, v| {
+        c.coordinator.host_id = Some(v.to_string());
+        Ok(())
+    }),
     ("CHASSIS_DATA_DIR", "data_dir", |c, v| {
         c.data_dir = PathBuf::from(v);
         Ok(())

@@ -3,7 +3,10 @@
 //! The seed's file loads unchanged: `runtime`, `credentials`, `slo`,
 //! `metrics`, `logging`, plus `sandbox_pool` from its tuning advice. What
 //! the seed lacks (listen address, TLS files, data and policy dirs) is added
-//! in the same style under `server`, `data_dir` and `policies_dir`. Unknown
+//! in the same style under `server`, `data_dir` and `policies_dir`; the
+//! seed's coordinator keys (`etcd.endpoints`, `timeout_seconds`, `ca_cert`,
+//! `cert_file`, `key_file`, `task_claim_ttl_seconds`) live under
+//! `coordinator`. Unknown
 //! keys are errors. `CHASSIS_*` environment variables override the file
 //! (see [`ENV_OVERRIDES`]).
 
@@ -94,6 +97,67 @@ pub struct Config {
     pub policies_dir: Option<PathBuf>,
     /// The tamper-evident audit log.
     pub audit: Audit,
+    /// Where runbook step claims live (the seed's `coordinator` block).
+    pub coordinator: Coordinator,
+}
+
+/// `chassis.coordinator`: the seed's coordinator keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Coordinator {
+    /// `in-process` (one host, the embedded default) or `etcd`.
+    pub backend: CoordinatorBackend,
+    /// The etcd cluster (`backend: etcd`).
+    pub etcd: Option<Etcd>,
+    /// How long a dead host's step claims outlive it.
+    pub task_claim_ttl_seconds: u64,
+    /// Steps this host runs at once; 0 means `sandbox_pool.max_size`.
+    pub max_concurrent_steps: u32,
+    /// This host's name in claims; default `<hostname>-<pid>`.
+    pub host_id: Option<String>,
+}
+
+impl Default for Coordinator {
+    fn default() -> Self {
+        Self {
+            backend: CoordinatorBackend::InProcess,
+            etcd: None,
+            task_claim_ttl_seconds: 300,
+            max_concurrent_steps: 0,
+            host_id: None,
+        }
+    }
+}
+
+/// `chassis.coordinator.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CoordinatorBackend {
+    /// Claims kept in this process.
+    InProcess,
+    /// Claims kept in etcd, shared by every host.
+    Etcd,
+}
+
+/// `chassis.coordinator.etcd`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Etcd {
+    /// Client URLs (`https://etcd-1:2379`) or `host:port`.
+    pub endpoints: Vec<String>,
+    /// Bound on connecting and on each request.
+    #[serde(default = "five")]
+    pub timeout_seconds: u64,
+    /// CA for the servers' certificates; enables TLS.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (mTLS).
+    pub cert_file: Option<PathBuf>,
+    /// Client key (mTLS).
+    pub key_file: Option<PathBuf>,
+}
+
+fn five() -> u64 {
+    5
 }
 
 /// `chassis.audit`.
@@ -156,6 +220,7 @@ impl Default for Config {
             data_dir: PathBuf::from(".chassis"),
             policies_dir: None,
             audit: Audit::default(),
+            coordinator: Coordinator::default(),
         }
     }
 }
@@ -505,6 +570,36 @@ impl Config {
                 "must be greater than zero".into(),
             ));
         }
+        if self.coordinator.task_claim_ttl_seconds < 2 {
+            return Err(bad(
+                "coordinator.task_claim_ttl_seconds",
+                "must be at least 2 (etcd's shortest lease)".into(),
+            ));
+        }
+        match (&self.coordinator.backend, &self.coordinator.etcd) {
+            (CoordinatorBackend::Etcd, None) => {
+                return Err(bad(
+                    "coordinator.etcd",
+                    "`backend: etcd` needs `etcd.endpoints`".into(),
+                ));
+            }
+            (CoordinatorBackend::Etcd, Some(etcd)) if etcd.endpoints.is_empty() => {
+                return Err(bad("coordinator.etcd.endpoints", "is empty".into()));
+            }
+            (_, Some(etcd)) if etcd.cert_file.is_some() != etcd.key_file.is_some() => {
+                return Err(bad(
+                    "coordinator.etcd.cert_file",
+                    "cert_file and key_file go together".into(),
+                ));
+            }
+            (_, Some(etcd)) if etcd.cert_file.is_some() && etcd.ca_cert.is_none() => {
+                return Err(bad(
+                    "coordinator.etcd.ca_cert",
+                    "a client certificate needs TLS: set ca_cert too".into(),
+                ));
+            }
+            _ => {}
+        }
         if self.metrics.enabled
             && self.metrics.port == self.server.listen.port()
             && self.metrics.address == self.server.listen.ip()
@@ -550,6 +645,37 @@ impl Config {
         options.max_file_bytes = self.audit.max_file_mb.max(1) * 1024 * 1024;
         options.fail_open = self.audit.fail_open;
         Some(options)
+    }
+
+    /// How to reach etcd, when the backend is etcd.
+    pub fn etcd_options(&self) -> Option<crate::coord::EtcdOptions> {
+        if self.coordinator.backend != CoordinatorBackend::Etcd {
+            return None;
+        }
+        let etcd = self.coordinator.etcd.as_ref()?;
+        Some(crate::coord::EtcdOptions {
+            endpoints: etcd.endpoints.clone(),
+            timeout: Duration::from_secs(etcd.timeout_seconds.max(1)),
+            ca_cert: etcd.ca_cert.clone(),
+            cert_file: etcd.cert_file.clone(),
+            key_file: etcd.key_file.clone(),
+        })
+    }
+
+    /// How this host takes part in runbooks.
+    pub fn coordinator_options(&self) -> crate::coord::CoordinatorOptions {
+        let mut options = crate::coord::CoordinatorOptions::new(
+            self.coordinator
+                .host_id
+                .clone()
+                .unwrap_or_else(crate::coord::default_holder),
+        );
+        options.claim_ttl = Duration::from_secs(self.coordinator.task_claim_ttl_seconds);
+        options.max_concurrent_steps = match self.coordinator.max_concurrent_steps {
+            0 => self.sandbox_pool.max_size as usize,
+            n => n as usize,
+        };
+        options
     }
 
     /// Sandboxes all running at once could use this much linear memory: the

@@ -14,6 +14,7 @@
 //! module = "wordcount.wasm"
 //! depends_on = ["collect"]
 //! input = "{{collect}}"         # a dependency's output, spliced in as bytes
+//!                               # ({{collect|trim}} drops surrounding whitespace)
 //! retries = 2                   # attempts after the first failure
 //! timeout = "5s"                # per attempt
 //! ```
@@ -198,11 +199,12 @@ impl StepSpec {
         for part in template_parts(&self.input) {
             match part {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
-                Part::Ref(name) => {
+                Part::Ref(name, trim) => {
                     if let Some(o) = outputs.get(name) {
-                        out.extend_from_slice(o);
+                        out.extend_from_slice(if trim { o.trim_ascii() } else { o });
                     }
                 }
+                Part::Bad(_) => {}
             }
         }
         out
@@ -211,7 +213,11 @@ impl StepSpec {
 
 enum Part<'a> {
     Text(&'a str),
-    Ref(&'a str),
+    /// A dependency's output, and whether `|trim` asked for surrounding
+    /// whitespace to go.
+    Ref(&'a str, bool),
+    /// A `{{...}}` that is not `name` or `name|trim`.
+    Bad(&'a str),
 }
 
 /// Splits `{{name}}` references out of a template. `{{` without a closing
@@ -226,7 +232,12 @@ fn template_parts(template: &str) -> Vec<Part<'_>> {
         if open > 0 {
             parts.push(Part::Text(&rest[..open]));
         }
-        parts.push(Part::Ref(rest[open + 2..open + 2 + close].trim()));
+        let inner = rest[open + 2..open + 2 + close].trim();
+        parts.push(match inner.split_once('|') {
+            None => Part::Ref(inner, false),
+            Some((name, "trim")) => Part::Ref(name.trim(), true),
+            Some(_) => Part::Bad(inner),
+        });
         rest = &rest[open + 2 + close + 2..];
     }
     if !rest.is_empty() {
@@ -350,15 +361,26 @@ impl RunbookFile {
                 .unwrap_or_default();
             if let Some(i) = &raw_step.input {
                 for part in template_parts(i.get_ref()) {
-                    if let Part::Ref(r) = part
-                        && !depends_on.iter().any(|d| d == r)
-                    {
-                        return Err(at(
-                            i.span(),
-                            step,
-                            "input",
-                            format!("`{{{{{r}}}}}` names a step that is not in its depends_on"),
-                        ));
+                    match part {
+                        Part::Ref(r, _) if !depends_on.iter().any(|d| d == r) => {
+                            return Err(at(
+                                i.span(),
+                                step,
+                                "input",
+                                format!("`{{{{{r}}}}}` names a step that is not in its depends_on"),
+                            ));
+                        }
+                        Part::Bad(b) => {
+                            return Err(at(
+                                i.span(),
+                                step,
+                                "input",
+                                format!(
+                                    "`{{{{{b}}}}}` is not `{{{{step}}}}` or `{{{{step|trim}}}}`"
+                                ),
+                            ));
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -564,7 +586,7 @@ input = "hello world"
 [steps.count]
 module = "wordcount.wasm"
 depends_on = ["collect"]
-input = "text: {{collect}}!"
+input = "text: {{collect}}! {{ collect|trim }}."
 retries = 2
 timeout = "5s"
 "#;
@@ -583,8 +605,11 @@ timeout = "5s"
         assert_eq!(spec.steps["count"].module, "id-of-wordcount.wasm");
         assert_eq!(spec.steps["count"].timeout_ms, Some(5000));
         assert_eq!(spec.topological_order(), vec!["collect", "count"]);
-        let outputs = BTreeMap::from([("collect".to_string(), b"a b".to_vec())]);
-        assert_eq!(spec.steps["count"].render_input(&outputs), b"text: a b!");
+        let outputs = BTreeMap::from([("collect".to_string(), b" a b\n".to_vec())]);
+        assert_eq!(
+            spec.steps["count"].render_input(&outputs),
+            b"text:  a b\n! a b."
+        );
     }
 
     #[test]
@@ -599,8 +624,17 @@ timeout = "5s"
         assert!(matches!(e, RunbookError::Syntax { .. }), "{e}");
         assert!(e.to_string().contains("retires"), "{e}");
 
-        let e = err(&GOOD.replace("\"text: {{collect}}!\"", "\"{{other}}\""));
+        let e = err(&GOOD.replace(
+            "\"text: {{collect}}! {{ collect|trim }}.\"",
+            "\"{{other}}\"",
+        ));
         assert!(e.to_string().contains("field `input`"), "{e}");
+        let e = err(&GOOD.replace("collect|trim", "collect|upper"));
+        assert!(
+            e.to_string()
+                .contains("is not `{{step}}` or `{{step|trim}}`"),
+            "{e}"
+        );
 
         let e = err(&GOOD.replace("\"5s\"", "\"soon\""));
         assert!(e.to_string().contains("field `timeout`"), "{e}");

@@ -3,6 +3,7 @@
 
 pub mod identity;
 pub mod proto;
+mod runbooks;
 mod service;
 pub mod status;
 
@@ -50,6 +51,19 @@ pub enum ServeError {
     /// Reflection could not be built from the descriptor set.
     #[error("gRPC reflection: {0}")]
     Reflection(String),
+    /// The claim store could not be opened.
+    #[error("coordinator: {0}")]
+    Coordinator(#[from] crate::coord::CoordError),
+}
+
+/// Opens the claim store the config names: etcd, or the in-process store.
+pub async fn open_claim_store(
+    config: &Config,
+) -> Result<std::sync::Arc<dyn crate::coord::ClaimStore>, crate::coord::CoordError> {
+    Ok(match config.etcd_options() {
+        Some(options) => std::sync::Arc::new(crate::coord::EtcdStore::connect(&options).await?),
+        None => std::sync::Arc::new(crate::coord::MemoryStore::new()),
+    })
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
@@ -102,6 +116,15 @@ pub async fn serve(
             );
         }
     }
+    let store = open_claim_store(config).await?;
+    let policies = std::sync::Arc::new(policies);
+    let coordinator = crate::coord::Coordinator::new(
+        store,
+        host.clone(),
+        policies.clone(),
+        config.coordinator_options(),
+    );
+    let claims = coordinator.start();
     let service = ChassisService::new(
         host,
         policies,
@@ -109,6 +132,7 @@ pub async fn serve(
         Duration::from_millis(config.sandbox_pool.queue_timeout_ms),
         config.runtime.max_module_mb * 1024 * 1024,
         interrupt_rx,
+        coordinator,
     );
     let max_message = (config.server.max_request_mb * 1024 * 1024) as usize;
     let chassis = ChassisServer::new(service)
@@ -162,6 +186,9 @@ pub async fn serve(
             stop,
         )
         .await?;
+    // Running steps record their results; claims left are dropped with the
+    // session so other hosts take them over at once.
+    claims.stop(grace).await;
     if let Some(log) = &audit {
         let _ = log.record(
             "host.stop",

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::identity::caller_identity;
 use super::proto::{self, chassis_server::Chassis};
 use super::status::{not_found, status};
+use crate::coord::Coordinator;
 use crate::modules::{Module, World};
 use crate::policy::{Policy, PolicySet};
 use crate::sandbox::{FuelRequest, LimitsRequest, RunError, RunReport, TapEvent};
@@ -28,22 +29,26 @@ pub struct ChassisService {
     queue_timeout: Duration,
     max_module_bytes: u64,
     interrupt: watch::Receiver<bool>,
+    coordinator: Coordinator,
 }
 
 impl ChassisService {
-    /// A service over `host` offering `policies`; `interrupt` turning true
-    /// ends every in-flight run with UNAVAILABLE (end of shutdown grace).
+    /// A service over `host` offering `policies` and runbooks through
+    /// `coordinator`; `interrupt` turning true ends every in-flight run
+    /// with UNAVAILABLE (end of shutdown grace).
     pub fn new(
         host: Host,
-        policies: PolicySet,
+        policies: Arc<PolicySet>,
         max_size: u32,
         queue_timeout: Duration,
         max_module_bytes: u64,
         interrupt: watch::Receiver<bool>,
+        coordinator: Coordinator,
     ) -> Self {
         Self {
             host,
-            policies: Arc::new(policies),
+            coordinator,
+            policies,
             default_policy: Arc::new(Policy::deny_all()),
             slots: Arc::new(Semaphore::new(max_size as usize)),
             max_size,
@@ -361,6 +366,45 @@ impl Chassis for ChassisService {
             })),
             Err(e) => Err(run_failed(&report, e)),
         }
+    }
+
+    type WatchRunbookStream = super::runbooks::RunbookEventStream;
+
+    async fn submit_runbook(
+        &self,
+        request: Request<proto::SubmitRunbookRequest>,
+    ) -> Result<Response<proto::SubmitRunbookResponse>, Status> {
+        let caller = caller_identity(
+            request.remote_addr(),
+            request.peer_certs().as_deref().map(|c| c.as_slice()),
+        );
+        super::runbooks::submit(&self.coordinator, request.into_inner(), &caller)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_runbook(
+        &self,
+        request: Request<proto::GetRunbookRequest>,
+    ) -> Result<Response<proto::RunbookStatus>, Status> {
+        super::runbooks::get(&self.coordinator, &request.get_ref().runbook_id)
+            .await
+            .map(Response::new)
+    }
+
+    async fn watch_runbook(
+        &self,
+        request: Request<proto::WatchRunbookRequest>,
+    ) -> Result<Response<Self::WatchRunbookStream>, Status> {
+        let body = request.into_inner();
+        super::runbooks::watch(
+            &self.coordinator,
+            &body.runbook_id,
+            body.from_revision,
+            self.interrupt.clone(),
+        )
+        .await
+        .map(Response::new)
     }
 
     type RunStreamStream = EventStream;
