@@ -2,6 +2,8 @@
 //! programs under `modules/`, built for `wasm32-wasip2` by this crate's build
 //! script and named by constant.
 
+pub mod etcd;
+
 /// Paths of the built guests, one constant per guest.
 pub mod programs {
     include!(concat!(env!("OUT_DIR"), "/programs.rs"));

@@ -73,6 +73,8 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     setup::build_tools()?;
+    // The coordination tests start real etcd servers.
+    setup::debian_tools(&[("etcd", "etcd-server")])?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;

@@ -75,6 +75,7 @@ pub struct EtcdOptions {
 pub struct EtcdStore {
     client: Client,
     endpoints: String,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for EtcdStore {
@@ -144,7 +145,11 @@ impl EtcdStore {
             .await
             .map_err(|_| unavailable(format!("no endpoint answered within {timeout:?}")))?
             .map_err(|e| unavailable(e.to_string()))?;
-        let store = Self { client, endpoints };
+        let store = Self {
+            client,
+            endpoints,
+            timeout,
+        };
         // Connecting is lazy in places; one read proves the cluster answers.
         store.kv_get(format!("{PREFIX}hosts/"), true, true).await?;
         Ok(store)
@@ -155,11 +160,53 @@ impl EtcdStore {
         self.client.clone()
     }
 
+    fn timed_out(&self, what: &str) -> CoordError {
+        CoordError::Unavailable {
+            endpoints: self.endpoints.clone(),
+            message: format!("{what} took longer than {:?}", self.timeout),
+        }
+    }
+
+    /// Opens a watch, bounded by the timeout.
+    async fn open_watch(
+        &self,
+        key: String,
+        options: WatchOptions,
+    ) -> Result<etcd_client::WatchStream, CoordError> {
+        let mut watch = self.client.watch_client();
+        tokio::time::timeout(self.timeout, watch.watch(key, Some(options)))
+            .await
+            .map_err(|_| self.timed_out("opening a watch"))?
+            .map_err(|e| self.unavailable(e))
+    }
+
     fn unavailable(&self, e: etcd_client::Error) -> CoordError {
         CoordError::Unavailable {
             endpoints: self.endpoints.clone(),
             message: e.to_string(),
         }
+    }
+
+    /// Runs `op` again (up to three tries) when it failed before reaching
+    /// any server: a refused connection to one member of a cluster means
+    /// the request was never sent, so retrying cannot apply it twice, and
+    /// the balanced channel moves on to a live member.
+    async fn retry_unsent<T, F, Fut>(&self, mut op: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut delay = Duration::from_millis(25);
+        for _ in 0..3 {
+            match op().await {
+                Err(e) if never_sent(&e) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 4;
+                }
+                other => return other,
+            }
+        }
+        op().await
     }
 
     async fn kv_get(
@@ -176,9 +223,11 @@ impl EtcdStore {
             options = options.with_keys_only();
         }
         let mut response = self
-            .client
-            .kv_client()
-            .get(key, Some(options))
+            .retry_unsent(|| {
+                let mut kv = self.client.kv_client();
+                let (key, options) = (key.clone(), options.clone());
+                async move { kv.get(key, Some(options)).await }
+            })
             .await
             .map_err(|e| self.unavailable(e))?;
         let revision = response.header().map_or(0, |h| h.revision());
@@ -186,11 +235,13 @@ impl EtcdStore {
     }
 
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, CoordError> {
-        self.client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| self.unavailable(e))
+        self.retry_unsent(|| {
+            let mut kv = self.client.kv_client();
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| self.unavailable(e))
     }
 
     fn fenced(claim: &Claim) -> CoordError {
@@ -200,6 +251,12 @@ impl EtcdStore {
             fence: claim.fence,
         }
     }
+}
+
+/// Whether the request failed before any server saw it.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    let text = e.to_string();
+    text.contains("tcp connect error") || text.contains("Connection refused")
 }
 
 fn corrupt(key: &[u8], e: impl std::fmt::Display) -> CoordError {
@@ -287,16 +344,27 @@ impl ClaimStore for EtcdStore {
     }
 
     async fn keep_alive(&self, session: &Session) -> Result<(), CoordError> {
-        let (_keeper, mut stream) = self
-            .client
-            .lease_client()
-            .keep_alive(session.lease)
+        let lost = |e: etcd_client::Error| {
+            if e.to_string().contains("lease not found") {
+                CoordError::SessionLost(session.lease)
+            } else {
+                self.unavailable(e)
+            }
+        };
+        // Opening the keep-alive stream renews the lease once and reads
+        // etcd's answer (a TTL of 0: the lease is gone). Streams have no
+        // per-request deadline of their own, hence the timeout.
+        let renew = async {
+            self.client
+                .lease_client()
+                .keep_alive(session.lease)
+                .await
+                .map(|_| ())
+                .map_err(lost)
+        };
+        tokio::time::timeout(self.timeout, renew)
             .await
-            .map_err(|e| self.unavailable(e))?;
-        match stream.message().await.map_err(|e| self.unavailable(e))? {
-            Some(r) if r.ttl() > 0 => Ok(()),
-            _ => Err(CoordError::SessionLost(session.lease)),
-        }
+            .unwrap_or_else(|_| Err(self.timed_out("renewing the session lease")))
     }
 
     async fn leave(&self, session: &Session) -> Result<(), CoordError> {
@@ -547,12 +615,7 @@ impl ClaimStore for EtcdStore {
         if from_revision > 0 {
             options = options.with_start_revision(from_revision);
         }
-        let mut stream = self
-            .client
-            .watch_client()
-            .watch(prefix.clone(), Some(options))
-            .await
-            .map_err(|e| self.unavailable(e))?;
+        let mut stream = self.open_watch(prefix.clone(), options).await?;
         let endpoints = self.endpoints.clone();
         let runbook = runbook.to_string();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
@@ -618,14 +681,11 @@ impl ClaimStore for EtcdStore {
 
     async fn changes(&self) -> Result<EventStream, CoordError> {
         let mut stream = self
-            .client
-            .watch_client()
-            .watch(
+            .open_watch(
                 format!("{PREFIX}runbooks/"),
-                Some(WatchOptions::new().with_prefix()),
+                WatchOptions::new().with_prefix(),
             )
-            .await
-            .map_err(|e| self.unavailable(e))?;
+            .await?;
         let endpoints = self.endpoints.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {

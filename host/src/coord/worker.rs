@@ -486,13 +486,17 @@ impl Coordinator {
             })
         });
         tracing::info!(runbook = %claim.runbook, step = %claim.step, fence = claim.fence, attempt = claim.attempt, "step claimed");
-        let (outcome, run_id) = self.execute(&spec, &claim.step, &outputs).await;
-        let retry = matches!(outcome, StepOutcome::Failed { .. }) && claim.attempt <= step.retries;
-        let state = if retry {
-            "retried"
-        } else {
-            outcome.state().as_str()
+        let (outcome, run_id) = match self.execute(&spec, &claim.step, &outputs).await {
+            Ok(ran) => ran,
+            Err(e) => {
+                // The claim store failed us, not the step: hand the step
+                // back without counting an attempt.
+                tracing::warn!(error = %e, runbook = %claim.runbook, step = %claim.step, "could not fetch the step's module; releasing it");
+                self.record(&claim, None, claim.attempt - 1).await;
+                return;
+            }
         };
+        let retry = matches!(outcome, StepOutcome::Failed { .. }) && claim.attempt <= step.retries;
         let record = StepRecord {
             outcome,
             host: claim.holder.clone(),
@@ -500,23 +504,42 @@ impl Coordinator {
             attempts: claim.attempt,
             run_id,
         };
+        if retry {
+            self.record(&claim, None, claim.attempt).await;
+        } else {
+            self.record(&claim, Some(&record), claim.attempt).await;
+        }
+    }
+
+    /// Writes `record` (or, with `None`, releases the step with `failures`
+    /// recorded), retrying while the store is unreachable.
+    async fn record(&self, claim: &Claim, record: Option<&StepRecord>, failures: u32) {
+        let inner = &self.inner;
+        let retry = record.is_none();
+        let state = match record {
+            Some(r) => r.outcome.state().as_str(),
+            None if failures == claim.attempt => "retried",
+            None => "released",
+        };
+        let run_id = record.map(|r| r.run_id.clone()).unwrap_or_default();
         let mut backoff = Duration::from_millis(50);
         loop {
-            let written = if retry {
-                inner.store.release(&claim, claim.attempt).await
-            } else {
-                inner.store.finish(&claim, &record).await
+            let written = match record {
+                None => inner.store.release(claim, failures).await,
+                Some(record) => inner.store.finish(claim, record).await,
             };
             match written {
                 Ok(()) => {
-                    metrics::counter!(RUNBOOK_STEPS_TOTAL, "state" => state).increment(1);
+                    if state != "released" {
+                        metrics::counter!(RUNBOOK_STEPS_TOTAL, "state" => state).increment(1);
+                    }
                     let _ = inner.host.audit_event(
                         if retry { "step.retrying" } else { "step.finished" },
                         || {
                             serde_json::json!({
                                 "runbook": claim.runbook, "step": claim.step, "fence": claim.fence,
-                                "attempt": claim.attempt, "state": state, "run_id": record.run_id,
-                                "error": match &record.outcome { StepOutcome::Failed { error, .. } => Some(error.clone()), _ => None },
+                                "attempt": claim.attempt, "state": state, "run_id": run_id,
+                                "error": match record.map(|r| &r.outcome) { Some(StepOutcome::Failed { error, .. }) => Some(error.clone()), _ => None },
                             })
                         },
                     );
@@ -528,7 +551,7 @@ impl Coordinator {
                     let _ = inner.host.audit_event("step.fenced", || {
                         serde_json::json!({
                             "runbook": claim.runbook, "step": claim.step, "fence": claim.fence,
-                            "attempt": claim.attempt, "run_id": record.run_id,
+                            "attempt": claim.attempt, "run_id": run_id,
                         })
                     });
                     tracing::warn!(error = %e, "step result dropped: another host owns the step now");
@@ -548,13 +571,14 @@ impl Coordinator {
         inner.wake.notify_one();
     }
 
-    /// Runs a step's module; never fails, a failure is an outcome.
+    /// Runs a step's module. A failing step is an outcome; only the claim
+    /// store failing to hand over the module is an error.
     async fn execute(
         &self,
         spec: &RunbookSpec,
         name: &str,
         outputs: &BTreeMap<String, Vec<u8>>,
-    ) -> (StepOutcome, String) {
+    ) -> Result<(StepOutcome, String), CoordError> {
         let inner = &self.inner;
         let step = &spec.steps[name];
         let failed = |kind: ErrorKind, error: String| StepOutcome::Failed {
@@ -567,18 +591,18 @@ impl Coordinator {
                 Ok(Some(bytes)) => match inner.host.modules().register(&bytes) {
                     Ok(m) if m.id() == step.module => m,
                     Ok(m) => {
-                        return (
+                        return Ok((
                             failed(
                                 ErrorKind::InvalidModule,
                                 format!("stored module {} hashes to {}", step.module, m.id()),
                             ),
                             String::new(),
-                        );
+                        ));
                     }
-                    Err(e) => return (failed(e.kind(), e.to_string()), String::new()),
+                    Err(e) => return Ok((failed(e.kind(), e.to_string()), String::new())),
                 },
                 Ok(None) => {
-                    return (
+                    return Ok((
                         failed(
                             ErrorKind::InvalidModule,
                             format!(
@@ -587,9 +611,9 @@ impl Coordinator {
                             ),
                         ),
                         String::new(),
-                    );
+                    ));
                 }
-                Err(e) => return (failed(e.kind(), e.to_string()), String::new()),
+                Err(e) => return Err(e),
             },
         };
         let policy = match &step.policy {
@@ -597,13 +621,13 @@ impl Coordinator {
             Some(p) => match inner.policies.get(p) {
                 Some(p) => p,
                 None => {
-                    return (
+                    return Ok((
                         failed(
                             ErrorKind::PolicyDenied,
                             format!("no policy `{p}` on host {}", inner.options.holder),
                         ),
                         String::new(),
-                    );
+                    ));
                 }
             },
         };
@@ -614,7 +638,7 @@ impl Coordinator {
                 timeout: step.timeout(),
                 ..LimitsRequest::default()
             });
-        match inner.host.run(&module, request).await {
+        Ok(match inner.host.run(&module, request).await {
             Ok(report) => {
                 let run_id = report.run_id.clone();
                 match report.result {
@@ -623,7 +647,7 @@ impl Coordinator {
                 }
             }
             Err(e) => (failed(e.kind(), e.to_string()), String::new()),
-        }
+        })
     }
 }
 
@@ -673,17 +697,30 @@ fn new_id(name: &str) -> String {
 }
 
 /// Waits until runbook `id` is closed (every step terminal) and returns
-/// its final view. Watches for changes and re-reads on each.
+/// its final view. Watches for changes and re-reads on each; rides out the
+/// store being briefly unreachable (bound it with a timeout).
 pub async fn wait_closed(store: &dyn ClaimStore, id: &str) -> Result<RunbookView, CoordError> {
     loop {
-        let view = store
-            .runbook(id)
-            .await?
-            .ok_or_else(|| CoordError::NotFound(id.to_string()))?;
+        let view = match store.runbook(id).await {
+            Ok(Some(v)) => v,
+            Ok(None) => return Err(CoordError::NotFound(id.to_string())),
+            Err(CoordError::Unavailable { .. }) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if view.closed {
             return Ok(view);
         }
-        let mut events = store.watch(id, view.revision + 1).await?;
+        let mut events = match store.watch(id, view.revision + 1).await {
+            Ok(events) => events,
+            Err(CoordError::Unavailable { .. }) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         loop {
             match tokio::time::timeout(Duration::from_secs(1), events.next()).await {
                 Ok(Some(Ok(e))) if e.change == Change::Closed => break,
