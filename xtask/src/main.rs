@@ -73,8 +73,7 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     setup::build_tools()?;
-    // host/tests/deploy.rs runs `promtool test rules` on deploy/prometheus.
-    setup::debian_tools(&[("promtool", "prometheus")])?;
+    setup::promtool()?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;
