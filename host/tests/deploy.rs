@@ -292,8 +292,8 @@ fn every_alert_has_a_firing_and_a_quiet_promtool_test() {
             if expected > 0 {
                 firing.insert(name.clone());
             }
-            // A case is quiet for an alert when it expects none, or when it
-            // has a series that the expected alerts leave out.
+            // A case is quiet for an alert when it expects none, or when
+            // one of its hosts (`instance`) is left out of the expected alerts.
             let instances: BTreeSet<&str> = case["input_series"]
                 .as_sequence()
                 .into_iter()
