@@ -862,6 +862,13 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
                 config.slo.target_latency_p95_ms,
                 config.slo.target_availability_percent,
             )?;
+            if config.audit.enabled {
+                // The audit log opened before the exporter existed, so the
+                // zero it registered went nowhere: register its counters now,
+                // or the audit alert would miss the first failure.
+                metrics::counter!(chassis::audit::WRITE_FAILURES_TOTAL).increment(0);
+                metrics::counter!(chassis::audit::RECORDS_TOTAL).increment(0);
+            }
             tracing::info!(%addr, "metrics on /metrics");
         }
         tracing::info!(policies = policies.len(), "loaded policies");

@@ -75,6 +75,8 @@ fn test(extra: &[String]) -> Result<()> {
     setup::build_tools()?;
     // The coordination tests start real etcd servers.
     setup::debian_tools(&[("etcd", "etcd-server")])?;
+    // The alert rules are unit-tested with promtool.
+    setup::promtool()?;
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;

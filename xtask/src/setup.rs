@@ -71,20 +71,8 @@ pub(crate) fn debian_tools(tools: &[(&str, &str)]) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {} with apt-get", missing.join(", "));
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
     let apt = |args: &[&str]| -> Result<()> {
-        let mut cmd = if root {
-            Command::new("apt-get")
-        } else {
-            let mut c = Command::new("sudo");
-            c.arg("apt-get");
-            c
-        };
-        let status = cmd
+        let status = as_root("apt-get")
             .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()
@@ -98,6 +86,45 @@ pub(crate) fn debian_tools(tools: &[(&str, &str)]) -> Result<()> {
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
     args.extend(&missing);
     apt(&args)
+}
+
+/// `program` run directly as root, through sudo otherwise.
+fn as_root(program: &str) -> Command {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if root {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg(program);
+        c
+    }
+}
+
+/// promtool, for the alert rule tests (host/tests/deploy.rs). Debian ships
+/// it only in `prometheus`, whose installation starts a Prometheus server
+/// on port 9090 where systemd runs; when this call installed the package,
+/// that server is stopped and disabled again, since only the tool is wanted.
+pub(crate) fn promtool() -> Result<()> {
+    let had = on_path("promtool");
+    debian_tools(&[("promtool", "prometheus")])?;
+    if !had && Path::new("/run/systemd/system").is_dir() {
+        eprintln!(
+            "xtask: stopping the Prometheus server the package started (only promtool is needed)"
+        );
+        let stopped = as_root("systemctl")
+            .args(["disable", "--now", "prometheus.service"])
+            .status();
+        if !stopped.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "xtask: could not stop prometheus.service; stop it with `systemctl disable --now prometheus`"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn on_path(command: &str) -> bool {

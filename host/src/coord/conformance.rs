@@ -75,7 +75,7 @@ pub async fn submit_and_read(store: &dyn ClaimStore) {
     let id = unique("submit");
     let module = (format!("{:064}", 7), b"\0asm-bytes".to_vec());
     let rev = store
-        .submit(&id, &spec(3), &[module.clone()])
+        .submit(&id, &spec(3), std::slice::from_ref(&module))
         .await
         .unwrap();
     assert!(rev > 0, "submit returns the revision it was stored at");

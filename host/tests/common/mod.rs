@@ -17,6 +17,8 @@ use chassis::policy::{Policy, PolicySet};
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
 
+pub mod served;
+
 pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
