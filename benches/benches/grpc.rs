@@ -63,6 +63,25 @@ impl Chassis for BareEcho {
     ) -> Result<Response<Self::RunStreamStream>, Status> {
         Err(Status::unimplemented("bare echo"))
     }
+    async fn submit_runbook(
+        &self,
+        _: Request<proto::SubmitRunbookRequest>,
+    ) -> Result<Response<proto::SubmitRunbookResponse>, Status> {
+        Err(Status::unimplemented("bare echo"))
+    }
+    async fn get_runbook(
+        &self,
+        _: Request<proto::GetRunbookRequest>,
+    ) -> Result<Response<proto::RunbookStatus>, Status> {
+        Err(Status::unimplemented("bare echo"))
+    }
+    type WatchRunbookStream = tokio_stream::Empty<Result<proto::RunbookEvent, Status>>;
+    async fn watch_runbook(
+        &self,
+        _: Request<proto::WatchRunbookRequest>,
+    ) -> Result<Response<Self::WatchRunbookStream>, Status> {
+        Err(Status::unimplemented("bare echo"))
+    }
 }
 
 async fn start_chassis() -> SocketAddr {
