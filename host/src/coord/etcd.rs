@@ -181,6 +181,12 @@ impl EtcdStore {
     }
 
     fn unavailable(&self, e: etcd_client::Error) -> CoordError {
+        // Not an outage: retrying the same request cannot succeed.
+        if e.to_string().contains("request is too large") {
+            return CoordError::Invalid(format!(
+                "etcd refused the request as too large ({e}); raise its --max-request-bytes or send less"
+            ));
+        }
         CoordError::Unavailable {
             endpoints: self.endpoints.clone(),
             message: e.to_string(),

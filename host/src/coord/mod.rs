@@ -24,7 +24,8 @@ pub use store::{
     Session, StepEvent, StepOutcome, StepRecord, StepState, StepView,
 };
 pub use worker::{
-    Coordinator, CoordinatorOptions, CoordinatorTask, SubmitError, default_holder, wait_closed,
+    Coordinator, CoordinatorOptions, CoordinatorTask, MAX_STEP_OUTPUT, SubmitError, default_holder,
+    wait_closed,
 };
 
 #[cfg(test)]

@@ -34,6 +34,11 @@ use crate::telemetry::{
 };
 use crate::{ErrorKind, Host, RunRequest};
 
+/// Largest step output kept. Outputs live in the claim store, and etcd
+/// refuses requests over 1.5 MiB by default; base64 and the record around
+/// it must fit.
+pub const MAX_STEP_OUTPUT: usize = 512 * 1024;
+
 /// How a host takes part in coordination.
 #[derive(Debug, Clone)]
 pub struct CoordinatorOptions {
@@ -557,6 +562,30 @@ impl Coordinator {
                     tracing::warn!(error = %e, "step result dropped: another host owns the step now");
                     break;
                 }
+                Err(
+                    e @ (CoordError::Invalid(_)
+                    | CoordError::Corrupt { .. }
+                    | CoordError::NotFound(_)),
+                ) => {
+                    // Retrying cannot help. Record the step as failed with
+                    // the reason, so the runbook ends rather than stalls.
+                    tracing::error!(error = %e, runbook = %claim.runbook, step = %claim.step, "the claim store refused the step's result");
+                    match record {
+                        Some(r) if r.outcome.state() != StepState::Failed => {
+                            let failed = StepRecord {
+                                outcome: StepOutcome::Failed {
+                                    kind: ErrorKind::Internal.as_str().into(),
+                                    error: format!(
+                                        "the claim store refused the step's result: {e}"
+                                    ),
+                                },
+                                ..r.clone()
+                            };
+                            return Box::pin(self.record(claim, Some(&failed), failures)).await;
+                        }
+                        _ => break,
+                    }
+                }
                 Err(e) => {
                     // The store is unreachable: keep the result until it
                     // answers; if our lease lapses meanwhile, the fence
@@ -642,6 +671,16 @@ impl Coordinator {
             Ok(report) => {
                 let run_id = report.run_id.clone();
                 match report.result {
+                    Ok(output) if output.len() > MAX_STEP_OUTPUT => (
+                        failed(
+                            ErrorKind::OutputLimit,
+                            format!(
+                                "the step's output is {} bytes; runbook steps may pass on at most {MAX_STEP_OUTPUT}",
+                                output.len()
+                            ),
+                        ),
+                        run_id,
+                    ),
                     Ok(output) => (StepOutcome::Completed { output }, run_id),
                     Err(e) => (failed(e.kind(), e.to_string()), run_id),
                 }
