@@ -91,9 +91,11 @@ impl LocalFileProvider {
 
     fn lookup(&self, grant: &SecretGrant) -> Result<Fetched, SecretError> {
         let tables = self.load()?;
+        let plain = kv2_plain_path(&grant.path);
         let table = tables
             .get(&grant.path)
-            .or_else(|| tables.get(&kv2_api_path(&grant.path)))
+            .or_else(|| tables.get(&plain))
+            .or_else(|| tables.get(&kv2_api_path(&plain)))
             .ok_or_else(|| self.not_found(grant))?;
         match &grant.key {
             Some(key) => {
@@ -121,6 +123,15 @@ impl LocalFileProvider {
             key: grant.key.clone().unwrap_or_else(|| "*".into()),
             source_name: self.describe(),
         }
+    }
+}
+
+/// `secret/data/app/db` (Vault's KV v2 API spelling) as a policy usually
+/// writes it: `secret/app/db`.
+fn kv2_plain_path(path: &str) -> String {
+    match path.split_once("/data/") {
+        Some((mount, rest)) if !mount.contains('/') => format!("{mount}/{rest}"),
+        _ => path.to_string(),
     }
 }
 
@@ -195,6 +206,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(v.value.expose(), "tok");
+        let v = p
+            .read(
+                &grant("secret/data/reports", Some("smtp_password")),
+                Duration::MAX,
+            )
+            .await
+            .unwrap();
+        assert_eq!(v.value.expose(), "pa55");
     }
 
     #[tokio::test]
