@@ -460,3 +460,44 @@ fn answer(state: &mut State, request: &Request) -> (u16, Option<Value>) {
         _ => errors(404, "the double does not implement this endpoint"),
     }
 }
+
+/// One request to a Vault at `addr` (`http://` only, as `vault server -dev`
+/// serves): how the real-Vault runs of the secret tests set up their KV
+/// secrets, policies and tokens without a Vault client in the test crate.
+pub async fn vault_api(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let hostport = addr
+        .strip_prefix("http://")
+        .expect("the real-Vault tests speak plain http, as `vault server -dev` does")
+        .trim_end_matches('/');
+    let mut stream = TcpStream::connect(hostport)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to vault at {addr}: {e}"));
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} /v1/{path} HTTP/1.1\r\nHost: {hostport}\r\nX-Vault-Token: {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    // Vault may answer chunked; the JSON object is between the outer braces.
+    let json = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b > a => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    (status, json)
+}
