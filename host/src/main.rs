@@ -811,8 +811,9 @@ fn config_check(file: &Path, json: bool) -> Result<ExitCode> {
                 Ok(Some(provider)) => provider.describe(),
                 Ok(None) => "none (no credentials.vault_addr and no local secrets file)".into(),
                 Err(e) => {
+                    // A configuration problem, whatever the provider's kind.
                     let message = format!("chassis.credentials: {e}");
-                    return Ok(fail(json, file, e.kind(), &message));
+                    return Ok(fail(json, file, ErrorKind::InvalidRequest, &message));
                 }
             };
             if json {
