@@ -201,7 +201,7 @@ pub enum StartError {
         name: String,
         /// Why; names the Vault address or the path, never a value.
         #[source]
-        source: SecretError,
+        source: Box<SecretError>,
     },
 }
 
@@ -332,7 +332,7 @@ impl Host {
         let refuse = |name: &str, source: SecretError| StartError::Secret {
             policy: policy.name.clone(),
             name: name.to_string(),
-            source,
+            source: Box::new(source),
         };
         let (Some(provider), Some(leases)) = (&self.secrets, &self.leases) else {
             crate::telemetry::record_secret_read("error");

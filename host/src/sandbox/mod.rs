@@ -120,10 +120,6 @@ impl Runner {
     /// them from `secret(name)` (and as environment variables where a grant
     /// says `env`), and every one of them is redacted from its stdout,
     /// stderr, logs, output and error.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one per part of a run, called once"
-    )]
     pub async fn run(
         &self,
         module: &Module,

@@ -53,7 +53,7 @@ impl Redactor {
             })
             .collect();
         // Longest first, so a value containing another is replaced whole.
-        patterns.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        patterns.sort_by_key(|p| std::cmp::Reverse(p.0.len()));
         patterns.dedup_by(|a, b| a.0 == b.0);
         Self { patterns }
     }
