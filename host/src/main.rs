@@ -946,6 +946,19 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
             tracing::info!(%addr, "metrics on /metrics");
         }
         tracing::info!(policies = policies.len(), "loaded policies");
+        if let Some(provider) = secrets {
+            // Log in now and renew before expiry even when no run reads a
+            // secret for a while; a failure here only warns, runs report it.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(15));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = provider.keep_alive().await {
+                        tracing::warn!(error = %e, "secret provider keep-alive");
+                    }
+                }
+            });
+        }
         let listener = chassis::grpc::bind(&config).await?;
         println!("chassis listening on {}", listener.local_addr()?);
         let shutdown = async {

@@ -463,6 +463,38 @@ async fn a_lapsed_token_leads_to_a_new_approle_login_and_the_read_succeeds() {
 }
 
 #[tokio::test]
+async fn keep_alive_logs_in_and_renews_without_any_run() {
+    use chassis::secrets::SecretProvider;
+    let double = VaultDouble::start().await;
+    double.enable_approle("role-abc", "sid-123", Duration::from_secs(2));
+    let dir = tempfile::tempdir().unwrap();
+    let provider = VaultProvider::new(approle_options(&double, dir.path())).unwrap();
+    provider.keep_alive().await.unwrap();
+    assert_eq!((double.logins(), double.token_renewals()), (1, 0));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    provider.keep_alive().await.unwrap();
+    assert_eq!((double.logins(), double.token_renewals()), (1, 1));
+}
+
+#[tokio::test]
+async fn a_refused_token_falls_back_to_approle() {
+    let double = VaultDouble::start().await;
+    double.put_kv("secret", "app", "password", "fallback-value");
+    double.enable_approle("role-abc", "sid-123", Duration::from_secs(3600));
+    let dir = tempfile::tempdir().unwrap();
+    let options = VaultOptions {
+        token: Some(TokenSource::Value(SecretValue::new("stale-token".into()))),
+        ..approle_options(&double, dir.path())
+    };
+    let host = vault_host(options);
+    let report = run(&host, SECRET_READER_COMPONENT, &policy(KV), "app", quick())
+        .await
+        .unwrap();
+    assert_eq!(text(report.result.as_ref().unwrap()), "app 14\n");
+    assert_eq!(double.logins(), 1);
+}
+
+#[tokio::test]
 async fn a_refused_approle_login_is_unavailable_naming_the_mount() {
     let double = VaultDouble::start().await;
     double.enable_approle("role-abc", "another-secret-id", Duration::from_secs(60));

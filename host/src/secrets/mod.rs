@@ -59,6 +59,13 @@ pub trait SecretProvider: Send + Sync + std::fmt::Debug {
 
     /// Revokes the lease `lease_id` now.
     fn revoke<'a>(&'a self, lease_id: &'a str) -> BoxFuture<'a, Result<(), SecretError>>;
+
+    /// Keeps the provider's own credentials fresh (logs in, renews a token
+    /// past half its TTL), so an idle host's token does not lapse. A serving
+    /// host calls it periodically; the default does nothing.
+    fn keep_alive(&self) -> BoxFuture<'_, Result<(), SecretError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A secret read for one run.

@@ -231,10 +231,6 @@ impl VaultProvider {
     }
 
     async fn login(&self, after_lapse: bool) -> Result<Session, SecretError> {
-        let auth_err = |message: String| SecretError::Auth {
-            addr: self.addr.clone(),
-            message,
-        };
         // After a lapse, AppRole is preferred: a token from a file or the
         // environment may simply be the same dead token again.
         let token_first = match (&self.options.token, &self.options.approle) {
@@ -243,31 +239,50 @@ impl VaultProvider {
             _ => false,
         };
         if let (true, Some(source)) = (token_first, &self.options.token) {
-            let token = match source {
-                TokenSource::Value(v) => Zeroizing::new(v.expose().to_string()),
-                TokenSource::File(path) => read_trimmed(path)
-                    .map_err(|e| auth_err(format!("reading token file {}: {e}", path.display())))?,
-            };
-            let client = self.client_for(&token)?;
-            let info = match vaultrs::token::lookup_self(&client).await {
-                Ok(info) => info,
-                Err(ClientError::APIError { code: 403, .. }) => {
-                    return Err(auth_err(
-                        "the token was refused (expired or revoked)".into(),
-                    ));
+            match self.token_login(source).await {
+                Err(e @ SecretError::Auth { .. }) if self.options.approle.is_some() => {
+                    tracing::warn!(addr = %self.addr, error = %e, "the vault token was refused; logging in with AppRole");
                 }
-                Err(e) => return Err(self.map_err(e, "auth/token/lookup-self")),
-            };
-            return Ok(Session {
-                client,
-                timing: StdMutex::new(Timing::from_ttl(info.ttl, info.renewable.unwrap_or(false))),
-            });
+                other => return other,
+            }
         }
+        self.approle_login().await
+    }
+
+    fn auth_err(&self, message: String) -> SecretError {
+        SecretError::Auth {
+            addr: self.addr.clone(),
+            message,
+        }
+    }
+
+    async fn token_login(&self, source: &TokenSource) -> Result<Session, SecretError> {
+        let token = match source {
+            TokenSource::Value(v) => Zeroizing::new(v.expose().to_string()),
+            TokenSource::File(path) => read_trimmed(path).map_err(|e| {
+                self.auth_err(format!("reading token file {}: {e}", path.display()))
+            })?,
+        };
+        let client = self.client_for(&token)?;
+        let info = match vaultrs::token::lookup_self(&client).await {
+            Ok(info) => info,
+            Err(ClientError::APIError { code: 403, .. }) => {
+                return Err(self.auth_err("the token was refused (expired or revoked)".into()));
+            }
+            Err(e) => return Err(self.map_err(e, "auth/token/lookup-self")),
+        };
+        Ok(Session {
+            client,
+            timing: StdMutex::new(Timing::from_ttl(info.ttl, info.renewable.unwrap_or(false))),
+        })
+    }
+
+    async fn approle_login(&self) -> Result<Session, SecretError> {
         let Some(role) = &self.options.approle else {
-            return Err(auth_err("no token and no AppRole configured".into()));
+            return Err(self.auth_err("no token and no AppRole configured".into()));
         };
         let secret_id = read_trimmed(&role.secret_id_path).map_err(|e| {
-            auth_err(format!(
+            self.auth_err(format!(
                 "reading AppRole secret id file {}: {e}",
                 role.secret_id_path.display()
             ))
@@ -279,7 +294,7 @@ impl VaultProvider {
             {
                 Ok(auth) => auth,
                 Err(ClientError::APIError { code, errors }) if (400..500).contains(&code) => {
-                    return Err(auth_err(format!(
+                    return Err(self.auth_err(format!(
                         "AppRole login at auth/{}/login refused ({code}): {}",
                         role.mount,
                         errors.join("; ")
@@ -602,6 +617,15 @@ impl SecretProvider for VaultProvider {
                 Ok(Err(e)) => Err(e),
                 Ok(Ok(Some(fetched))) => Ok(fetched),
                 Ok(Ok(None)) => Err(self.not_found(grant)),
+            }
+        })
+    }
+
+    fn keep_alive(&self) -> BoxFuture<'_, Result<(), SecretError>> {
+        Box::pin(async move {
+            match tokio::time::timeout(self.options.timeout, self.session()).await {
+                Err(_) => Err(self.timeout_err()),
+                Ok(result) => result.map(|_| ()),
             }
         })
     }
