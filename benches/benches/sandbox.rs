@@ -133,11 +133,14 @@ fn sandbox(c: &mut Criterion) {
     let mut group = c.benchmark_group("sandbox");
     group.bench_function("chassis", |b| {
         b.iter(|| {
-            let report =
-                runtime.block_on(
-                    host.runner()
-                        .run(&module, input.clone(), &limits, &policy, None),
-                );
+            let report = runtime.block_on(host.runner().run(
+                &module,
+                input.clone(),
+                &limits,
+                &policy,
+                None,
+                chassis::secrets::Granted::none(),
+            ));
             assert!(report.result.is_ok());
         })
     });
@@ -200,11 +203,14 @@ fn cpu(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("chassis", |b| {
         b.iter(|| {
-            let report =
-                runtime.block_on(
-                    host.runner()
-                        .run(&module, input.clone(), &limits, &policy, None),
-                );
+            let report = runtime.block_on(host.runner().run(
+                &module,
+                input.clone(),
+                &limits,
+                &policy,
+                None,
+                chassis::secrets::Granted::none(),
+            ));
             assert!(report.result.is_ok());
         })
     });

@@ -14,6 +14,10 @@ use crate::policy::Policy;
 use crate::sandbox::{
     HostCaps, Limits, LimitsError, LimitsRequest, LinkerError, RunReport, Runner, Tap,
 };
+use crate::secrets::{Granted, LeaseGuard, LeaseRegistry, SecretError, SecretProvider};
+
+/// First wait before retrying a lease revocation that failed.
+const LEASE_RETRY_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a host could not start.
 #[derive(Debug, Error)]
@@ -46,6 +50,8 @@ pub struct HostBuilder {
     slo_target: std::time::Duration,
     max_module_bytes: u64,
     audit: Option<Arc<AuditLog>>,
+    secrets: Option<Arc<dyn SecretProvider>>,
+    lease_retry_backoff: std::time::Duration,
 }
 
 impl Default for HostBuilder {
@@ -57,6 +63,8 @@ impl Default for HostBuilder {
             slo_target: std::time::Duration::from_millis(10),
             max_module_bytes: crate::modules::DEFAULT_MAX_MODULE_BYTES,
             audit: None,
+            secrets: None,
+            lease_retry_backoff: LEASE_RETRY_BACKOFF,
         }
     }
 }
@@ -98,6 +106,20 @@ impl HostBuilder {
         self
     }
 
+    /// Read the secrets policies grant from `provider`. Without one, a run
+    /// whose policy grants any secret is refused (UNAVAILABLE).
+    pub fn secrets(mut self, provider: Arc<dyn SecretProvider>) -> Self {
+        self.secrets = Some(provider);
+        self
+    }
+
+    /// First wait before retrying a lease revocation that failed (doubling
+    /// up to [`RETRY_BACKOFF_MAX`](crate::secrets::RETRY_BACKOFF_MAX)).
+    pub fn lease_retry_backoff(mut self, first: std::time::Duration) -> Self {
+        self.lease_retry_backoff = first;
+        self
+    }
+
     /// Keep compiled artifacts and keys under `dir` instead of in memory.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
@@ -115,12 +137,21 @@ impl HostBuilder {
             Some(dir) => ModuleStore::open(engine, runner.linker(), dir)?,
             None => ModuleStore::in_memory(engine, runner.linker())?,
         };
+        let leases = self.secrets.as_ref().map(|provider| {
+            LeaseRegistry::new(
+                provider.clone(),
+                self.audit.clone(),
+                self.lease_retry_backoff,
+            )
+        });
         Ok(Host {
             caps: self.caps,
             runner,
             modules: Arc::new(modules.with_max_module_bytes(self.max_module_bytes)),
             slo_target_us: self.slo_target.as_micros() as u64,
             audit: self.audit,
+            secrets: self.secrets,
+            leases,
         })
     }
 }
@@ -133,6 +164,8 @@ pub struct Host {
     modules: Arc<ModuleStore>,
     slo_target_us: u64,
     audit: Option<Arc<AuditLog>>,
+    secrets: Option<Arc<dyn SecretProvider>>,
+    leases: Option<Arc<LeaseRegistry>>,
 }
 
 /// Why a run could not even start.
@@ -158,6 +191,18 @@ pub enum StartError {
         /// Why.
         reason: String,
     },
+    /// A secret the policy grants could not be read, so the sandbox was
+    /// not started (fail closed).
+    #[error("policy `{policy}` grants secret `{name}`, which could not be read: {source}")]
+    Secret {
+        /// The policy in force.
+        policy: String,
+        /// The grant's name.
+        name: String,
+        /// Why; names the Vault address or the path, never a value.
+        #[source]
+        source: Box<SecretError>,
+    },
 }
 
 impl StartError {
@@ -167,6 +212,7 @@ impl StartError {
             StartError::Limits { .. } => ErrorKind::InvalidRequest,
             StartError::Denied { .. } => ErrorKind::PolicyDenied,
             StartError::Audit(e) => e.kind(),
+            StartError::Secret { source, .. } => source.kind(),
         }
     }
 }
@@ -250,6 +296,101 @@ impl Host {
         self.audit.as_ref()
     }
 
+    /// The secret provider, if this host has one.
+    pub fn secrets(&self) -> Option<&Arc<dyn SecretProvider>> {
+        self.secrets.as_ref()
+    }
+
+    /// The leases of dynamic secrets not yet revoked, if this host has a
+    /// secret provider.
+    pub fn leases(&self) -> Option<&Arc<LeaseRegistry>> {
+        self.leases.as_ref()
+    }
+
+    /// At shutdown: revokes every lease still unrevoked, trying for at most
+    /// `within`. Returns the ids it could not revoke (also logged).
+    pub async fn drain_leases(&self, within: std::time::Duration) -> Vec<String> {
+        match &self.leases {
+            Some(leases) => leases.drain(within).await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Reads every secret `request`'s policy grants, before the sandbox
+    /// starts. The first that cannot be read refuses the run, after
+    /// revoking the leases already taken.
+    async fn resolve_secrets(
+        &self,
+        run_id: &str,
+        request: &RunRequest,
+        limits: &Limits,
+    ) -> Result<(Granted, Option<LeaseGuard>), StartError> {
+        let policy = &request.policy;
+        let Some((first, _)) = policy.secrets.iter().next() else {
+            return Ok((Granted::none(), None));
+        };
+        let refuse = |name: &str, source: SecretError| StartError::Secret {
+            policy: policy.name.clone(),
+            name: name.to_string(),
+            source: Box::new(source),
+        };
+        let (Some(provider), Some(leases)) = (&self.secrets, &self.leases) else {
+            crate::telemetry::record_secret_read("error");
+            return Err(refuse(
+                first,
+                SecretError::Config {
+                    message: "this host has no secret provider configured \
+                              (credentials.vault_addr, or a local secrets file)"
+                        .into(),
+                },
+            ));
+        };
+        let mut guard = leases.guard(run_id);
+        let mut fetched = Vec::with_capacity(policy.secrets.len());
+        for (name, grant) in &policy.secrets {
+            match provider.read(grant, limits.timeout).await {
+                Ok(f) => {
+                    crate::telemetry::record_secret_read("granted");
+                    if let Some(lease) = &f.lease {
+                        guard.add(lease.id.clone());
+                    }
+                    fetched.push((name.clone(), f));
+                }
+                Err(e) => {
+                    crate::telemetry::record_secret_read(e.metric_result());
+                    tracing::warn!(run_id, secret = %name, path = %grant.path, error = %e, "a granted secret could not be read; the run is refused");
+                    let audited = self.audit_event("secret.read_failed", || {
+                        serde_json::json!({
+                            "run_id": run_id,
+                            "name": name,
+                            "path": grant.path,
+                            "error": e.to_string(),
+                        })
+                    });
+                    guard.finish().await;
+                    audited?;
+                    return Err(refuse(name, e));
+                }
+            }
+        }
+        for (name, f) in &fetched {
+            let path = &policy.secrets[name].path;
+            let lease_id = f.lease.as_ref().map(|l| l.id.as_str());
+            if let Err(e) = self.audit_event("secret.granted", || {
+                serde_json::json!({
+                    "run_id": run_id,
+                    "name": name,
+                    "path": path,
+                    "lease_id": lease_id,
+                })
+            }) {
+                guard.finish().await;
+                return Err(e.into());
+            }
+        }
+        Ok((Granted::new(fetched), Some(guard)))
+    }
+
     /// Appends an event to the audit log, if there is one. `fields` is only
     /// built when there is a log, so hosts without one pay nothing per run.
     pub fn audit_event(
@@ -294,7 +435,7 @@ impl Host {
         }
         let limits = self.limits_for(&request)?;
         let run_id = new_run_id();
-        self.audit_event("run.started", || {
+        let started = self.audit_event("run.started", || {
             serde_json::json!({
                 "run_id": run_id,
                 "module": module.id(),
@@ -304,7 +445,25 @@ impl Host {
                 "caller": request.caller,
                 "limits": limits,
             })
-        })?;
+        });
+        started?;
+        let (granted, leases) = match self.resolve_secrets(&run_id, &request, &limits).await {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                // run.started is on record, so the refusal is too.
+                let _ = self.audit_event("run.ended", || {
+                    serde_json::json!({
+                        "run_id": run_id,
+                        "module": module.id(),
+                        "policy": policy.name,
+                        "caller": request.caller,
+                        "outcome": e.kind().as_str(),
+                        "error": e.to_string(),
+                    })
+                });
+                return Err(e);
+            }
+        };
         let span = tracing::info_span!(
             "run",
             run_id = %run_id,
@@ -314,11 +473,15 @@ impl Host {
         );
         let mut report = tracing::Instrument::instrument(
             self.runner
-                .run(module, request.input, &limits, policy, request.tap),
+                .run(module, request.input, &limits, policy, request.tap, granted),
             span.clone(),
         )
         .await;
         report.run_id = run_id;
+        // The sandbox is gone, whatever ended it: its leases go now.
+        if let Some(leases) = leases {
+            leases.finish().await;
+        }
         crate::telemetry::record_run(&report, module.id(), self.slo_target_us);
         for denial in &report.denials {
             self.audit_event("capability.denied", || {

@@ -19,6 +19,7 @@ pub mod load;
 pub mod modules;
 pub mod policy;
 pub mod sandbox;
+pub mod secrets;
 pub mod telemetry;
 
 pub use error::ErrorKind;

@@ -339,6 +339,11 @@ struct RunArgs {
     /// Run under this capability policy (default: no capabilities at all).
     #[arg(long, value_name = "FILE")]
     policy: Option<PathBuf>,
+    /// Read the secrets the policy grants from this local TOML file (mode
+    /// 0600). Without it: Vault if VAULT_ADDR is set (token from
+    /// VAULT_TOKEN), else <data-dir>/secrets.toml if it exists.
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
     /// Print the whole report (outcome, usage, limits, logs) as JSON.
     #[arg(long)]
     json: bool,
@@ -419,13 +424,54 @@ fn main() -> ExitCode {
     }
 }
 
-fn one_shot_host(data_dir: &Path) -> Result<Host> {
-    Host::builder()
+fn one_shot_host(
+    data_dir: &Path,
+    secrets: Option<std::sync::Arc<dyn chassis::secrets::SecretProvider>>,
+) -> Result<Host> {
+    let mut builder = Host::builder()
         .pool_slots(2)
         .warm_slots(0)
-        .data_dir(data_dir)
+        .data_dir(data_dir);
+    if let Some(provider) = secrets {
+        builder = builder.secrets(provider);
+    }
+    builder
         .build()
         .with_context(|| format!("starting a host with data dir {}", data_dir.display()))
+}
+
+/// `VAULT_TOKEN`, if set, held so it is wiped when dropped.
+fn vault_token_from_env() -> Option<chassis::secrets::SecretValue> {
+    std::env::var("VAULT_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| chassis::secrets::SecretValue::new(t.trim().to_string()))
+}
+
+/// The secret provider `chassis run` uses: `--secrets`, else the
+/// environment's Vault, else `<data-dir>/secrets.toml`.
+fn run_secrets(
+    file: Option<&Path>,
+    data_dir: &Path,
+) -> Result<
+    Option<std::sync::Arc<dyn chassis::secrets::SecretProvider>>,
+    chassis::secrets::SecretError,
+> {
+    if let Some(file) = file {
+        return Ok(Some(std::sync::Arc::new(
+            chassis::secrets::LocalFileProvider::open(file)?,
+        )));
+    }
+    let mut credentials = chassis::config::Credentials::default();
+    for (var, value) in std::env::vars() {
+        match var.as_str() {
+            "VAULT_ADDR" => credentials.vault_addr = Some(value),
+            "VAULT_NAMESPACE" => credentials.vault_namespace = Some(value),
+            "VAULT_CACERT" => credentials.vault_cacert = Some(value.into()),
+            _ => {}
+        }
+    }
+    chassis::secrets::from_config(&credentials, data_dir, vault_token_from_env())
 }
 
 fn exit_for(kind: ErrorKind) -> ExitCode {
@@ -460,10 +506,22 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         },
         None => Policy::deny_all(),
     };
+    let data_dir = args.data_dir.resolve();
+    let secrets = if policy.secrets.is_empty() {
+        None
+    } else {
+        match run_secrets(args.secrets.as_deref(), &data_dir) {
+            Ok(provider) => provider,
+            Err(e) => {
+                let source = args.secrets.as_deref().unwrap_or(&args.module);
+                return Ok(fail(args.json, source, e.kind(), &e.to_string()));
+            }
+        }
+    };
     let request = RunRequest::new(input)
         .policy(std::sync::Arc::new(policy))
         .limits(limits);
-    let host = one_shot_host(&args.data_dir.resolve())?;
+    let host = one_shot_host(&data_dir, secrets)?;
     let bytes = std::fs::read(&args.module)
         .with_context(|| format!("reading module {}", args.module.display()))?;
     let registered = if bytes.starts_with(MAGIC) {
@@ -484,7 +542,16 @@ fn run(args: RunArgs) -> Result<ExitCode> {
         Err(e) => return Ok(fail(args.json, &args.module, e.kind(), &e.to_string())),
     };
     let policy_name = request.policy.name.clone();
-    let report = match runtime.block_on(host.run(&module, request)) {
+    let report = runtime.block_on(host.run(&module, request));
+    // Leases are revoked as the run ends; retry any that failed before exiting.
+    let unrevoked = runtime.block_on(host.drain_leases(Duration::from_secs(10)));
+    if !unrevoked.is_empty() {
+        eprintln!(
+            "chassis: warning: could not revoke lease(s) {}; they expire at their TTL",
+            unrevoked.join(", ")
+        );
+    }
+    let report = match report {
         Ok(report) => report,
         Err(e) => return Ok(fail(args.json, &args.module, e.kind(), &e.to_string())),
     };
@@ -629,7 +696,7 @@ fn report_json(
 }
 
 fn compile(args: CompileArgs) -> Result<ExitCode> {
-    let host = one_shot_host(&args.data_dir.resolve())?;
+    let host = one_shot_host(&args.data_dir.resolve(), None)?;
     let bytes =
         std::fs::read(&args.input).with_context(|| format!("reading {}", args.input.display()))?;
     match host.modules().compile_to(&bytes, &args.output) {
@@ -749,11 +816,24 @@ fn policy(command: PolicyCommand) -> Result<ExitCode> {
 fn config_check(file: &Path, json: bool) -> Result<ExitCode> {
     match chassis::config::Config::load(file) {
         Ok(config) => {
+            let secrets = match chassis::secrets::from_config(
+                &config.credentials,
+                &config.data_dir,
+                vault_token_from_env(),
+            ) {
+                Ok(Some(provider)) => provider.describe(),
+                Ok(None) => "none (no credentials.vault_addr and no local secrets file)".into(),
+                Err(e) => {
+                    // A configuration problem, whatever the provider's kind.
+                    let message = format!("chassis.credentials: {e}");
+                    return Ok(fail(json, file, ErrorKind::InvalidRequest, &message));
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&config)?);
             } else {
                 println!(
-                    "ok: {} (listen {}, pool {}..{}, memory {} MiB/sandbox, metrics {})",
+                    "ok: {} (listen {}, pool {}..{}, memory {} MiB/sandbox, metrics {}, secrets {})",
                     file.display(),
                     config.server.listen,
                     config.sandbox_pool.min_size,
@@ -763,7 +843,8 @@ fn config_check(file: &Path, json: bool) -> Result<ExitCode> {
                         config.metrics.port.to_string()
                     } else {
                         "off".into()
-                    }
+                    },
+                    secrets
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -830,6 +911,19 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
         None => chassis::policy::PolicySet::default(),
     };
     let mut builder = Host::builder();
+    let secrets = chassis::secrets::from_config(
+        &config.credentials,
+        &config.data_dir,
+        vault_token_from_env(),
+    )
+    .context("chassis.credentials")?;
+    match &secrets {
+        Some(provider) => {
+            tracing::info!(source = %provider.describe(), "secrets");
+            builder = builder.secrets(provider.clone());
+        }
+        None => tracing::info!("no secret provider: runs whose policy grants a secret are refused"),
+    }
     if let Some(options) = config.audit_options() {
         let dir = options.dir.clone();
         let log = chassis::audit::AuditLog::open(options)
@@ -872,6 +966,19 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
             tracing::info!(%addr, "metrics on /metrics");
         }
         tracing::info!(policies = policies.len(), "loaded policies");
+        if let Some(provider) = secrets {
+            // Log in now and renew before expiry even when no run reads a
+            // secret for a while; a failure here only warns, runs report it.
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(15));
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = provider.keep_alive().await {
+                        tracing::warn!(error = %e, "secret provider keep-alive");
+                    }
+                }
+            });
+        }
         let listener = chassis::grpc::bind(&config).await?;
         println!("chassis listening on {}", listener.local_addr()?);
         let shutdown = async {

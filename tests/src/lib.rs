@@ -13,3 +13,5 @@ pub mod programs {
 pub fn wasm(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("reading guest {path}: {e}"))
 }
+
+pub mod vault_double;

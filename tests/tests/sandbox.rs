@@ -21,7 +21,10 @@ chassis_tests::foreach_program!(assert_test_exists);
 
 #[path = "sandbox/capabilities.rs"]
 mod capabilities;
-use capabilities::{hostile_escape, hostile_escape_cmd, hostile_secret_thief, hostile_table_grow};
+use capabilities::{
+    SecretsFile, hostile_escape, hostile_escape_cmd, hostile_secret_dribble, hostile_secret_thief,
+    hostile_table_grow,
+};
 
 fn host() -> Host {
     Host::builder().pool_slots(8).build().expect("host starts")
@@ -470,5 +473,76 @@ async fn many_runs_share_the_pool_without_leaking_slots() {
     for i in 0..40 {
         let report = run(&host, ECHO_COMPONENT, format!("{i}").as_bytes(), &quick()).await;
         assert_eq!(report.result.unwrap(), format!("{i}").as_bytes());
+    }
+}
+
+mod secret_reader {
+    use super::*;
+    use chassis::policy::Policy;
+    use std::sync::Arc;
+
+    const POLICY: &str = "name = \"reader\"\n\
+        [secrets.smtp]\npath = \"secret/reports\"\nkey = \"smtp_password\"\n\
+        [secrets.api]\npath = \"secret/data/reports\"\nkey = \"api_key\"\nenv = \"API_KEY\"\n";
+
+    #[tokio::test]
+    async fn reads_granted_secrets_and_every_echo_of_them_is_redacted() {
+        let secrets = SecretsFile::new(
+            "[\"secret/reports\"]\nsmtp_password = \"smtp-pa55-word\"\napi_key = \"key-0123456789\"\n",
+        );
+        let host = secrets.host();
+        let policy = Arc::new(Policy::parse(POLICY, std::path::Path::new("reader.toml")).unwrap());
+        let module = host
+            .modules()
+            .register(&wasm(SECRET_READER_COMPONENT))
+            .unwrap();
+        let report = host
+            .run(
+                &module,
+                RunRequest::new("smtp api env:API_KEY")
+                    .policy(policy)
+                    .limits(quick()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(report.result.as_ref().unwrap().clone()).unwrap(),
+            "smtp 14\napi 14\nenv:API_KEY 14\n"
+        );
+        let stdout = String::from_utf8(report.stdout.bytes.clone()).unwrap();
+        assert_eq!(
+            stdout,
+            "smtp=[REDACTED:smtp]\napi=[REDACTED:api]\nenv:API_KEY=[REDACTED:api]\n"
+        );
+        let stderr = String::from_utf8(report.stderr.bytes.clone()).unwrap();
+        assert!(stderr.contains("read smtp: [REDACTED:smtp]"), "{stderr}");
+        assert_eq!(report.logs[0].fields[1].1, "[REDACTED:smtp]");
+        let everything = format!("{stdout}{stderr}{:?}", report.logs);
+        assert!(!everything.contains("smtp-pa55-word") && !everything.contains("key-0123456789"));
+    }
+
+    #[tokio::test]
+    async fn an_environment_variable_is_injected_only_when_the_grant_names_one() {
+        let secrets =
+            SecretsFile::new("[\"secret/reports\"]\nsmtp_password = \"x1\"\napi_key = \"x2\"\n");
+        let host = secrets.host();
+        let policy = Arc::new(Policy::parse(POLICY, std::path::Path::new("reader.toml")).unwrap());
+        let module = host
+            .modules()
+            .register(&wasm(SECRET_READER_COMPONENT))
+            .unwrap();
+        let report = host
+            .run(
+                &module,
+                RunRequest::new("env:SMTP_PASSWORD")
+                    .policy(policy)
+                    .limits(quick()),
+            )
+            .await
+            .unwrap();
+        match report.result {
+            Err(chassis::sandbox::RunError::GuestError { code, .. }) => assert_eq!(code, "no-env"),
+            other => panic!("{other:?}"),
+        }
     }
 }

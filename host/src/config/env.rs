@@ -139,10 +139,20 @@ pub const ENV_OVERRIDES: &[(&str, &str, Setter)] = &[
         c.credentials.vault_addr = Some(v.to_string());
         Ok(())
     }),
+    ("VAULT_NAMESPACE", "credentials.vault_namespace", |c, v| {
+        c.credentials.vault_namespace = Some(v.to_string());
+        Ok(())
+    }),
+    ("VAULT_CACERT", "credentials.vault_cacert", |c, v| {
+        c.credentials.vault_cacert = Some(PathBuf::from(v));
+        Ok(())
+    }),
 ];
 
 impl Config {
-    /// Applies every `CHASSIS_*` (and `VAULT_ADDR`) variable in `vars`.
+    /// Applies every `CHASSIS_*` (and `VAULT_ADDR`, `VAULT_NAMESPACE`,
+    /// `VAULT_CACERT`) variable in `vars`. `VAULT_TOKEN` is read where the
+    /// provider is built, so the token never sits in the configuration.
     pub fn apply_env(
         &mut self,
         vars: impl IntoIterator<Item = (String, String)>,

@@ -266,14 +266,61 @@ impl Default for Runtime {
     }
 }
 
-/// `chassis.credentials`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `chassis.credentials`: where the secrets that policies grant come from.
+///
+/// With `vault_addr`, Vault (see [`crate::secrets::VaultProvider`]);
+/// without it, a local secrets file (`local_file`, by default
+/// `<data_dir>/secrets.toml` when it exists). The Vault token itself is
+/// never part of the configuration: it comes from `vault_token_path`,
+/// `VAULT_TOKEN` or an AppRole login.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Credentials {
-    /// Vault's address.
+    /// Vault's address (`VAULT_ADDR`).
     pub vault_addr: Option<String>,
     /// File holding the Vault token.
     pub vault_token_path: Option<PathBuf>,
+    /// Vault Enterprise namespace (`VAULT_NAMESPACE`).
+    pub vault_namespace: Option<String>,
+    /// PEM CA bundle for Vault's certificate (`VAULT_CACERT`).
+    pub vault_cacert: Option<PathBuf>,
+    /// AppRole login, used when there is no token and whenever it lapses.
+    pub approle: Option<AppRoleConfig>,
+    /// Bound on each secret read, lease revocation and login.
+    pub timeout_seconds: u64,
+    /// Local secrets file (mode 0600) when there is no Vault.
+    pub local_file: Option<PathBuf>,
+}
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Self {
+            vault_addr: None,
+            vault_token_path: None,
+            vault_namespace: None,
+            vault_cacert: None,
+            approle: None,
+            timeout_seconds: 5,
+            local_file: None,
+        }
+    }
+}
+
+/// `chassis.credentials.approle`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppRoleConfig {
+    /// The role id.
+    pub role_id: String,
+    /// File holding the secret id.
+    pub secret_id_path: PathBuf,
+    /// Where the AppRole auth method is mounted.
+    #[serde(default = "approle_mount")]
+    pub mount: String,
+}
+
+fn approle_mount() -> String {
+    "approle".into()
 }
 
 /// `chassis.slo`.
@@ -536,6 +583,47 @@ impl Config {
             return Err(bad(
                 "credentials.vault_addr",
                 format!("`{addr}` is not an http(s) URL"),
+            ));
+        }
+        let creds = &self.credentials;
+        if creds.vault_addr.is_none() {
+            for (key, set) in [
+                (
+                    "credentials.vault_token_path",
+                    creds.vault_token_path.is_some(),
+                ),
+                (
+                    "credentials.vault_namespace",
+                    creds.vault_namespace.is_some(),
+                ),
+                ("credentials.vault_cacert", creds.vault_cacert.is_some()),
+                ("credentials.approle", creds.approle.is_some()),
+            ] {
+                if set {
+                    return Err(bad(
+                        key,
+                        "is set but `credentials.vault_addr` is not: set the address too".into(),
+                    ));
+                }
+            }
+        } else if creds.local_file.is_some() {
+            return Err(bad(
+                "credentials.local_file",
+                "cannot be used together with `credentials.vault_addr`: choose one source".into(),
+            ));
+        }
+        if !(1..=300).contains(&creds.timeout_seconds) {
+            return Err(bad(
+                "credentials.timeout_seconds",
+                "must be from 1 to 300".into(),
+            ));
+        }
+        if let Some(role) = &creds.approle
+            && role.role_id.trim().is_empty()
+        {
+            return Err(bad(
+                "credentials.approle.role_id",
+                "must not be empty".into(),
             ));
         }
         if !self.server.listen.ip().is_loopback() && self.server.tls.is_none() {

@@ -141,3 +141,32 @@ fn no_config_means_loopback_plaintext() {
     assert!(c.server.listen.ip().is_loopback());
     assert!(c.server.tls.is_none());
 }
+
+#[test]
+fn credentials_take_namespace_cacert_approle_timeout_and_env_overrides() {
+    let text = "chassis:\n  credentials:\n    vault_addr: https://vault:8200\n    vault_namespace: team\n    \
+                vault_cacert: /etc/ca.pem\n    timeout_seconds: 3\n    approle:\n      role_id: r1\n      \
+                secret_id_path: /etc/secret-id\n";
+    let mut c = Config::parse(text, Path::new("c.yaml")).unwrap();
+    c.validate("c.yaml").unwrap();
+    assert_eq!(c.credentials.timeout_seconds, 3);
+    let role = c.credentials.approle.clone().unwrap();
+    assert_eq!(role.mount, "approle");
+    assert_eq!(role.secret_id_path, PathBuf::from("/etc/secret-id"));
+    c.apply_env([("VAULT_NAMESPACE".to_string(), "other".to_string())])
+        .unwrap();
+    assert_eq!(c.credentials.vault_namespace.as_deref(), Some("other"));
+}
+
+#[test]
+fn vault_keys_without_an_address_are_errors_naming_the_key() {
+    let text =
+        "chassis:\n  credentials:\n    approle:\n      role_id: r1\n      secret_id_path: /x\n";
+    let c = Config::parse(text, Path::new("c.yaml")).unwrap();
+    let e = c.validate("c.yaml").unwrap_err().to_string();
+    assert!(e.contains("chassis.credentials.approle"), "{e}");
+    let text = "chassis:\n  credentials:\n    vault_addr: http://v:8200\n    vault_token_path: /t\n    local_file: /s.toml\n";
+    let c = Config::parse(text, Path::new("c.yaml")).unwrap();
+    let e = c.validate("c.yaml").unwrap_err().to_string();
+    assert!(e.contains("credentials.local_file"), "{e}");
+}

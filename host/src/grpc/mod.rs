@@ -95,6 +95,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (interrupt_tx, interrupt_rx) = watch::channel(false);
     let audit = host.audit().cloned();
+    let leases_host = host.clone();
     if let Some(log) = &audit {
         let _ = log.record(
             "host.start",
@@ -189,7 +190,21 @@ pub async fn serve(
     // Running steps record their results; claims left are dropped with the
     // session so other hosts take them over at once.
     claims.stop(grace).await;
+    // Runs interrupted at shutdown left their leases queued: revoke them
+    // (and any still retrying) before the host says it stopped.
+    let unrevoked = leases_host
+        .drain_leases(grace.max(Duration::from_secs(5)))
+        .await;
     if let Some(log) = &audit {
+        for lease_id in &unrevoked {
+            let _ = log.record(
+                "secret.lease_revoke_failed",
+                serde_json::json!({
+                    "lease_id": lease_id,
+                    "error": "host stopped before the lease could be revoked; it expires at its TTL",
+                }),
+            );
+        }
         let _ = log.record(
             "host.stop",
             serde_json::json!({ "reason": "shutdown signal" }),

@@ -30,6 +30,7 @@ pub(crate) struct LogBuffer {
     records: Vec<LogRecord>,
     dropped: u64,
     tap: Option<super::Tap>,
+    redactor: Option<std::sync::Arc<crate::secrets::Redactor>>,
 }
 
 pub(crate) fn level_name(level: Level) -> &'static str {
@@ -62,12 +63,24 @@ impl LogBuffer {
             records: Vec::new(),
             dropped: 0,
             tap: None,
+            redactor: None,
         }
     }
 
     /// Also sends each kept record to `tap`.
     pub(crate) fn with_tap(mut self, tap: Option<super::Tap>) -> Self {
         self.tap = tap;
+        self
+    }
+
+    /// Replaces `redactor`'s values in every message, key and field value.
+    pub(crate) fn with_redactor(
+        mut self,
+        redactor: &std::sync::Arc<crate::secrets::Redactor>,
+    ) -> Self {
+        if !redactor.is_empty() {
+            self.redactor = Some(redactor.clone());
+        }
         self
     }
 
@@ -83,10 +96,16 @@ impl LogBuffer {
             self.dropped += 1;
             return;
         }
+        // Redact before clipping, so a value cut at the clip is still caught.
+        let redact = |text: String| match &self.redactor {
+            Some(r) => r.redact_str(text),
+            None => text,
+        };
+        let message = redact(message);
         let fields = fields
             .into_iter()
             .take(MAX_LOG_FIELDS)
-            .map(|(k, v)| (clip(k), clip(v)))
+            .map(|(k, v)| (clip(redact(k)), clip(redact(v))))
             .collect();
         let record = LogRecord {
             at_ms,

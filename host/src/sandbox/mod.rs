@@ -38,6 +38,7 @@ pub use state::SandboxState;
 use crate::engine::Engine;
 use crate::modules::{Module, Prepared};
 use crate::policy::{Mode, Policy};
+use crate::secrets::Granted;
 use cpu::CpuMeter;
 use denial::DenialLog;
 use limiter::Limiter;
@@ -114,6 +115,11 @@ impl Runner {
     ///
     /// With a `tap`, guest logs and kept stdout/stderr are also sent there as
     /// they happen.
+    ///
+    /// `secrets` are the values read for the policy's grants: the guest gets
+    /// them from `secret(name)` (and as environment variables where a grant
+    /// says `env`), and every one of them is redacted from its stdout,
+    /// stderr, logs, output and error.
     pub async fn run(
         &self,
         module: &Module,
@@ -121,30 +127,40 @@ impl Runner {
         limits: &Limits,
         policy: &Arc<Policy>,
         tap: Option<Tap>,
+        secrets: Granted,
     ) -> RunReport {
         let started = Instant::now();
         let _live = crate::telemetry::LiveSandbox::start();
-        let stdout = CappedPipe::new(limits.output_bytes).with_tap(tap.clone(), TapEvent::Stdout);
-        let stderr = CappedPipe::new(limits.output_bytes).with_tap(tap.clone(), TapEvent::Stderr);
+        let redactor = secrets.redactor().clone();
+        let stdout = CappedPipe::new(limits.output_bytes)
+            .with_tap(tap.clone(), TapEvent::Stdout)
+            .with_redactor(&redactor);
+        let stderr = CappedPipe::new(limits.output_bytes)
+            .with_tap(tap.clone(), TapEvent::Stderr)
+            .with_redactor(&redactor);
         let denials = DenialLog::new(self.denials.clone());
         let prepared = module.prepared();
         // One copy of the allowlist per run, shared by wasi:sockets and wasi:http.
         let network = Arc::new(policy.network.clone());
-        let (wasi, input) =
-            match wasi_context(module, policy, &network, &stdout, &stderr, &denials, input) {
-                Ok(built) => built,
-                Err(e) => return RunReport::failed(e, started),
-            };
+        let (wasi, input) = match wasi_context(
+            module, policy, &secrets, &network, &stdout, &stderr, &denials, input,
+        ) {
+            Ok(built) => built,
+            Err(e) => return RunReport::failed(e, started),
+        };
         let gate = http::HttpGate::new(network, denials.clone());
         let state = SandboxState::new(
             wasi,
             gate,
             policy.clone(),
             Limiter::new(limits.memory_bytes),
-            LogBuffer::new(limits.log_records).with_tap(tap),
+            LogBuffer::new(limits.log_records)
+                .with_tap(tap)
+                .with_redactor(&redactor),
             denials.clone(),
             CpuMeter::new(started, limits.cpu_percent),
             started,
+            secrets,
         );
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
@@ -195,10 +211,12 @@ impl Runner {
         let stdout_captured = stdout.take();
         let result = match raw {
             Err(e) => Err(e),
-            Ok(GuestResult::Agent(Ok(output))) => check_output(output, limits.output_bytes),
+            Ok(GuestResult::Agent(Ok(output))) => {
+                check_output(redact_output(&redactor, output), limits.output_bytes)
+            }
             Ok(GuestResult::Agent(Err(e))) => Err(RunError::GuestError {
-                code: e.code,
-                message: e.message,
+                code: redactor.redact_str(e.code),
+                message: redactor.redact_str(e.message),
             }),
             Ok(GuestResult::CommandExited(true)) => Ok(stdout_captured.bytes.clone()),
             Ok(GuestResult::CommandExited(false)) => Err(RunError::Exit { status: 1 }),
@@ -237,9 +255,11 @@ impl Runner {
 /// Builds the guest's WASI context from the policy alone: nothing is
 /// inherited from the host process. Returns the input left for `run`
 /// (a command gets its input on stdin instead).
+#[expect(clippy::too_many_arguments, reason = "one per source of the context")]
 fn wasi_context(
     module: &Module,
     policy: &Policy,
+    secrets: &Granted,
     network: &Arc<crate::policy::NetworkPolicy>,
     stdout: &CappedPipe,
     stderr: &CappedPipe,
@@ -251,6 +271,13 @@ fn wasi_context(
         .stderr(stderr.clone())
         .allow_udp(false);
     wasi.envs(&policy.env.iter().collect::<Vec<_>>());
+    // A granted secret becomes an environment variable only when its grant
+    // names one; policy validation keeps these apart from `[env]`.
+    for (name, grant) in &policy.secrets {
+        if let (Some(var), Some(value)) = (&grant.env, secrets.get(name)) {
+            wasi.env(var, value.expose());
+        }
+    }
     for p in &policy.preopens {
         let perms = match p.mode {
             Mode::ReadOnly => wasmtime_wasi::FsPerms::ReadOnly,
@@ -333,6 +360,16 @@ async fn call_guest(
             }
         }
     }
+}
+
+/// The agent's result with secret values replaced: a caller is not owed a
+/// secret just because the guest returned it.
+fn redact_output(redactor: &crate::secrets::Redactor, output: Vec<u8>) -> Vec<u8> {
+    if redactor.is_empty() {
+        return output;
+    }
+    let output = zeroize::Zeroizing::new(output);
+    redactor.redact_bytes(&output)
 }
 
 fn check_output(output: Vec<u8>, limit: u64) -> Result<Vec<u8>, RunError> {

@@ -2,7 +2,8 @@
 //!
 //! A guest may write as much as it likes; the host keeps the first `cap`
 //! bytes and counts the rest. Writes never fail, so a chatty guest is not
-//! turned into a trapping one by its own logging.
+//! turned into a trapping one by its own logging. With a redactor, granted
+//! secret values are replaced before anything is kept or streamed.
 
 use std::io;
 use std::pin::Pin;
@@ -14,6 +15,8 @@ use serde::Serialize;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
+
+use crate::secrets::{RedactStream, Redactor};
 
 /// How much a single `check-write` lets the guest write at once.
 const WRITE_PERMIT: usize = 64 * 1024;
@@ -36,6 +39,8 @@ fn lossy_utf8<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Erro
 struct Buffer {
     cap: usize,
     captured: Captured,
+    /// Replaces secret values, holding back a possible start of one.
+    redact: Option<RedactStream>,
 }
 
 /// Something a running guest produced, streamed live to a watcher.
@@ -70,6 +75,7 @@ impl CappedPipe {
             buffer: Arc::new(Mutex::new(Buffer {
                 cap,
                 captured: Captured::default(),
+                redact: None,
             })),
             tap: None,
         }
@@ -81,8 +87,30 @@ impl CappedPipe {
         self
     }
 
+    /// Replaces `redactor`'s values in everything written from now on.
+    pub fn with_redactor(self, redactor: &Arc<Redactor>) -> Self {
+        if !redactor.is_empty() {
+            let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+            buffer.redact = Some(redactor.stream());
+        }
+        self
+    }
+
     fn push(&self, bytes: &[u8]) {
         let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        match buffer.redact.as_mut() {
+            Some(redact) => {
+                let clean = redact.write(bytes);
+                self.keep(&mut buffer, &clean);
+            }
+            None => self.keep(&mut buffer, bytes),
+        }
+    }
+
+    fn keep(&self, buffer: &mut Buffer, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
         let room = buffer.cap.saturating_sub(buffer.captured.bytes.len());
         let keep = room.min(bytes.len());
         buffer.captured.bytes.extend_from_slice(&bytes[..keep]);
@@ -95,9 +123,13 @@ impl CappedPipe {
         }
     }
 
-    /// Takes what was captured so far, leaving the pipe empty.
+    /// Takes what was captured so far, leaving the pipe empty. Bytes held
+    /// back by the redactor are released first: the stream has ended.
     pub fn take(&self) -> Captured {
         let mut buffer = self.buffer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tail) = buffer.redact.as_mut().map(RedactStream::finish) {
+            self.keep(&mut buffer, &tail);
+        }
         std::mem::take(&mut buffer.captured)
     }
 }
@@ -171,5 +203,30 @@ mod tests {
         assert_eq!(captured.bytes, b"abcd");
         assert_eq!(captured.dropped, 4);
         assert_eq!(pipe.take(), Captured::default());
+    }
+
+    #[test]
+    fn secret_values_are_redacted_before_capture_and_tap_even_split_across_writes() {
+        let value = crate::secrets::SecretValue::new("s3cr3t".into());
+        let redactor = Arc::new(Redactor::new([("db", &value)]));
+        let (tap, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let pipe = CappedPipe::new(1024)
+            .with_tap(Some(tap), TapEvent::Stdout)
+            .with_redactor(&redactor);
+        pipe.push(b"pw=s3c");
+        pipe.push(b"r3t; tail s3");
+        let captured = pipe.take();
+        assert_eq!(
+            String::from_utf8(captured.bytes).unwrap(),
+            "pw=[REDACTED:db]; tail s3"
+        );
+        let mut streamed = Vec::new();
+        while let Ok(TapEvent::Stdout(bytes)) = events.try_recv() {
+            streamed.extend(bytes);
+        }
+        assert_eq!(
+            String::from_utf8(streamed).unwrap(),
+            "pw=[REDACTED:db]; tail s3"
+        );
     }
 }

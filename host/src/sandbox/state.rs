@@ -13,6 +13,7 @@ use super::http::HttpGate;
 use super::limiter::Limiter;
 use super::log::LogBuffer;
 use crate::policy::Policy;
+use crate::secrets::Granted;
 
 /// The per-run state behind every host import.
 pub struct SandboxState {
@@ -26,6 +27,7 @@ pub struct SandboxState {
     pub(crate) denials: DenialLog,
     pub(crate) cpu: CpuMeter,
     started: Instant,
+    secrets: Granted,
 }
 
 impl std::fmt::Debug for SandboxState {
@@ -49,6 +51,7 @@ impl SandboxState {
         denials: DenialLog,
         cpu: CpuMeter,
         started: Instant,
+        secrets: Granted,
     ) -> Self {
         Self {
             wasi,
@@ -61,6 +64,7 @@ impl SandboxState {
             denials,
             cpu,
             started,
+            secrets,
         }
     }
 }
@@ -95,10 +99,16 @@ impl host::Host for SandboxState {
 
     fn secret(&mut self, name: String) -> Result<String, host::SecretError> {
         if self.policy.secrets.contains_key(&name) {
-            return Err(host::SecretError::Unavailable(format!(
-                "secret `{name}` is granted, but this host has no secret provider configured"
-            )));
+            // Every grant was read before the sandbox started; a missing
+            // value would be a host bug, reported without failing the run.
+            return match self.secrets.get(&name) {
+                Some(value) => Ok(value.expose().to_string()),
+                None => Err(host::SecretError::Unavailable(format!(
+                    "secret `{name}` is granted but was not read for this run"
+                ))),
+            };
         }
+        crate::telemetry::record_secret_read("denied");
         let reason = format!(
             "policy `{}` grants no secret named `{name}`",
             self.policy.name

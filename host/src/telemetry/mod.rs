@@ -287,6 +287,12 @@ pub(crate) fn record_run(report: &crate::sandbox::RunReport, module_id: &str, sl
     }
 }
 
+/// Counts one secret read by `result`: `granted` (read from the provider),
+/// `denied` (not granted, or refused by Vault), `error` (could not be read).
+pub fn record_secret_read(result: &'static str) {
+    metrics::counter!(SECRET_READS_TOTAL, "result" => result).increment(1);
+}
+
 /// Records a request refused at capacity.
 pub fn record_overloaded() {
     metrics::counter!(OVERLOADED_TOTAL).increment(1);

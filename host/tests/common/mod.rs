@@ -56,6 +56,31 @@ impl TestServer {
         }
     }
 
+    /// Like [`start`](Self::start), serving a host the caller built (e.g.
+    /// with a secret provider).
+    pub async fn start_with_host(mut config: Config, policies: &[&str], host: Host) -> Self {
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.metrics.enabled = false;
+        let mut set = PolicySet::default();
+        for text in policies {
+            set.insert(Policy::parse(text, Path::new("test.toml")).unwrap());
+        }
+        let listener = chassis::grpc::bind(&config).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel();
+        let done = tokio::spawn(async move {
+            chassis::grpc::serve(&config, host, set, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Self {
+            addr,
+            stop: Some(stop),
+            done,
+        }
+    }
+
     pub async fn client(&self) -> ChassisClient<Channel> {
         ChassisClient::connect(format!("http://{}", self.addr))
             .await

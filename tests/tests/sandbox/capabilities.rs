@@ -447,7 +447,8 @@ pub(crate) mod hostile_secret_thief {
 
     #[tokio::test]
     async fn an_ungranted_secret_is_denied_and_counted() {
-        let host = host();
+        let secrets = SecretsFile::new("[\"secret/app\"]\ntoken = \"granted-token-9\"\n");
+        let host = secrets.host();
         let fixture = Fixture::new();
         let policy = fixture.policy("[secrets.api]\npath = \"secret/app\"\nkey = \"token\"\n");
         let (code, text, report) = attempt(
@@ -469,14 +470,81 @@ pub(crate) mod hostile_secret_thief {
     }
 
     #[tokio::test]
-    async fn a_granted_secret_without_a_provider_is_unavailable_not_denied() {
+    async fn a_granted_secret_without_a_provider_refuses_the_run_as_unavailable() {
         let host = host();
         let fixture = Fixture::new();
         let policy = fixture.policy("[secrets.api]\npath = \"secret/app\"\nkey = \"token\"\n");
+        let module = host
+            .modules()
+            .register(&wasm(HOSTILE_SECRET_THIEF_COMPONENT))
+            .unwrap();
+        let e = host
+            .run(
+                &module,
+                RunRequest::new("api").policy(policy).limits(quick()),
+            )
+            .await
+            .expect_err("the sandbox does not start");
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        assert!(e.to_string().contains("no secret provider"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_granted_secret_is_handed_over_and_an_ungranted_one_still_denied() {
+        let secrets = SecretsFile::new("[\"secret/app\"]\ntoken = \"thief-bait-0042\"\n");
+        let host = secrets.host();
+        let fixture = Fixture::new();
+        let policy = fixture.policy("[secrets.api]\npath = \"secret/app\"\nkey = \"token\"\n");
+        let (code, text, _) = attempt(&host, HOSTILE_SECRET_THIEF_COMPONENT, &policy, "api").await;
+        assert_eq!((code.as_str(), text.as_str()), ("ok", "got 15 bytes"));
         let (code, _, report) =
-            attempt(&host, HOSTILE_SECRET_THIEF_COMPONENT, &policy, "api").await;
-        assert_eq!(code, "unavailable");
-        assert!(report.denials.is_empty());
+            attempt(&host, HOSTILE_SECRET_THIEF_COMPONENT, &policy, "root").await;
+        assert_eq!(code, "denied");
+        assert_eq!(report.denials[0].target, "root");
+    }
+}
+
+/// A private (0600) local secrets file and a host reading from it.
+pub(crate) struct SecretsFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl SecretsFile {
+    pub(crate) fn new(text: &str) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.toml");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Self { _dir: dir, path }
+    }
+
+    pub(crate) fn host(&self) -> Host {
+        let provider = chassis::secrets::LocalFileProvider::open(&self.path).unwrap();
+        Host::builder()
+            .pool_slots(4)
+            .secrets(Arc::new(provider))
+            .build()
+            .unwrap()
+    }
+}
+
+pub(crate) mod hostile_secret_dribble {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_value_written_one_byte_at_a_time_is_still_redacted_everywhere() {
+        let secrets = SecretsFile::new("[\"secret/app\"]\ntoken = \"dribbled-value-77\"\n");
+        let host = secrets.host();
+        let fixture = Fixture::new();
+        let policy = fixture.policy("[secrets.api]\npath = \"secret/app\"\nkey = \"token\"\n");
+        let (code, text, report) =
+            attempt(&host, HOSTILE_SECRET_DRIBBLE_COMPONENT, &policy, "api").await;
+        assert_eq!(code, "ok");
+        assert_eq!(text, "[REDACTED:api]", "the result is redacted too");
+        assert_eq!(report.stdout.bytes, b"[REDACTED:api]");
+        assert_eq!(report.stderr.bytes, b"[REDACTED:api]");
     }
 }
 
