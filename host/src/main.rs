@@ -450,7 +450,7 @@ fn vault_token_from_env() -> Option<chassis::secrets::SecretValue> {
 
 /// The secret provider `chassis run` uses: `--secrets`, else the
 /// environment's Vault, else `<data-dir>/secrets.toml`.
-fn run_secrets(
+pub(crate) fn run_secrets(
     file: Option<&Path>,
     data_dir: &Path,
 ) -> Result<

@@ -93,6 +93,10 @@ pub(crate) struct LocalArgs {
     /// Directory of policy files the steps name [default: ./policies when it exists].
     #[arg(long, value_name = "DIR")]
     policies: Option<PathBuf>,
+    /// Local secrets file (mode 0600) for the grants of the steps' policies
+    /// [default: Vault from VAULT_ADDR/VAULT_TOKEN, else <data-dir>/secrets.toml].
+    #[arg(long, value_name = "FILE")]
+    secrets: Option<PathBuf>,
 }
 
 impl LocalArgs {
@@ -245,11 +249,17 @@ pub(crate) fn command(command: RunbookCommand) -> Result<ExitCode> {
     })
 }
 
-/// An embedded host with the in-process store.
+/// An embedded host with the in-process store and the local secrets.
 fn embedded(local: &LocalArgs, data_dir: Option<&Path>) -> Result<(Coordinator, chassis::Host)> {
     let mut builder = chassis::Host::builder().pool_slots(8).warm_slots(0);
     if let Some(dir) = data_dir {
         builder = builder.data_dir(dir);
+    }
+    let secrets_dir = data_dir.map_or_else(|| PathBuf::from(".chassis"), Path::to_path_buf);
+    if let Some(provider) = crate::run_secrets(local.secrets.as_deref(), &secrets_dir)
+        .map_err(|e| anyhow::anyhow!("secrets: {e}"))?
+    {
+        builder = builder.secrets(provider);
     }
     let host = builder.build().context("starting the embedded host")?;
     let policies = Arc::new(local.policies()?);

@@ -559,15 +559,21 @@ fn dashboard_queries_are_valid_promql() {
 
 /// Drives the server the way the dashboard and alerts expect to see it used:
 /// a module registered and run over gRPC, one whose secret read is denied,
-/// and the example runbook submitted and followed to the end (so step
-/// claims have been timed).
+/// and a two-step runbook submitted and followed to the end (so step claims
+/// have been timed).
 fn exercise(served: &Served) {
     let hello = served.register(HELLO_COMPONENT);
     assert_success(&served.client(&["run", &hello, "--input", "ops"]));
     let thief = served.register(HOSTILE_SECRET_THIEF_COMPONENT);
     let _ = served.client(&["run", &thief, "--input", "root-password"]);
     let guests = Path::new(HELLO_COMPONENT).parent().unwrap();
-    let runbook = Path::new(env!("CARGO_MANIFEST_DIR")).join("../runbooks/incident-digest.toml");
+    let runbook = served.data_dir().join("two-steps.toml");
+    std::fs::write(
+        &runbook,
+        "name = \"two-steps\"\n[steps.a]\nmodule = \"echo.wasm\"\ninput = \"x\"\n\
+         [steps.b]\nmodule = \"hasher.wasm\"\ndepends_on = [\"a\"]\ninput = \"{{a}}\"\n",
+    )
+    .unwrap();
     let submitted = std::process::Command::new(env!("CARGO_BIN_EXE_chassis"))
         .args(["runbook", "submit", "--watch", "--addr"])
         .arg(format!("http://{}", served.addr))

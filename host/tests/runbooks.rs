@@ -333,12 +333,26 @@ fn the_cli_runs_checks_submits_and_watches_the_example_runbook() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let runbook = root.join("runbooks/incident-digest.toml");
     let data = tempfile::tempdir().unwrap();
+    let secrets = data.path().join("secrets.toml");
+    std::fs::copy(
+        root.join("modules/secret-reader/secrets.example.toml"),
+        &secrets,
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let policies = root.join("policies");
 
     let check = std::process::Command::new(chassis)
         .args(["runbook", "check"])
         .arg(&runbook)
         .arg("--modules")
         .arg(guests())
+        .arg("--policies")
+        .arg(&policies)
         .output()
         .unwrap();
     assert_success(&check);
@@ -350,9 +364,23 @@ fn the_cli_runs_checks_submits_and_watches_the_example_runbook() {
         .arg(guests())
         .arg("--data-dir")
         .arg(data.path())
+        .arg("--policies")
+        .arg(&policies)
+        .arg("--secrets")
+        .arg(&secrets)
         .output()
         .unwrap();
     assert_success(&run);
+    // The secret reached the step (its length) and was never printed.
+    let everything = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        !everything.contains("demo-smtp-password-change-me"),
+        "{everything}"
+    );
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(report["state"], "completed", "{report}");
     assert_eq!(report["steps"]["count"]["output"], "5 43 345");

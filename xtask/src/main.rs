@@ -109,6 +109,18 @@ fn demo() -> Result<()> {
         "chassis demo: embedded default host (in-process claims), data dir {}\n",
         data.display()
     );
+    // The embedded default reads secrets from a local file only its owner
+    // can read; the demo's holds the example SMTP password.
+    std::fs::create_dir_all(&data)?;
+    let secrets = data.join("secrets.toml");
+    std::fs::copy(
+        root.join("modules/secret-reader/secrets.example.toml"),
+        &secrets,
+    )?;
+    std::fs::set_permissions(
+        &secrets,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )?;
     let runbook = root.join("runbooks/incident-digest.toml");
     println!(
         "== the example runbook, every step a sandboxed module run:\n   chassis runbook run {}\n",
@@ -123,10 +135,31 @@ fn demo() -> Result<()> {
         .arg(root.join("policies"))
         .arg("--data-dir")
         .arg(&data)
+        .arg("--secrets")
+        .arg(&secrets)
         .status()
         .context("running chassis runbook run")?;
     if !status.success() {
         bail!("the example runbook did not complete ({status})");
+    }
+    println!(
+        "\n== the `notify` step again, by hand: what the guest printed of its secret (stdout, stderr, logs)\n   chassis run secret_reader.wasm --policy policies/secret-reader.toml --secrets {} --input smtp\n",
+        secrets.display()
+    );
+    let status = Command::new(&chassis)
+        .arg("run")
+        .arg(guests.join("secret_reader.wasm"))
+        .arg("--policy")
+        .arg(root.join("policies/secret-reader.toml"))
+        .arg("--secrets")
+        .arg(&secrets)
+        .args(["--input", "smtp"])
+        .arg("--data-dir")
+        .arg(&data)
+        .status()
+        .context("running chassis run")?;
+    if !status.success() {
+        bail!("the secret reader failed ({status})");
     }
     println!("\n== the sandbox holds hostile guests to their limits:\n");
     let steps: [(&str, &str, &[&str]); 5] = [
