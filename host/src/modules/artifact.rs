@@ -165,16 +165,20 @@ pub fn unseal<'a>(
 }
 
 /// Writes `bytes` to `path` atomically: a reader sees the old file or the
-/// whole new one, never a partial write.
+/// whole new one, never a partial write. Concurrent writers (two runbook
+/// steps registering the same module at once) each use their own temporary
+/// file; the last rename wins with identical bytes.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp{}",
+        ".{}.tmp{}-{}",
         path.file_name()
             .and_then(|n| n.to_str())
             .unwrap_or("artifact"),
-        std::process::id()
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let mut file = fs::File::create(&tmp)?;
     file.write_all(bytes)?;
@@ -185,6 +189,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_writers_of_one_path_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m").join("a.cwasm");
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        write_atomic(&path, b"same bytes").unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(fs::read(&path).unwrap(), b"same bytes");
+        assert_eq!(
+            fs::read_dir(path.parent().unwrap()).unwrap().count(),
+            1,
+            "no temporary files left"
+        );
+    }
 
     #[test]
     fn a_sealed_artifact_unseals_with_the_same_key_only() {
