@@ -310,22 +310,27 @@ async fn three_hosts_finish_a_50_step_runbook_exactly_once_while_one_is_killed()
         .into_inner();
     assert_eq!(submitted.runbook_id, "fifty");
 
-    // Wait until h1 is running a step, then kill it without warning.
+    // Wait until h1 is running a step (its claim is in etcd and in its own
+    // audit log), then kill it without warning.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let (killed_step, killed_fence) = loop {
         let view = store.runbook("fifty").await.unwrap().unwrap();
-        if let Some((step, v)) = view
-            .steps
-            .iter()
-            .find(|(_, v)| v.claim.as_ref().is_some_and(|c| c.holder == "h1"))
-        {
-            break (step.clone(), v.claim.as_ref().unwrap().fence);
+        let audited = hosts[1].audited("step.claimed");
+        let running = view.steps.iter().find_map(|(step, v)| {
+            let c = v.claim.as_ref().filter(|c| c.holder == "h1")?;
+            audited
+                .iter()
+                .any(|(_, s, f)| s == step && *f == c.fence)
+                .then(|| (step.clone(), c.fence))
+        });
+        if let Some(found) = running {
+            break found;
         }
         assert!(
             std::time::Instant::now() < deadline,
             "h1 never claimed a step"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     };
     hosts[1].kill();
 
