@@ -39,6 +39,9 @@ fn submit(text: &str, modules: HashMap<String, Vec<u8>>, id: &str) -> proto::Sub
 
 type Client = proto::chassis_client::ChassisClient<tonic::transport::Channel>;
 
+/// Module files sent with a runbook, by reference.
+type Modules = HashMap<String, Vec<u8>>;
+
 /// Follows the watch to its last event; returns every event.
 async fn watch_to_end(client: &mut Client, id: &str, from: i64) -> Vec<proto::RunbookEvent> {
     let mut stream = client
@@ -236,7 +239,8 @@ async fn bad_runbooks_are_refused_naming_the_step_and_field() {
     let server = TestServer::start(Config::default(), &[]).await;
     let mut client = server.client().await;
     let echo = || modules(&[("echo.wasm", ECHO_COMPONENT)]);
-    let cases: &[(&str, HashMap<String, Vec<u8>>, &str)] = &[
+    // (runbook text, module files sent, what the error must say)
+    let cases: &[(&str, Modules, &str)] = &[
         (
             "name = \"x\"\n[steps.a]\nmodule = \"echo.wasm\"\ndepends_on = [\"b\"]\n",
             echo(),

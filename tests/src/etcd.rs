@@ -88,7 +88,7 @@ impl Member {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "{} is still running", self.name);
         self.spawn();
-        wait_for_port(&self.endpoint(), &self.log);
+        wait_for_port(&self.endpoint(), &self.log).unwrap_or_else(|e| panic!("{e}"));
         wait_for_leader(&self.endpoint(), &self.log);
     }
 
@@ -104,16 +104,19 @@ impl Drop for Member {
     }
 }
 
-fn wait_for_port(endpoint: &str, log: &std::path::Path) {
+/// Waits for the member to listen; `Err` with its log if it did not.
+fn wait_for_port(endpoint: &str, log: &std::path::Path) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(endpoint).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "etcd did not listen on {endpoint} within 20 s; its log:\n{}",
-            std::fs::read_to_string(log).unwrap_or_default()
-        );
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "etcd did not listen on {endpoint} within 20 s; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ));
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    Ok(())
 }
 
 /// Waits until the member's `/health` says the cluster has a leader.
@@ -156,8 +159,22 @@ impl Etcd {
         Self::cluster(1)
     }
 
-    /// `n` members forming one cluster; returns once every member listens.
+    /// `n` members forming one cluster; returns once every member listens
+    /// and the cluster has a leader. Free ports are picked, released and
+    /// then bound by etcd, so another process may take one in between: a
+    /// cluster that does not come up is started again on new ports.
     pub fn cluster(n: usize) -> Self {
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Self::try_cluster(n) {
+                Ok(etcd) => return etcd,
+                Err(e) => last = e,
+            }
+        }
+        panic!("etcd did not start three times; the last failure: {last}");
+    }
+
+    fn try_cluster(n: usize) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("creating a temp dir for etcd");
         let mut token = [0u8; 6];
         unique_bytes(&mut token);
@@ -165,7 +182,16 @@ impl Etcd {
             "chassis-test-{}",
             token.iter().map(|b| format!("{b:02x}")).collect::<String>()
         );
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        // Hold every listener until all ports are picked, so no two are equal.
+        let held: Vec<TcpListener> = (0..2 * n)
+            .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral loopback port"))
+            .collect();
+        let picked: Vec<u16> = held
+            .iter()
+            .map(|l| l.local_addr().expect("a bound address").port())
+            .collect();
+        drop(held);
+        let ports: Vec<(u16, u16)> = picked.chunks(2).map(|p| (p[0], p[1])).collect();
         let initial_cluster = ports
             .iter()
             .enumerate()
@@ -190,12 +216,12 @@ impl Etcd {
             m.spawn();
         }
         for m in &members {
-            wait_for_port(&m.endpoint(), &m.log);
+            wait_for_port(&m.endpoint(), &m.log)?;
         }
         for m in &members {
             wait_for_leader(&m.endpoint(), &m.log);
         }
-        Self { members, _dir: dir }
+        Ok(Self { members, _dir: dir })
     }
 
     /// Every member's client endpoint (`host:port`).

@@ -621,112 +621,116 @@ impl ClaimStore for EtcdStore {
         if from_revision > 0 {
             options = options.with_start_revision(from_revision);
         }
-        let mut stream = self.open_watch(prefix.clone(), options).await?;
+        let stream = self.open_watch(prefix.clone(), options).await?;
         let endpoints = self.endpoints.clone();
         let runbook = runbook.to_string();
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    m = stream.message() => m,
-                    () = tx.closed() => return,
-                };
-                let response = match message {
-                    Ok(Some(r)) => r,
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(CoordError::Unavailable {
-                                endpoints: endpoints.clone(),
-                                message: format!("the watch ended: {e}"),
-                            }))
-                            .await;
-                        return;
-                    }
-                };
+        Ok(forward(
+            stream,
+            256,
+            false,
+            move |response| {
                 if response.compact_revision() > 0 {
-                    let _ = tx
-                        .send(Err(CoordError::Invalid(format!(
-                            "revision {from_revision} is compacted; the oldest kept is {}",
-                            response.compact_revision()
-                        ))))
-                        .await;
-                    return;
+                    return Err(CoordError::Invalid(format!(
+                        "revision {from_revision} is compacted; the oldest kept is {}",
+                        response.compact_revision()
+                    )));
                 }
                 if response.canceled() {
-                    let _ = tx
-                        .send(Err(CoordError::Unavailable {
-                            endpoints: endpoints.clone(),
-                            message: format!(
-                                "etcd cancelled the watch: {}",
-                                response.cancel_reason()
-                            ),
-                        }))
-                        .await;
-                    return;
+                    return Err(CoordError::Unavailable {
+                        endpoints: endpoints.clone(),
+                        message: format!("etcd cancelled the watch: {}", response.cancel_reason()),
+                    });
                 }
-                for event in response.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let item = match to_change(event.event_type(), kv, &prefix) {
-                        Ok(Some(change)) => Ok(StepEvent {
-                            revision: kv.mod_revision(),
-                            runbook: runbook.clone(),
-                            change,
-                        }),
-                        Ok(None) => continue,
-                        Err(e) => Err(e),
-                    };
-                    if tx.send(item).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+                Ok(response
+                    .events()
+                    .iter()
+                    .filter_map(|event| {
+                        let kv = event.kv()?;
+                        match to_change(event.event_type(), kv, &prefix) {
+                            Ok(Some(change)) => Some(Ok(StepEvent {
+                                revision: kv.mod_revision(),
+                                runbook: runbook.clone(),
+                                change,
+                            })),
+                            Ok(None) => None,
+                            Err(e) => Some(Err(e)),
+                        }
+                    })
+                    .collect())
+            },
+            self.endpoints.clone(),
+        ))
     }
 
     async fn changes(&self) -> Result<EventStream, CoordError> {
-        let mut stream = self
+        let stream = self
             .open_watch(
                 format!("{PREFIX}runbooks/"),
                 WatchOptions::new().with_prefix(),
             )
             .await?;
-        let endpoints = self.endpoints.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    m = stream.message() => m,
-                    () = tx.closed() => return,
-                };
-                match message {
-                    Ok(Some(r)) => {
-                        let revision = r.header().map_or(0, |h| h.revision());
-                        let wake = StepEvent {
-                            revision,
-                            runbook: String::new(),
-                            change: Change::Submitted,
-                        };
-                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
-                            tx.try_send(Ok(wake))
-                        {
-                            return;
-                        }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx
-                            .send(Err(CoordError::Unavailable {
-                                endpoints: endpoints.clone(),
-                                message: format!("the watch ended: {e}"),
-                            }))
-                            .await;
+        Ok(forward(
+            stream,
+            16,
+            true,
+            |response| {
+                Ok(vec![Ok(StepEvent {
+                    revision: response.header().map_or(0, |h| h.revision()),
+                    runbook: String::new(),
+                    change: Change::Submitted,
+                })])
+            },
+            self.endpoints.clone(),
+        ))
+    }
+}
+
+/// Runs an etcd watch in its own task, turning each response into events
+/// with `translate`. The stream ends after an error item when the watch
+/// fails or `translate` refuses a response. `lossy` drops events while the
+/// reader is behind (wake-ups, where one pending is as good as many).
+fn forward(
+    mut stream: etcd_client::WatchStream,
+    capacity: usize,
+    lossy: bool,
+    mut translate: impl FnMut(
+        &etcd_client::WatchResponse,
+    ) -> Result<Vec<Result<StepEvent, CoordError>>, CoordError>
+    + Send
+    + 'static,
+    endpoints: String,
+) -> EventStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+    tokio::spawn(async move {
+        loop {
+            let message = tokio::select! {
+                m = stream.message() => m,
+                () = tx.closed() => return,
+            };
+            let items = match message {
+                Ok(Some(response)) => match translate(&response) {
+                    Ok(items) => items,
+                    Err(e) => vec![Err(e)],
+                },
+                Ok(None) => return,
+                Err(e) => vec![Err(CoordError::Unavailable {
+                    endpoints: endpoints.clone(),
+                    message: format!("the watch ended: {e}"),
+                })],
+            };
+            for item in items {
+                let last = item.is_err();
+                if lossy && !last {
+                    if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
+                        tx.try_send(item)
+                    {
                         return;
                     }
+                } else if tx.send(item).await.is_err() || last {
+                    return;
                 }
             }
-        });
-        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
-    }
+        }
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

@@ -73,6 +73,37 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Drops a claim that still holds, applies `update` to its step, and
+    /// records `Unclaimed` then `change`: what finishing and releasing share.
+    fn end_claim(
+        &self,
+        claim: &Claim,
+        update: impl FnOnce(&mut StepView),
+        change: Change,
+    ) -> Result<(), CoordError> {
+        let mut s = self.lock();
+        s.sweep(&self.events);
+        if !s.holds(claim) {
+            return Err(State::fenced(claim));
+        }
+        s.claim_leases
+            .remove(&(claim.runbook.clone(), claim.step.clone()));
+        if let Some(view) = s
+            .runbooks
+            .get_mut(&claim.runbook)
+            .and_then(|r| r.steps.get_mut(&claim.step))
+        {
+            view.claim = None;
+            update(view);
+        }
+        let unclaimed = Change::Unclaimed {
+            step: claim.step.clone(),
+        };
+        s.emit(&self.events, &claim.runbook, unclaimed);
+        s.emit(&self.events, &claim.runbook, change);
+        Ok(())
+    }
 }
 
 impl State {
@@ -312,71 +343,25 @@ impl ClaimStore for MemoryStore {
     }
 
     async fn finish(&self, claim: &Claim, record: &StepRecord) -> Result<(), CoordError> {
-        let mut s = self.lock();
-        s.sweep(&self.events);
-        if !s.holds(claim) {
-            return Err(State::fenced(claim));
-        }
-        s.claim_leases
-            .remove(&(claim.runbook.clone(), claim.step.clone()));
-        if let Some(view) = s
-            .runbooks
-            .get_mut(&claim.runbook)
-            .and_then(|r| r.steps.get_mut(&claim.step))
-        {
-            view.claim = None;
-            view.result = Some(record.clone());
-        }
-        s.emit(
-            &self.events,
-            &claim.runbook,
-            Change::Unclaimed {
-                step: claim.step.clone(),
-            },
-        );
-        s.emit(
-            &self.events,
-            &claim.runbook,
+        self.end_claim(
+            claim,
+            |view| view.result = Some(record.clone()),
             Change::Finished {
                 step: claim.step.clone(),
                 record: record.clone(),
             },
-        );
-        Ok(())
+        )
     }
 
     async fn release(&self, claim: &Claim, failures: u32) -> Result<(), CoordError> {
-        let mut s = self.lock();
-        s.sweep(&self.events);
-        if !s.holds(claim) {
-            return Err(State::fenced(claim));
-        }
-        s.claim_leases
-            .remove(&(claim.runbook.clone(), claim.step.clone()));
-        if let Some(view) = s
-            .runbooks
-            .get_mut(&claim.runbook)
-            .and_then(|r| r.steps.get_mut(&claim.step))
-        {
-            view.claim = None;
-            view.failures = failures;
-        }
-        s.emit(
-            &self.events,
-            &claim.runbook,
-            Change::Unclaimed {
-                step: claim.step.clone(),
-            },
-        );
-        s.emit(
-            &self.events,
-            &claim.runbook,
+        self.end_claim(
+            claim,
+            |view| view.failures = failures,
             Change::Retrying {
                 step: claim.step.clone(),
                 failures,
             },
-        );
-        Ok(())
+        )
     }
 
     async fn skip(
