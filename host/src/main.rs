@@ -1351,9 +1351,20 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
             getrandom::fill(&mut secret[..]).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
             let new = ed25519_dalek::SigningKey::from_bytes(&secret);
             let new_public = new.verifying_key();
+            // Take the log's lock first: against a running server this
+            // fails before anything is written.
+            let log = chassis::audit::AuditLog::open(options)?;
             // The new key is on disk before the log names it, so a crash
             // in between never leaves a rotation to a key that is lost.
             let staged = key_file.with_extension("new");
+            if staged.exists() {
+                anyhow::bail!(
+                    "{} is left from an interrupted rotation. If `chassis audit show --kind key.rotated` \
+                     names its key as the newest, move it over {}; otherwise delete it. Then run rotate-key again.",
+                    staged.display(),
+                    key_file.display()
+                );
+            }
             {
                 use std::os::unix::fs::OpenOptionsExt;
                 let mut f = std::fs::OpenOptions::new()
@@ -1365,7 +1376,6 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
                 f.write_all(&secret[..])?;
                 f.sync_all()?;
             }
-            let log = chassis::audit::AuditLog::open(options)?;
             log.rotate_key(new)?;
             log.close()?;
             let retired = key_file.with_extension(format!("retired-{}", chrono_stamp()));

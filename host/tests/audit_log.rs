@@ -200,6 +200,31 @@ fn key_rotation_from_the_cli_keeps_the_log_verifiable() {
 }
 
 #[test]
+fn key_rotation_against_a_running_log_fails_cleanly_and_can_be_retried() {
+    let data = tempfile::tempdir().unwrap();
+    write_log(data.path(), 2);
+    let held = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
+    let rotate = || {
+        Command::new(env!("CARGO_BIN_EXE_chassis"))
+            .args(["audit", "rotate-key", "--data-dir"])
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let out = rotate();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("lock"), "{stderr}");
+    assert!(
+        !data.path().join("keys/audit.new").exists(),
+        "a refused rotation stages nothing"
+    );
+    held.close().unwrap();
+    drop(held);
+    assert_success(&rotate());
+}
+
+#[test]
 fn audit_show_filters_by_run_caller_and_kind() {
     let data = tempfile::tempdir().unwrap();
     write_log(data.path(), 20);
