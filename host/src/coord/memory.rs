@@ -438,7 +438,12 @@ impl ClaimStore for MemoryStore {
                 }
             }
             loop {
-                let e = match live.recv().await {
+                // Ends as soon as the reader is gone, not at the next event.
+                let received = tokio::select! {
+                    r = live.recv() => r,
+                    () = tx.closed() => return,
+                };
+                let e = match received {
                     Ok(e) => e,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         let _ = tx
@@ -468,7 +473,11 @@ impl ClaimStore for MemoryStore {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             loop {
-                match live.recv().await {
+                let received = tokio::select! {
+                    r = live.recv() => r,
+                    () = tx.closed() => return,
+                };
+                match received {
                     Ok(e) => {
                         // A full channel already holds a wake-up; dropping is fine.
                         if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
@@ -483,5 +492,27 @@ impl ClaimStore for MemoryStore {
             }
         });
         Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn dropping_a_stream_ends_its_task_without_waiting_for_an_event() {
+        let store = MemoryStore::new();
+        let watch = store.watch("quiet", 0).await.unwrap();
+        let changes = store.changes().await.unwrap();
+        assert_eq!(store.events.receiver_count(), 2);
+        drop(watch);
+        drop(changes);
+        for _ in 0..200 {
+            if store.events.receiver_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the forwarding tasks outlived their readers");
     }
 }
