@@ -205,19 +205,24 @@ struct ClientArgs {
 #[derive(Debug, Args)]
 pub(crate) struct RemoteArgs {
     /// Server address, e.g. http://127.0.0.1:50051 or https://chassis.example:50051.
-    #[arg(long, default_value = "http://127.0.0.1:50051", env = "CHASSIS_ADDR")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:50051",
+        env = "CHASSIS_ADDR"
+    )]
     addr: String,
     /// CA bundle to verify the server (https).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     ca: Option<PathBuf>,
     /// Client certificate for mTLS.
-    #[arg(long, value_name = "FILE", requires = "key")]
+    #[arg(long, global = true, value_name = "FILE", requires = "key")]
     cert: Option<PathBuf>,
     /// Client key for mTLS.
-    #[arg(long, value_name = "FILE", requires = "cert")]
+    #[arg(long, global = true, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
     /// Server name to verify, when it differs from the address's host.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME")]
     server_name: Option<String>,
 }
 

@@ -109,6 +109,10 @@ async fn a_submitted_runbook_runs_its_steps_in_order_passing_outputs() {
         .map(|e| e.step.as_str())
         .collect();
     assert_eq!(done, ["greet", "shout", "count"], "{events:?}");
+    assert!(
+        events.iter().all(|e| e.state != proto::StepState::Pending as i32),
+        "a finished step goes from running to completed, with no pending between: {events:?}"
+    );
     assert_eq!(
         events.last().unwrap().runbook_state,
         proto::RunbookState::Completed as i32

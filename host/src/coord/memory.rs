@@ -100,8 +100,7 @@ impl MemoryStore {
         let unclaimed = Change::Unclaimed {
             step: claim.step.clone(),
         };
-        s.emit(&self.events, &claim.runbook, unclaimed);
-        s.emit(&self.events, &claim.runbook, change);
+        s.emit_all(&self.events, &claim.runbook, [unclaimed, change]);
         Ok(())
     }
 }
@@ -113,17 +112,29 @@ impl State {
         runbook: &str,
         change: Change,
     ) -> i64 {
+        self.emit_all(events, runbook, [change])
+    }
+
+    /// Records `changes` at one new revision, as one etcd transaction does.
+    fn emit_all(
+        &mut self,
+        events: &broadcast::Sender<StepEvent>,
+        runbook: &str,
+        changes: impl IntoIterator<Item = Change>,
+    ) -> i64 {
         self.revision += 1;
-        let event = StepEvent {
-            revision: self.revision,
-            runbook: runbook.to_string(),
-            change,
-        };
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
+        for change in changes {
+            let event = StepEvent {
+                revision: self.revision,
+                runbook: runbook.to_string(),
+                change,
+            };
+            if self.history.len() == HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back(event.clone());
+            let _ = events.send(event);
         }
-        self.history.push_back(event.clone());
-        let _ = events.send(event);
         self.revision
     }
 
@@ -456,7 +467,9 @@ impl ClaimStore for MemoryStore {
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                if e.runbook != runbook || e.revision <= last {
+                // Live events all follow the replayed ones (both were taken
+                // under the lock); one revision may carry several events.
+                if e.runbook != runbook || e.revision < from_revision {
                     continue;
                 }
                 last = e.revision;

@@ -28,32 +28,13 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with `config` (its listen address is replaced by an
     /// ephemeral loopback port) and the given policies.
-    pub async fn start(mut config: Config, policies: &[&str]) -> Self {
-        config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.metrics.enabled = false;
-        let mut set = PolicySet::default();
-        for text in policies {
-            set.insert(Policy::parse(text, Path::new("test.toml")).unwrap());
-        }
+    pub async fn start(config: Config, policies: &[&str]) -> Self {
         let host = Host::builder()
             .caps(config.host_caps())
             .pool_slots(config.sandbox_pool.max_size.max(2))
             .build()
             .unwrap();
-        let listener = chassis::grpc::bind(&config).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel();
-        let done = tokio::spawn(async move {
-            chassis::grpc::serve(&config, host, set, listener, async {
-                let _ = stopped.await;
-            })
-            .await
-        });
-        Self {
-            addr,
-            stop: Some(stop),
-            done,
-        }
+        Self::start_with_host(config, policies, host).await
     }
 
     /// Like [`start`](Self::start), serving a host the caller built (e.g.
