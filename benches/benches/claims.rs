@@ -9,7 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chassis::coord::{ClaimStore, EtcdOptions, EtcdStore, RunbookSpec, StepSpec};
+use chassis::coord::conformance::spec;
+use chassis::coord::{ClaimStore, EtcdOptions, EtcdStore};
 use chassis_tests::etcd::Etcd;
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 
@@ -41,29 +42,6 @@ fn latency(mut samples: Vec<u64>) -> Latency {
         p50_us: pct(0.50),
         p95_us: pct(0.95),
         p99_us: pct(0.99),
-    }
-}
-
-fn spec(steps: usize) -> RunbookSpec {
-    RunbookSpec {
-        name: "bench".into(),
-        description: String::new(),
-        caller: "local".into(),
-        steps: (0..steps)
-            .map(|i| {
-                (
-                    format!("s{i:03}"),
-                    StepSpec {
-                        module: "0".repeat(64),
-                        policy: None,
-                        input: String::new(),
-                        depends_on: Vec::new(),
-                        retries: 0,
-                        timeout_ms: None,
-                    },
-                )
-            })
-            .collect(),
     }
 }
 

@@ -110,7 +110,9 @@ async fn a_submitted_runbook_runs_its_steps_in_order_passing_outputs() {
         .collect();
     assert_eq!(done, ["greet", "shout", "count"], "{events:?}");
     assert!(
-        events.iter().all(|e| e.state != proto::StepState::Pending as i32),
+        events
+            .iter()
+            .all(|e| e.state != proto::StepState::Pending as i32),
         "a finished step goes from running to completed, with no pending between: {events:?}"
     );
     assert_eq!(

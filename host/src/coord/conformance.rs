@@ -35,7 +35,9 @@ fn unique(name: &str) -> String {
     format!("conf-{name}-{}", hex::encode(b))
 }
 
-fn spec(steps: usize) -> RunbookSpec {
+/// A runbook of `steps` independent steps `s000`, `s001`, ... (one retry
+/// each) for exercising a store; benches use it too.
+pub fn spec(steps: usize) -> RunbookSpec {
     RunbookSpec {
         name: "conformance".into(),
         description: String::new(),
