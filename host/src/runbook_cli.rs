@@ -110,8 +110,11 @@ impl LocalArgs {
     }
 }
 
-/// Reads the runbook and the module files it names.
-fn read(file: &Path, modules: Option<&Path>) -> Result<(String, BTreeMap<String, Vec<u8>>)> {
+/// Reads and parses the runbook, and reads the module files it names.
+fn read(
+    file: &Path,
+    modules: Option<&Path>,
+) -> Result<(String, RunbookFile, BTreeMap<String, Vec<u8>>)> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("reading runbook {}", file.display()))?;
     let parsed = RunbookFile::parse(&text, &file.display().to_string())?;
@@ -137,7 +140,7 @@ fn read(file: &Path, modules: Option<&Path>) -> Result<(String, BTreeMap<String,
         })?;
         bytes.insert(reference.to_string(), data);
     }
-    Ok((text, bytes))
+    Ok((text, parsed, bytes))
 }
 
 pub(crate) fn command(command: RunbookCommand) -> Result<ExitCode> {
@@ -149,10 +152,14 @@ pub(crate) fn command(command: RunbookCommand) -> Result<ExitCode> {
     runtime.block_on(async move {
         match command {
             RunbookCommand::Check { file, local } => {
-                let (text, modules) = read(&file, local.modules.as_deref())?;
-                let coordinator = embedded(&local, None)?;
-                let parsed = RunbookFile::parse(&text, &file.display().to_string())?;
-                let host_modules = coordinator.1.modules();
+                let (_, parsed, modules) = read(&file, local.modules.as_deref())?;
+                // Validating modules needs an engine, not a coordinator.
+                let host = chassis::Host::builder()
+                    .pool_slots(2)
+                    .warm_slots(0)
+                    .build()
+                    .context("starting a host to validate modules")?;
+                let host_modules = host.modules();
                 let policies = local.policies()?;
                 parsed.resolve(
                     chassis::policy::LOCAL_CALLER,
@@ -177,8 +184,8 @@ pub(crate) fn command(command: RunbookCommand) -> Result<ExitCode> {
                 data_dir,
                 json,
             } => {
-                let (text, modules) = read(&file, local.modules.as_deref())?;
-                let (coordinator, _host) = embedded(&local, data_dir.as_deref())?;
+                let (text, _, modules) = read(&file, local.modules.as_deref())?;
+                let coordinator = embedded(&local, data_dir.as_deref())?;
                 let task = coordinator.start();
                 let (id, _) = coordinator
                     .submit(
@@ -205,7 +212,7 @@ pub(crate) fn command(command: RunbookCommand) -> Result<ExitCode> {
                 watch,
                 remote,
             } => {
-                let (text, modules) = read(&file, modules.as_deref())?;
+                let (text, _, modules) = read(&file, modules.as_deref())?;
                 let mut client = connect(&remote).await?;
                 let response = client
                     .submit_runbook(proto::SubmitRunbookRequest {
@@ -250,7 +257,7 @@ pub(crate) fn command(command: RunbookCommand) -> Result<ExitCode> {
 }
 
 /// An embedded host with the in-process store and the local secrets.
-fn embedded(local: &LocalArgs, data_dir: Option<&Path>) -> Result<(Coordinator, chassis::Host)> {
+fn embedded(local: &LocalArgs, data_dir: Option<&Path>) -> Result<Coordinator> {
     let mut builder = chassis::Host::builder().pool_slots(8).warm_slots(0);
     if let Some(dir) = data_dir {
         builder = builder.data_dir(dir);
@@ -266,14 +273,11 @@ fn embedded(local: &LocalArgs, data_dir: Option<&Path>) -> Result<(Coordinator, 
     let mut options = chassis::coord::CoordinatorOptions::new(chassis::coord::default_holder());
     options.max_concurrent_steps = 4;
     options.poll_interval = Duration::from_millis(200);
-    Ok((
-        Coordinator::new(
-            Arc::new(MemoryStore::new()),
-            host.clone(),
-            policies,
-            options,
-        ),
+    Ok(Coordinator::new(
+        Arc::new(MemoryStore::new()),
         host,
+        policies,
+        options,
     ))
 }
 
