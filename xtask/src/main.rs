@@ -72,21 +72,32 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
+    setup::phase("[1/4] installing what the tests need (skipping what is there)");
     setup::build_tools()?;
     // The coordination tests start real etcd servers.
     setup::debian_tools(&[("etcd", "etcd-server")])?;
     // The alert rules are unit-tested with promtool.
     setup::promtool()?;
+    setup::phase(
+        "[2/4] building the host, the tests and the guests (the first build takes about 12 minutes on 2 cores)",
+    );
+    let mut args = vec!["test", "--workspace", "--all-targets", "--no-run"];
+    args.extend(extra.iter().map(String::as_str));
+    cargo(&args)?;
+    setup::phase("[3/4] running every test");
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;
     // Doc examples compile too (all-targets leaves doctests out).
+    setup::phase("[4/4] running the doc examples");
     cargo(&["test", "--workspace", "--doc"])
 }
 
 fn lint() -> Result<()> {
     setup::build_tools()?;
+    setup::phase("cargo fmt --check");
     cargo(&["fmt", "--all", "--", "--check"])?;
+    setup::phase("cargo clippy --workspace --all-targets -D warnings");
     cargo(&[
         "clippy",
         "--workspace",
@@ -98,9 +109,15 @@ fn lint() -> Result<()> {
 }
 
 fn demo() -> Result<()> {
+    setup::phase("[1/4] installing what the build needs (skipping what is there)");
     setup::build_tools()?;
+    setup::phase("[2/4] building the guests");
     setup::guests()?;
-    cargo(&["build", "--quiet", "-p", "chassis"])?;
+    setup::phase(
+        "[3/4] building the chassis binary (the first build takes about 8 minutes on 2 cores)",
+    );
+    cargo(&["build", "-p", "chassis"])?;
+    setup::phase("[4/4] running the demo");
     let root = setup::root();
     let chassis = root.join("target/debug/chassis");
     let guests = setup::guest_dir();

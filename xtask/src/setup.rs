@@ -30,9 +30,10 @@ pub(crate) fn wasm_target() -> Result<()> {
         .join("lib/rustlib/wasm32-wasip2")
         .is_dir()
     {
+        phase("the wasm32-wasip2 target is installed");
         return Ok(());
     }
-    eprintln!("xtask: installing the wasm32-wasip2 target");
+    phase("installing the wasm32-wasip2 target with rustup (about 40 MB)");
     let status = Command::new("rustup")
         .args(["target", "add", "wasm32-wasip2"])
         .status()
@@ -43,12 +44,18 @@ pub(crate) fn wasm_target() -> Result<()> {
     Ok(())
 }
 
+/// Prints one line saying which phase of the work is starting, so a first
+/// run that builds for minutes can be told from a hang.
+pub(crate) fn phase(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
 /// Builds the guests under modules/ for wasm32-wasip2.
 pub(crate) fn guests() -> Result<()> {
     let root = root();
+    phase("building the guests under modules/ for wasm32-wasip2");
     crate::cargo(&[
         "build",
-        "--quiet",
         "--release",
         "--target=wasm32-wasip2",
         "--manifest-path",
@@ -67,10 +74,15 @@ pub(crate) fn debian_tools(tools: &[(&str, &str)]) -> Result<()> {
         .filter(|(command, _)| !on_path(command))
         .map(|(_, package)| *package)
         .collect();
-    if missing.is_empty() {
+    install_debian(&missing)
+}
+
+/// Installs Debian `packages` with apt-get (after `apt-get update`).
+fn install_debian(packages: &[&str]) -> Result<()> {
+    if packages.is_empty() {
         return Ok(());
     }
-    eprintln!("xtask: installing {} with apt-get", missing.join(", "));
+    phase(&format!("installing {} with apt-get", packages.join(", ")));
     let apt = |args: &[&str]| -> Result<()> {
         let status = as_root("apt-get")
             .args(args)
@@ -84,7 +96,7 @@ pub(crate) fn debian_tools(tools: &[(&str, &str)]) -> Result<()> {
     };
     apt(&["update", "-q"])?;
     let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-    args.extend(&missing);
+    args.extend(packages);
     apt(&args)
 }
 
@@ -133,8 +145,77 @@ fn on_path(command: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// What building chassis needs beyond Rust: protoc for the gRPC code.
+/// What building chassis needs beyond Rust: the wasm32-wasip2 target for
+/// the guests, and protoc with the well-known `.proto` files for the gRPC
+/// code (ours in host/build.rs and etcd-client's, whose protos import
+/// `google/protobuf/descriptor.proto`).
 pub(crate) fn build_tools() -> Result<()> {
     wasm_target()?;
-    debian_tools(&[("protoc", "protobuf-compiler")])
+    protoc()
+}
+
+/// Debian's protoc and its include directory, checked the way the build uses
+/// them: compiling a file that imports a well-known type. Debian splits them
+/// over two packages (`protobuf-compiler` has the binary, `libprotobuf-dev`
+/// the `google/protobuf/*.proto` files), so a check of the command name alone
+/// passes on a machine that cannot build.
+pub(crate) fn protoc() -> Result<()> {
+    match protoc_problem() {
+        None => {
+            phase("protoc and google/protobuf/*.proto are installed");
+            return Ok(());
+        }
+        Some(problem) => phase(&format!("protoc cannot build chassis yet: {problem}")),
+    }
+    install_debian(&["protobuf-compiler", "libprotobuf-dev"])?;
+    match protoc_problem() {
+        None => Ok(()),
+        Some(problem) => bail!(
+            "protoc still cannot compile a file importing google/protobuf/descriptor.proto after installing protobuf-compiler and libprotobuf-dev: {problem}"
+        ),
+    }
+}
+
+/// Why protoc cannot compile what the build compiles, or `None` when it can.
+fn protoc_problem() -> Option<String> {
+    let dir = match tempfile_dir() {
+        Ok(dir) => dir,
+        Err(e) => return Some(format!("cannot make a temp dir: {e}")),
+    };
+    let probe = dir.join("probe.proto");
+    let written = std::fs::write(
+        &probe,
+        "syntax = \"proto3\";\nimport \"google/protobuf/descriptor.proto\";\nimport \"google/protobuf/timestamp.proto\";\nmessage Probe { google.protobuf.Timestamp at = 1; }\n",
+    );
+    if let Err(e) = written {
+        return Some(format!("cannot write {}: {e}", probe.display()));
+    }
+    let protoc = std::env::var_os("PROTOC").unwrap_or_else(|| "protoc".into());
+    let mut command = Command::new(&protoc);
+    command
+        .arg(format!("--proto_path={}", dir.display()))
+        .arg(format!(
+            "--descriptor_set_out={}",
+            dir.join("probe.bin").display()
+        ));
+    if let Some(include) = std::env::var_os("PROTOC_INCLUDE") {
+        command.arg(format!("--proto_path={}", Path::new(&include).display()));
+    }
+    let result = command.arg(&probe).output();
+    let _ = std::fs::remove_dir_all(&dir);
+    match result {
+        Err(e) => Some(format!(
+            "{} is not runnable ({e})",
+            Path::new(&protoc).display()
+        )),
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+    }
+}
+
+/// A fresh directory under the system temp dir for the protoc probe.
+fn tempfile_dir() -> std::io::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("chassis-xtask-protoc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
