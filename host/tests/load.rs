@@ -156,3 +156,68 @@ fn a_load_without_a_stop_condition_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--runs N or --duration D"));
 }
+
+/// Host memory a hostile guest can make the host spend through host calls
+/// (which cost it no fuel and live outside its linear memory), measured on
+/// the `chassis` process: under deny-all with 64 MiB of linear memory, the
+/// host's RSS grows by less than 64 MiB beyond that memory, whatever the
+/// guest passes to `log` or `secret`. Before the bound a `log` bomb of
+/// 256 KiB strings x 1,000 calls kept ~750 MiB, 8 MiB strings ~16 GB.
+#[test]
+fn host_call_bombs_leave_the_host_rss_bounded() {
+    const BOUND: u64 = (64 + 64) << 20;
+    for input in [
+        "log 256 1000",
+        "log 8192 1000",
+        "secret 512 2000",
+        "secret 4096 2000",
+    ] {
+        let (r, _) = load(&[
+            "--module",
+            HOSTILE_HOST_CALL_BOMB_COMPONENT,
+            "--runs",
+            "2",
+            "--memory-mb",
+            "64",
+            "--input",
+            input,
+        ]);
+        assert_eq!(r["runs"], 2, "{input}: {r}");
+        let outcomes = &r["outcomes"];
+        let expected = if input.contains("8192") || input.contains("4096") {
+            "memory-limit"
+        } else {
+            "ok"
+        };
+        assert_eq!(outcomes[expected], 2, "{input}: {outcomes}");
+        let grew =
+            r["peak_rss_bytes"].as_u64().unwrap() - r["baseline_rss_bytes"].as_u64().unwrap();
+        assert!(grew < BOUND, "{input}: the host grew by {grew} bytes");
+    }
+}
+
+/// `chassis run --json` of a guest that is denied 2,000 secrets with 512 KiB
+/// names stays small: 100 denials are kept (the rest counted), each target
+/// and reason clipped (256 and 512 bytes), so the report is under 256 KiB
+/// (it was ~1 GB).
+#[test]
+fn a_denial_flood_keeps_the_json_report_small() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args([
+            "run",
+            HOSTILE_HOST_CALL_BOMB_COMPONENT,
+            "--input",
+            "secret 512 2000",
+            "--json",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    assert!(out.stdout.len() < 256 * 1024, "{} bytes", out.stdout.len());
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["denials"].as_array().unwrap().len(), 100);
+    assert_eq!(r["denials_dropped"], 1900);
+}

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use chassis_tests::programs::SECRET_READER_COMPONENT;
+use chassis_tests::programs::{HOSTILE_SECRET_LEAK_COMPONENT, SECRET_READER_COMPONENT};
 use common::assert_success;
 
 const VALUE: &str = "cli-smtp-Pa55word-7d1e";
@@ -122,10 +122,19 @@ fn config_check_names_an_unsafe_local_secrets_file() {
     );
 }
 
-/// The test the audit issue left open: a secret read by a served run is in
-/// neither the audit log nor the server's logs.
-#[test]
-fn a_served_run_leaves_its_secret_in_no_audit_record_and_no_log_line() {
+/// What a served host left behind: each client call's stdout and stderr,
+/// the server's logs and stdout, and every byte of its audit log.
+struct ServedTrace {
+    clients: Vec<String>,
+    server_logs: String,
+    server_stdout: String,
+    audit: String,
+}
+
+/// Serves the example policies with the local secrets file, registers
+/// `module`, runs `chassis client ARGS` for each of `calls` (with `{id}`
+/// replaced by the module id), then stops the server with SIGTERM.
+fn serve_and_call(module: &str, calls: &[&[&str]]) -> ServedTrace {
     let dir = tempfile::tempdir().unwrap();
     let secrets = secrets_file(dir.path(), 0o600);
     let data = dir.path().join("data");
@@ -172,32 +181,22 @@ fn a_served_run_leaves_its_secret_in_no_audit_record_and_no_log_line() {
             .output()
             .unwrap()
     };
-    let out = client(&["register", SECRET_READER_COMPONENT]);
+    let out = client(&["register", module]);
     assert_success(&out);
     let id = text(&out.stdout)
         .split_whitespace()
         .find(|w| w.len() == 64 && w.chars().all(|c| c.is_ascii_hexdigit()))
         .expect("the module id")
         .to_string();
-    let out = client(&[
-        "run",
-        &id,
-        "--policy",
-        "secret-reader",
-        "--input",
-        "smtp env:SMTP_PASSWORD",
-        "--stream",
-    ]);
-    assert_success(&out);
-    let client_text = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(
-        client_text.contains(&format!("smtp {}", VALUE.len())),
-        "{client_text}"
-    );
-    assert!(
-        !client_text.contains(VALUE),
-        "the client saw the value: {client_text}"
-    );
+    let clients = calls
+        .iter()
+        .map(|args| {
+            let args: Vec<String> = args.iter().map(|a| a.replace("{id}", &id)).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = client(&args);
+            format!("{}{}", text(&out.stdout), text(&out.stderr))
+        })
+        .collect();
 
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
@@ -205,8 +204,8 @@ fn a_served_run_leaves_its_secret_in_no_audit_record_and_no_log_line() {
         .unwrap();
     assert!(status.success());
     let server_logs = logs.join().unwrap();
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
+    let mut server_stdout = String::new();
+    stdout.read_to_string(&mut server_stdout).unwrap();
     assert!(server.wait().unwrap().success(), "{server_logs}");
 
     let mut audit = String::new();
@@ -214,12 +213,139 @@ fn a_served_run_leaves_its_secret_in_no_audit_record_and_no_log_line() {
         let path = entry.unwrap().path();
         audit.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
     }
-    assert!(audit.contains("\"secret.granted\""), "{audit}");
-    assert!(audit.contains("\"name\":\"smtp\""), "{audit}");
-    assert!(!audit.contains(VALUE), "the audit log holds the value");
-    assert!(
-        !server_logs.contains(VALUE),
-        "the server's logs hold the value"
+    ServedTrace {
+        clients,
+        server_logs,
+        server_stdout,
+        audit,
+    }
+}
+
+impl ServedTrace {
+    /// Fails naming the place if the secret's value is anywhere.
+    fn assert_no_value(&self) {
+        for (i, client) in self.clients.iter().enumerate() {
+            assert!(
+                !client.contains(VALUE),
+                "client call {i} saw the value: {client}"
+            );
+        }
+        assert!(!self.audit.contains(VALUE), "the audit log holds the value");
+        assert!(
+            !self.server_logs.contains(VALUE),
+            "the server's logs hold the value"
+        );
+        assert!(
+            !self.server_stdout.contains(VALUE),
+            "the server's stdout holds the value"
+        );
+    }
+}
+
+/// The test the audit issue left open: a secret read by a served run is in
+/// neither the audit log nor the server's logs.
+#[test]
+fn a_served_run_leaves_its_secret_in_no_audit_record_and_no_log_line() {
+    let trace = serve_and_call(
+        SECRET_READER_COMPONENT,
+        &[&[
+            "run",
+            "{id}",
+            "--policy",
+            "secret-reader",
+            "--input",
+            "smtp env:SMTP_PASSWORD",
+            "--stream",
+        ]],
     );
-    assert!(!rest.contains(VALUE), "the server's stdout holds the value");
+    assert!(
+        trace.clients[0].contains(&format!("smtp {}", VALUE.len())),
+        "{}",
+        trace.clients[0]
+    );
+    assert!(
+        trace.audit.contains("\"secret.granted\""),
+        "{}",
+        trace.audit
+    );
+    assert!(trace.audit.contains("\"name\":\"smtp\""), "{}", trace.audit);
+    trace.assert_no_value();
+}
+
+/// A guest that reads its granted secret and pushes the value out through
+/// every channel it has (another secret's name, so a denial's target and
+/// reason; a log message, key and value; stdout and stderr; its error):
+/// every one comes out redacted, in the `--json` report of `chassis run`, in
+/// the gRPC responses of `Run` and `RunStream`, in the server's logs and in
+/// the audit log, and the denial is still recorded.
+#[test]
+fn a_granted_value_pushed_through_every_channel_comes_out_redacted_everywhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_file(dir.path(), 0o600);
+    let policy = policies_dir().join("secret-reader.toml");
+    let out = chassis(
+        &[
+            "run",
+            HOSTILE_SECRET_LEAK_COMPONENT,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--secrets",
+            secrets.to_str().unwrap(),
+            "--input",
+            "smtp",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(17), "{}", text(&out.stderr));
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains(VALUE), "the value leaked: {all}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "guest-error");
+    assert_eq!(report["denials"][0]["kind"], "secret");
+    assert_eq!(report["denials"][0]["target"], "[REDACTED:smtp]");
+    assert_eq!(
+        report["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[REDACTED:smtp]"),
+        true,
+        "{report}"
+    );
+    assert!(all.contains("leaking [REDACTED:smtp]"), "{all}");
+    assert!(all.contains("stdout [REDACTED:smtp]"), "{all}");
+
+    let trace = serve_and_call(
+        HOSTILE_SECRET_LEAK_COMPONENT,
+        &[
+            &[
+                "--json",
+                "run",
+                "{id}",
+                "--policy",
+                "secret-reader",
+                "--input",
+                "smtp",
+            ],
+            &[
+                "run",
+                "{id}",
+                "--policy",
+                "secret-reader",
+                "--input",
+                "smtp",
+                "--stream",
+            ],
+        ],
+    );
+    for client in &trace.clients {
+        assert!(client.contains("[REDACTED:smtp]"), "{client}");
+    }
+    assert!(
+        trace.audit.contains("\"capability.denied\""),
+        "{}",
+        trace.audit
+    );
+    assert!(trace.audit.contains("[REDACTED:smtp]"), "{}", trace.audit);
+    trace.assert_no_value();
 }

@@ -19,11 +19,17 @@ macro_rules! assert_test_exists {
 }
 chassis_tests::foreach_program!(assert_test_exists);
 
+#[path = "sandbox/boundary.rs"]
+mod boundary;
+use boundary::{
+    hostile_handle_hog, hostile_host_call_bomb, hostile_instance_hog, hostile_instance_max,
+    hostile_secret_leak,
+};
 #[path = "sandbox/capabilities.rs"]
 mod capabilities;
 use capabilities::{
-    SecretsFile, hostile_escape, hostile_escape_cmd, hostile_secret_dribble, hostile_secret_thief,
-    hostile_table_grow,
+    Fixture, SecretsFile, hostile_escape, hostile_escape_cmd, hostile_secret_dribble,
+    hostile_secret_thief, hostile_table_grow,
 };
 
 fn host() -> Host {

@@ -26,6 +26,16 @@ const ASYNC_STACK: usize = MAX_WASM_STACK + 512 * 1024;
 const MEMORY_GUARD: u64 = 2 * 1024 * 1024;
 /// Elements per pooled table slot. Rust components use a few hundred.
 const TABLE_ELEMENTS: usize = 10_000;
+/// What one pool slot provides, and so the most one component may use: a
+/// component needing more is refused when it is loaded (`invalid-module`,
+/// wasmtime names the numbers), and the pool's totals are these times the
+/// slot count, so `max_size` runs of any admitted module always fit and no
+/// module can take other tenants' share.
+pub const CORE_INSTANCES_PER_SLOT: u32 = 16;
+/// Linear memories per slot (see [`CORE_INSTANCES_PER_SLOT`]).
+pub const MEMORIES_PER_SLOT: u32 = 2;
+/// Tables per slot (see [`CORE_INSTANCES_PER_SLOT`]).
+pub const TABLES_PER_SLOT: u32 = 4;
 
 /// Engine settings derived from the host's limits.
 ///
@@ -123,13 +133,13 @@ impl EngineConfig {
             let slots = self.pool_slots.max(1);
             let mut pool = wasmtime::PoolingAllocationConfig::new();
             pool.total_component_instances(slots)
-                .total_core_instances(slots.saturating_mul(4))
-                .total_memories(slots.saturating_mul(2))
-                .total_tables(slots.saturating_mul(4))
+                .total_core_instances(slots.saturating_mul(CORE_INSTANCES_PER_SLOT))
+                .total_memories(slots.saturating_mul(MEMORIES_PER_SLOT))
+                .total_tables(slots.saturating_mul(TABLES_PER_SLOT))
                 .total_stacks(slots)
-                .max_memories_per_component(2)
-                .max_tables_per_component(4)
-                .max_core_instances_per_component(16)
+                .max_memories_per_component(MEMORIES_PER_SLOT)
+                .max_tables_per_component(TABLES_PER_SLOT)
+                .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
                 .max_memory_size(self.max_memory_bytes as usize)
                 .table_elements(TABLE_ELEMENTS)
                 .max_unused_warm_slots(self.warm_slots.min(slots));

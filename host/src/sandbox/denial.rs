@@ -6,6 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
+use super::bounded::bounded;
+use crate::secrets::Redactor;
+
 /// What kind of capability was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -42,6 +45,13 @@ pub struct Denial {
 
 /// Most denials kept per run; past it they are only counted.
 const MAX_DENIALS_KEPT: usize = 100;
+/// Longest denial target kept (an address, a URL, a secret name).
+pub const MAX_DENIAL_TARGET: usize = 256;
+/// Longest denial reason kept.
+pub const MAX_DENIAL_REASON: usize = 512;
+/// Denials per run written to the host's log; the rest are counted in the
+/// metrics and the run report only, so a guest cannot flood the log.
+const MAX_DENIALS_TRACED: u64 = 10;
 
 /// Host-wide denial counters by kind.
 #[derive(Debug, Default)]
@@ -60,45 +70,123 @@ impl DenialCounters {
     }
 }
 
+#[derive(Debug, Default)]
+struct Kept {
+    denials: Vec<Denial>,
+    /// Denials past [`MAX_DENIALS_KEPT`], only counted.
+    dropped: u64,
+    /// Every denial so far, for the tracing cap.
+    seen: u64,
+}
+
 /// The denials of one run, shared with callbacks outside the store.
+///
+/// What a denial keeps comes from the guest (a secret name, a host name, a
+/// URL), so it is cut to [`MAX_DENIAL_TARGET`] / [`MAX_DENIAL_REASON`] bytes
+/// and passed through the run's redactor before it is kept, traced, audited
+/// or returned to a caller: a guest that asks for `secret(<granted value>)`
+/// leaks nothing.
 #[derive(Debug, Clone)]
 pub(crate) struct DenialLog {
-    kept: Arc<Mutex<(Vec<Denial>, u64)>>,
+    kept: Arc<Mutex<Kept>>,
     counters: Arc<DenialCounters>,
+    redactor: Arc<Redactor>,
 }
 
 impl DenialLog {
-    pub(crate) fn new(counters: Arc<DenialCounters>) -> Self {
+    pub(crate) fn new(counters: Arc<DenialCounters>, redactor: Arc<Redactor>) -> Self {
         Self {
-            kept: Arc::new(Mutex::new((Vec::new(), 0))),
+            kept: Arc::new(Mutex::new(Kept::default())),
             counters,
+            redactor,
         }
     }
 
-    pub(crate) fn record(
-        &self,
-        kind: DenialKind,
-        target: impl Into<String>,
-        reason: impl Into<String>,
-    ) {
+    /// `target` as a denial would keep it: clipped and redacted. For
+    /// building a reason that names what was refused.
+    pub(crate) fn clip_target(&self, target: &str) -> String {
+        bounded(target, MAX_DENIAL_TARGET, Some(&self.redactor))
+    }
+
+    /// Records that `target` was refused for `reason`.
+    pub(crate) fn record(&self, kind: DenialKind, target: &str, reason: &str) {
         self.counters.bump(kind);
-        let target = target.into();
-        let reason = reason.into();
-        tracing::info!(kind = kind.as_str(), %target, %reason, "capability denied");
         let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.0.len() < MAX_DENIALS_KEPT {
-            kept.0.push(Denial {
-                kind,
-                target,
-                reason,
-            });
+        kept.seen += 1;
+        let traced = kept.seen <= MAX_DENIALS_TRACED;
+        if !traced && kept.denials.len() >= MAX_DENIALS_KEPT {
+            kept.dropped += 1;
+            return;
+        }
+        let denial = Denial {
+            kind,
+            target: self.clip_target(target),
+            reason: bounded(reason, MAX_DENIAL_REASON, Some(&self.redactor)),
+        };
+        if traced {
+            tracing::info!(
+                kind = kind.as_str(),
+                target = %denial.target,
+                reason = %denial.reason,
+                "capability denied"
+            );
+            if kept.seen == MAX_DENIALS_TRACED {
+                tracing::info!(
+                    "{MAX_DENIALS_TRACED} denials in this run; further ones are counted, not logged"
+                );
+            }
+        }
+        if kept.denials.len() < MAX_DENIALS_KEPT {
+            kept.denials.push(denial);
         } else {
-            kept.1 += 1;
+            kept.dropped += 1;
         }
     }
 
     /// The denials kept and how many more were only counted.
     pub(crate) fn take(&self) -> (Vec<Denial>, u64) {
-        std::mem::take(&mut *self.kept.lock().unwrap_or_else(|p| p.into_inner()))
+        let kept = std::mem::take(&mut *self.kept.lock().unwrap_or_else(|p| p.into_inner()));
+        (kept.denials, kept.dropped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::SecretValue;
+
+    fn log(value: &str) -> DenialLog {
+        let v = SecretValue::new(value.to_string());
+        DenialLog::new(
+            Arc::new(DenialCounters::default()),
+            Arc::new(Redactor::new([("smtp", &v)])),
+        )
+    }
+
+    #[test]
+    fn targets_and_reasons_are_clipped_and_redacted() {
+        let log = log("s3cret-value");
+        let huge = "n".repeat(4 << 20);
+        log.record(DenialKind::Secret, &huge, &huge);
+        log.record(DenialKind::Secret, "s3cret-value", "asked for s3cret-value");
+        let (kept, dropped) = log.take();
+        assert_eq!(dropped, 0);
+        assert!(kept[0].target.len() <= MAX_DENIAL_TARGET + 3);
+        assert!(kept[0].reason.len() <= MAX_DENIAL_REASON + 3);
+        assert!(kept[0].target.capacity() <= MAX_DENIAL_TARGET + 3);
+        assert_eq!(kept[1].target, "[REDACTED:smtp]");
+        assert_eq!(kept[1].reason, "asked for [REDACTED:smtp]");
+    }
+
+    #[test]
+    fn past_the_cap_denials_are_counted_not_kept() {
+        let log = log("x-value");
+        for i in 0..250 {
+            log.record(DenialKind::Network, &format!("10.0.0.{i}:443"), "no");
+        }
+        let (kept, dropped) = log.take();
+        assert_eq!(kept.len(), MAX_DENIALS_KEPT);
+        assert_eq!(dropped, 150);
+        assert_eq!(log.counters.get(DenialKind::Network), 250);
     }
 }

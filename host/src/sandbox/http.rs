@@ -58,8 +58,8 @@ impl WasiHttpHooks for HttpGate {
                 Err(reason) => {
                     denials.record(
                         DenialKind::Network,
-                        format!("{}://{host}:{port}", if https { "https" } else { "http" }),
-                        reason,
+                        &format!("{}://{host}:{port}", if https { "https" } else { "http" }),
+                        &reason,
                     );
                     return Err(Error::HttpRequestDenied);
                 }

@@ -8,6 +8,7 @@
 //! can make the host panic or stop serving.
 
 pub mod bindings;
+mod bounded;
 mod cpu;
 mod denial;
 mod http;
@@ -27,10 +28,10 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 
-pub use denial::{Denial, DenialCounters, DenialKind};
+pub use denial::{Denial, DenialCounters, DenialKind, MAX_DENIAL_REASON, MAX_DENIAL_TARGET};
 pub use limiter::{LimitHit, MAX_TABLE_ELEMENTS};
 pub use limits::{FuelRequest, HostCaps, Limits, LimitsError, LimitsRequest};
-pub use log::{LogRecord, MAX_LOG_FIELDS, MAX_LOG_TEXT};
+pub use log::{LogRecord, MAX_LOG_BYTES_PER_RUN, MAX_LOG_FIELDS, MAX_LOG_KEY, MAX_LOG_TEXT};
 pub use outcome::{RunError, RunReport, Usage};
 pub use output::{CappedPipe, Captured, Tap, TapEvent};
 pub use state::SandboxState;
@@ -138,7 +139,7 @@ impl Runner {
         let stderr = CappedPipe::new(limits.output_bytes)
             .with_tap(tap.clone(), TapEvent::Stderr)
             .with_redactor(&redactor);
-        let denials = DenialLog::new(self.denials.clone());
+        let denials = DenialLog::new(self.denials.clone(), redactor.clone());
         let prepared = module.prepared();
         // One copy of the allowlist per run, shared by wasi:sockets and wasi:http.
         let network = Arc::new(policy.network.clone());
@@ -164,6 +165,12 @@ impl Runner {
         );
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
+        // Host memory a guest can make the host spend: what one call may copy
+        // out of the guest (its arguments, or the run's result: room for the
+        // output cap), and how many host resources and component handles it
+        // may hold at once.
+        store.set_hostcall_fuel(hostcall_bytes(limits.output_bytes));
+        store.set_max_component_handles(MAX_HANDLES);
         let budget = limits.fuel.unwrap_or(u64::MAX);
         let deadline = started + limits.timeout;
         let setup = store.set_fuel(budget).map_err(|e| RunError::Internal {
@@ -252,6 +259,26 @@ impl Runner {
     }
 }
 
+/// The most bytes one guest-to-host call may copy out of the guest
+/// (wasmtime's "hostcall fuel", 128 MiB by default): 1 MiB for host calls,
+/// or room for the run's whole result when the output cap is larger. A call
+/// past it stops the run as `memory-limit`. Logs, secret names and stream
+/// writes need far less: log text is clipped at 4 KiB, and WASI streams
+/// write at most 4 KiB a call.
+pub const HOSTCALL_BYTES: usize = 1024 * 1024;
+
+/// Most resources (files, sockets, streams, HTTP fields...) and component
+/// handles one run may hold at once (wasmtime's defaults: 1,000,000 and
+/// 100,000). Each costs host memory outside the guest's linear memory.
+pub const MAX_HANDLES: usize = 10_000;
+
+fn hostcall_bytes(output_bytes: u64) -> usize {
+    let result = usize::try_from(output_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(64 * 1024);
+    HOSTCALL_BYTES.max(result)
+}
+
 /// Builds the guest's WASI context from the policy alone: nothing is
 /// inherited from the host process. Returns the input left for `run`
 /// (a command gets its input on stdin instead).
@@ -317,7 +344,7 @@ fn wasi_context(
             match verdict {
                 Ok(()) => true,
                 Err(reason) => {
-                    denials.record(DenialKind::Network, addr.to_string(), reason);
+                    denials.record(DenialKind::Network, &addr.to_string(), &reason);
                     false
                 }
             }

@@ -121,6 +121,9 @@ impl RunError {
         if let Some(pool) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
             return RunError::Overloaded(pool.to_string());
         }
+        if let Some(detail) = host_limit(&err) {
+            return RunError::MemoryLimit { detail };
+        }
         let trap = err.downcast_ref::<wasmtime::Trap>().copied();
         match trap {
             Some(wasmtime::Trap::OutOfFuel) => {
@@ -152,6 +155,28 @@ impl RunError {
         };
         RunError::Trap { message, backtrace }
     }
+}
+
+/// The host-memory limits a guest can hit through host calls, recognised by
+/// wasmtime's messages (its error types for them are private; the version is
+/// pinned, and a unit test holds the texts).
+fn host_limit(err: &wasmtime::Error) -> Option<String> {
+    let text = format!("{err:#}");
+    if text.contains("fuel allocated for hostcalls has been exhausted") {
+        return Some(format!(
+            "the guest passed more than {} bytes to the host in one call (a host call's arguments, or the run's result past the output cap)",
+            super::HOSTCALL_BYTES
+        ));
+    }
+    if text.contains("resource table has no free keys")
+        || text.contains("store handle limit exceeded")
+    {
+        return Some(format!(
+            "the guest holds more than {} host resources or handles at once",
+            super::MAX_HANDLES
+        ));
+    }
+    None
 }
 
 /// What a run consumed.

@@ -55,7 +55,11 @@ impl SandboxState {
     ) -> Self {
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(super::MAX_HANDLES);
+                table
+            },
             http: WasiHttpCtx::new(),
             http_gate,
             policy,
@@ -93,8 +97,11 @@ impl types::Host for SandboxState {}
 impl host::Host for SandboxState {
     fn log(&mut self, level: host::Level, message: String, fields: Vec<host::Field>) {
         let at_ms = self.started.elapsed().as_millis() as u64;
-        let fields = fields.into_iter().map(|f| (f.key, f.value)).collect();
-        self.logs.push(at_ms, level, message, fields);
+        let fields: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|f| (f.key.as_str(), f.value.as_str()))
+            .collect();
+        self.logs.push(at_ms, level, &message, &fields);
     }
 
     fn secret(&mut self, name: String) -> Result<String, host::SecretError> {
@@ -109,12 +116,14 @@ impl host::Host for SandboxState {
             };
         }
         crate::telemetry::record_secret_read("denied");
+        // The name is the guest's: the denial keeps a clipped, redacted copy
+        // (it may be a granted value), and the guest is told what it asked.
+        let target = self.denials.clip_target(&name);
         let reason = format!(
-            "policy `{}` grants no secret named `{name}`",
+            "policy `{}` grants no secret named `{target}`",
             self.policy.name
         );
-        self.denials
-            .record(DenialKind::Secret, name.clone(), reason.clone());
+        self.denials.record(DenialKind::Secret, &target, &reason);
         Err(host::SecretError::Denied(reason))
     }
 }

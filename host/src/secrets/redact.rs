@@ -63,6 +63,24 @@ impl Redactor {
         self.patterns.is_empty()
     }
 
+    /// The length in bytes of the longest value, 0 when there is none.
+    pub fn longest_value(&self) -> usize {
+        self.patterns.first().map_or(0, |(p, _)| p.len())
+    }
+
+    /// Redacts the start of `bytes` and returns what is decided: anything
+    /// at the end that could still be the beginning of a value is left out.
+    /// For text that is about to be cut: nothing cut off can leave part of a
+    /// value in what is kept.
+    pub fn redact_prefix(&self, bytes: &[u8]) -> Vec<u8> {
+        if self.is_empty() {
+            return bytes.to_vec();
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        self.scan(bytes, false, &mut out);
+        out
+    }
+
     /// Redacts a complete byte string.
     pub fn redact_bytes(&self, bytes: &[u8]) -> Vec<u8> {
         if self.is_empty() {
