@@ -23,7 +23,7 @@ chassis_tests::foreach_program!(assert_test_exists);
 mod boundary;
 use boundary::{
     hostile_handle_hog, hostile_host_call_bomb, hostile_instance_hog, hostile_instance_max,
-    hostile_secret_leak,
+    hostile_secret_leak, hostile_socket_hog,
 };
 #[path = "sandbox/capabilities.rs"]
 mod capabilities;

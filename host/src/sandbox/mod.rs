@@ -17,6 +17,7 @@ pub mod limits;
 mod log;
 mod outcome;
 mod output;
+mod sockets;
 mod state;
 
 use std::sync::Arc;
@@ -34,6 +35,7 @@ pub use limits::{FuelRequest, HostCaps, Limits, LimitsError, LimitsRequest};
 pub use log::{LogRecord, MAX_LOG_BYTES_PER_RUN, MAX_LOG_FIELDS, MAX_LOG_KEY, MAX_LOG_TEXT};
 pub use outcome::{RunError, RunReport, Usage};
 pub use output::{CappedPipe, Captured, Tap, TapEvent};
+pub use sockets::MAX_SOCKETS_PER_RUN;
 pub use state::SandboxState;
 
 use crate::engine::Engine;
@@ -58,6 +60,7 @@ pub fn linker(engine: &Engine) -> Result<Linker<SandboxState>, LinkerError> {
     let mut linker = Linker::new(engine.wasmtime());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| LinkerError(format!("{e:#}")))?;
+    sockets::add_to_linker(&mut linker).map_err(|e| LinkerError(format!("{e:#}")))?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(|e| LinkerError(format!("{e:#}")))?;
     bindings::Agent::add_to_linker::<_, HasSelf<SandboxState>>(&mut linker, |s| s)

@@ -26,6 +26,8 @@ pub struct SandboxState {
     pub(crate) logs: LogBuffer,
     pub(crate) denials: DenialLog,
     pub(crate) cpu: CpuMeter,
+    /// TCP sockets created so far (see `sockets.rs`).
+    pub(crate) sockets_created: u32,
     started: Instant,
     secrets: Granted,
 }
@@ -67,6 +69,7 @@ impl SandboxState {
             logs,
             denials,
             cpu,
+            sockets_created: 0,
             started,
             secrets,
         }

@@ -233,3 +233,44 @@ pub(crate) mod hostile_instance_max {
         hello_still_works(&host).await;
     }
 }
+
+pub(crate) mod hostile_socket_hog {
+    use chassis::sandbox::MAX_SOCKETS_PER_RUN;
+
+    use super::*;
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn a_run_creates_at_most_its_socket_share_and_the_fds_are_closed_after() {
+        let host = host();
+        let fixture = Fixture::new();
+        let policy = fixture.policy("[network]\nallow = [\"api.github.com:443\"]\n");
+        let module = host
+            .modules()
+            .register(&wasm(HOSTILE_SOCKET_HOG_COMPONENT))
+            .unwrap();
+        let before = open_fds();
+        let report = host
+            .run(
+                &module,
+                RunRequest::new("100000").policy(policy).limits(quick()),
+            )
+            .await
+            .unwrap();
+        let out = String::from_utf8(report.result.as_deref().unwrap().to_vec()).unwrap();
+        assert_eq!(
+            out.trim(),
+            format!("created {MAX_SOCKETS_PER_RUN} sockets, stopped by new-socket-limit")
+        );
+        assert_eq!(report.denials.len(), 1);
+        assert_eq!(report.denials[0].kind, DenialKind::Network);
+        // Other tests in this process open and close descriptors too: the
+        // guest's 128 must be gone, give or take their noise.
+        let after = open_fds();
+        assert!(after < before + 32, "fds before {before}, after {after}");
+        hello_still_works(&host).await;
+    }
+}
