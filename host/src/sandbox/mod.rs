@@ -224,9 +224,11 @@ impl Runner {
             Ok(GuestResult::Agent(Ok(output))) => {
                 check_output(redact_output(&redactor, output), limits.output_bytes)
             }
+            // The error is the guest's text and goes to the caller, the
+            // audit log and the host's log: clipped and redacted like logs.
             Ok(GuestResult::Agent(Err(e))) => Err(RunError::GuestError {
-                code: redactor.redact_str(e.code),
-                message: redactor.redact_str(e.message),
+                code: bounded::bounded(&e.code, MAX_ERROR_CODE, Some(&redactor)),
+                message: bounded::bounded(&e.message, MAX_ERROR_MESSAGE, Some(&redactor)),
             }),
             Ok(GuestResult::CommandExited(true)) => Ok(stdout_captured.bytes.clone()),
             Ok(GuestResult::CommandExited(false)) => Err(RunError::Exit { status: 1 }),
@@ -274,6 +276,11 @@ pub const HOSTCALL_BYTES: usize = 1024 * 1024;
 /// handles one run may hold at once (wasmtime's defaults: 1,000,000 and
 /// 100,000). Each costs host memory outside the guest's linear memory.
 pub const MAX_HANDLES: usize = 10_000;
+
+/// Longest `guest-error` code kept from an agent's error.
+pub const MAX_ERROR_CODE: usize = 128;
+/// Longest `guest-error` message kept from an agent's error.
+pub const MAX_ERROR_MESSAGE: usize = 4096;
 
 fn hostcall_bytes(output_bytes: u64) -> usize {
     let result = usize::try_from(output_bytes)

@@ -130,6 +130,25 @@ pub(crate) mod hostile_host_call_bomb {
         );
         hello_still_works(&host).await;
     }
+
+    #[tokio::test]
+    async fn a_huge_guest_error_is_clipped_before_it_is_reported_or_audited() {
+        let host = host();
+        let report = run(
+            &host,
+            HOSTILE_HOST_CALL_BOMB_COMPONENT,
+            b"error 256 1",
+            &deny_all_64mib(),
+        )
+        .await;
+        match &report.result {
+            Err(RunError::GuestError { code, message }) => {
+                assert_eq!(code.len(), chassis::sandbox::MAX_ERROR_CODE + CUT);
+                assert_eq!(message.len(), chassis::sandbox::MAX_ERROR_MESSAGE + CUT);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }
 
 pub(crate) mod hostile_secret_leak {

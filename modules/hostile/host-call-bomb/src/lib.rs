@@ -4,7 +4,9 @@
 //! Input `log KIB CALLS`: builds one string of KIB KiB and logs it CALLS
 //! times as the message and as a field's key and value (three copies per
 //! call). Input `secret KIB CALLS`: asks CALLS times for an ungranted secret
-//! whose name is KIB KiB long. Returns `done` if the host lets it finish.
+//! whose name is KIB KiB long. Input `error KIB 1`: returns an error whose
+//! code and message are KIB KiB long (it goes to the caller, the audit log
+//! and the host's log). Returns `done` if the host lets it finish.
 //!
 //! The host copies at most 1 MiB out of the guest per call (a larger call
 //! ends the run as `memory-limit`) and keeps only clipped copies within a
@@ -37,7 +39,8 @@ impl Agent for Bomb {
                     let _ = secret(&big);
                 }
             }
-            _ => return Err(Error::new("bad-input", "log|secret KIB CALLS")),
+            "error" => return Err(Error::new(big.clone(), big)),
+            _ => return Err(Error::new("bad-input", "log|secret|error KIB CALLS")),
         }
         Ok(b"done".to_vec())
     }
