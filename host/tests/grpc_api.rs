@@ -352,25 +352,36 @@ async fn health_and_reflection_are_served() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
-    let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = reflection
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let reply = replies.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("{reply:?}");
-    };
-    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
-    assert!(names.contains(&"chassis.v1.Chassis"), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    // One listing per reflection version, each with its own client.
+    macro_rules! list_services {
+        ($version:ident) => {{
+            use tonic_reflection::pb::$version::{
+                ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+                server_reflection_request::MessageRequest,
+                server_reflection_response::MessageResponse,
+            };
+            let mut reflection = ServerReflectionClient::new(channel.clone());
+            let request = ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            };
+            let mut replies = reflection
+                .server_reflection_info(tokio_stream::iter(vec![request]))
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e:?}", stringify!($version)))
+                .into_inner();
+            let reply = replies.message().await.unwrap().unwrap();
+            let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+                panic!("{reply:?}");
+            };
+            list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+        }};
+    }
+    for names in [list_services!(v1), list_services!(v1alpha)] {
+        assert!(names.iter().any(|n| n == "chassis.v1.Chassis"), "{names:?}");
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
+    }
 }

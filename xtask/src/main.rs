@@ -72,25 +72,40 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn test(extra: &[String]) -> Result<()> {
-    setup::phase("[1/4] installing what the tests need (skipping what is there)");
+    setup::phase("[1/5] installing what the tests need (skipping what is there)");
     setup::build_tools()?;
     // The coordination tests start real etcd servers.
     setup::debian_tools(&[("etcd", "etcd-server")])?;
     // The alert rules are unit-tested with promtool.
     setup::promtool()?;
     setup::phase(
-        "[2/4] building the host, the tests and the guests (the first build takes about 12 minutes on 2 cores)",
+        "[2/5] building the host, the tests and the guests (the first build takes about 12 minutes on 2 cores)",
     );
     let mut args = vec!["test", "--workspace", "--all-targets", "--no-run"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;
-    setup::phase("[3/4] running every test");
+    setup::phase("[3/5] running every test");
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
     cargo(&args)?;
     // Doc examples compile too (all-targets leaves doctests out).
-    setup::phase("[4/4] running the doc examples");
-    cargo(&["test", "--workspace", "--doc"])
+    setup::phase("[4/5] running the doc examples");
+    cargo(&["test", "--workspace", "--doc"])?;
+    // The Python client against a real `chassis serve` (the binary the
+    // tests above built).
+    setup::phase("[5/5] the Python client's tests against chassis serve");
+    let python = setup::python_client_venv()?;
+    let status = Command::new(python)
+        .args(["-m", "pytest", "-q", "clients/python/tests"])
+        .current_dir(setup::root())
+        .env("CHASSIS_BIN", setup::target_dir().join("debug/chassis"))
+        .env("CHASSIS_GUESTS", setup::guest_dir())
+        .status()
+        .context("running pytest")?;
+    if !status.success() {
+        bail!("the Python client's tests failed ({status})");
+    }
+    Ok(())
 }
 
 fn lint() -> Result<()> {
@@ -119,9 +134,9 @@ fn demo() -> Result<()> {
     cargo(&["build", "-p", "chassis"])?;
     setup::phase("[4/4] running the demo");
     let root = setup::root();
-    let chassis = root.join("target/debug/chassis");
+    let chassis = setup::target_dir().join("debug/chassis");
     let guests = setup::guest_dir();
-    let data = root.join("target/demo-data");
+    let data = setup::target_dir().join("demo-data");
     println!(
         "chassis demo: embedded default host (in-process claims), data dir {}\n",
         data.display()

@@ -13,10 +13,63 @@ pub(crate) fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target dir: `CARGO_TARGET_DIR` when set, else `target/`.
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if Path::new(&dir).is_absolute() => PathBuf::from(dir),
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}
+
+/// A Python virtual environment under the target dir with the Python client
+/// and its test dependencies installed from PyPI (`pip install
+/// clients/python[test]`, which generates the stubs from proto/). Returns
+/// its `python`.
+pub(crate) fn python_client_venv() -> Result<PathBuf> {
+    let venv = target_dir().join("py");
+    let python = venv.join("bin/python");
+    if !python.is_file() {
+        phase(&format!("making a Python venv in {}", venv.display()));
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .context("running python3 -m venv (is Python 3.11+ installed?)")?;
+        if !made.success() {
+            // Debian's python3 keeps venv in a package of its own.
+            install_debian(&["python3-venv"])?;
+            let made = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()?;
+            if !made.success() {
+                bail!("python3 -m venv {} failed ({made})", venv.display());
+            }
+        }
+    }
+    phase("installing the Python client and its test tools from PyPI into the venv");
+    let status = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+        ])
+        .arg(format!("{}[test]", root().join("clients/python").display()))
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install clients/python[test] failed ({status})");
+    }
+    Ok(python)
+}
+
 /// Where `guests()` puts the built `.wasm` files (the same place the tests
 /// crate's build script uses, so nothing is built twice).
 pub(crate) fn guest_dir() -> PathBuf {
-    root().join("target/guests/wasm32-wasip2/release")
+    target_dir().join("guests/wasm32-wasip2/release")
 }
 
 /// Adds the wasm32-wasip2 target through rustup unless it is installed.
@@ -61,7 +114,7 @@ pub(crate) fn guests() -> Result<()> {
         "--manifest-path",
         root.join("modules/Cargo.toml").to_str().unwrap(),
         "--target-dir",
-        root.join("target/guests").to_str().unwrap(),
+        target_dir().join("guests").to_str().unwrap(),
     ])
 }
 
