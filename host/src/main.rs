@@ -971,18 +971,36 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
             tracing::info!(%addr, "metrics on /metrics");
         }
         tracing::info!(policies = policies.len(), "loaded policies");
-        if let Some(provider) = secrets {
-            // Log in now and renew before expiry even when no run reads a
-            // secret for a while; a failure here only warns, runs report it.
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(15));
-                loop {
-                    tick.tick().await;
-                    if let Err(e) = provider.keep_alive().await {
-                        tracing::warn!(error = %e, "secret provider keep-alive");
+        use chassis::telemetry::health::{self, PartState};
+        // Unhealthy until the server has joined its claim store and serves.
+        health::register("claim_store", || PartState::down("connecting"));
+        match secrets {
+            Some(provider) => {
+                // Log in now and renew before expiry even when no run reads
+                // a secret for a while; a failure only warns (runs report
+                // it) and shows on /health until the next keep-alive works.
+                let reachable = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+                let shown = reachable.clone();
+                health::register("secrets", move || {
+                    if shown.load(std::sync::atomic::Ordering::Relaxed) {
+                        PartState::up("reachable")
+                    } else {
+                        PartState::down("unreachable")
                     }
-                }
-            });
+                });
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(15));
+                    loop {
+                        tick.tick().await;
+                        let result = provider.keep_alive().await;
+                        reachable.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "secret provider keep-alive");
+                        }
+                    }
+                });
+            }
+            None => health::register("secrets", || PartState::up("none")),
         }
         let listener = chassis::grpc::bind(&config).await?;
         println!("chassis listening on {}", listener.local_addr()?);

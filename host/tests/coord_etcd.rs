@@ -187,6 +187,18 @@ struct HostProcess {
 
 impl HostProcess {
     fn start(dir: &Path, name: &str, endpoints: &[String], ttl_s: u64) -> Self {
+        Self::start_with_metrics(dir, name, endpoints, ttl_s, None)
+    }
+
+    /// As [`HostProcess::start`], with the metrics port (`/metrics`,
+    /// `/health`) on `metrics_port` when given.
+    fn start_with_metrics(
+        dir: &Path,
+        name: &str,
+        endpoints: &[String],
+        ttl_s: u64,
+        metrics_port: Option<u16>,
+    ) -> Self {
         let data = dir.join(name);
         std::fs::create_dir_all(&data).unwrap();
         let config = data.join("chassis.yaml");
@@ -197,7 +209,11 @@ impl HostProcess {
         std::fs::write(
             &config,
             format!(
-                "chassis:\n  metrics:\n    enabled: false\n  logging:\n    level: INFO\n    format: json\n    output: stderr\n  server:\n    listen: 127.0.0.1:0\n    shutdown_grace_seconds: 2\n  data_dir: {}\n  audit:\n    enabled: true\n    fsync: every\n  coordinator:\n    backend: etcd\n    etcd:\n      endpoints:\n{endpoints}      timeout_seconds: 3\n    task_claim_ttl_seconds: {ttl_s}\n    max_concurrent_steps: 3\n    host_id: {name}\n",
+                "chassis:\n  metrics:\n{}  logging:\n    level: INFO\n    format: json\n    output: stderr\n  server:\n    listen: 127.0.0.1:0\n    shutdown_grace_seconds: 2\n  data_dir: {}\n  audit:\n    enabled: true\n    fsync: every\n  coordinator:\n    backend: etcd\n    etcd:\n      endpoints:\n{endpoints}      timeout_seconds: 3\n    task_claim_ttl_seconds: {ttl_s}\n    max_concurrent_steps: 3\n    host_id: {name}\n",
+                match metrics_port {
+                    Some(port) => format!("    enabled: true\n    port: {port}\n"),
+                    None => "    enabled: false\n".to_string(),
+                },
                 data.display()
             ),
         )
@@ -532,4 +548,64 @@ async fn etcd_going_away_stops_claims_refuses_submissions_and_loses_no_step() {
         store.runbook("during-outage").await.unwrap().is_none(),
         "the refused runbook was not stored"
     );
+}
+
+/// `GET /health` on the metrics port, as (HTTP status, JSON body).
+fn health(port: u16) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).unwrap();
+    let status = reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(body.trim()).unwrap_or_default(),
+    )
+}
+
+/// The seed's smoke check, `curl /health` expecting `{"status": "healthy",
+/// "etcd": "connected"}`, against a served host on real etcd: healthy while
+/// etcd answers, 503 naming etcd as disconnected while it is down, healthy
+/// again once it is back.
+#[tokio::test]
+async fn health_on_the_metrics_port_follows_etcd_down_and_back() {
+    let mut etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _host = HostProcess::start_with_metrics(dir.path(), "h", &etcd.endpoints(), 5, Some(port));
+    let wait_for = |want: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = health(port);
+            if status == want {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "health stayed {status} {body}, wanted {want}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let body = wait_for(200);
+    assert_eq!(body["status"], "healthy", "{body}");
+    assert_eq!(body["etcd"], "connected", "{body}");
+    assert_eq!(body["claim_store"], "connected", "{body}");
+    assert_eq!(body["audit"], "healthy", "{body}");
+    assert_eq!(body["secrets"], "none", "{body}");
+    etcd.members[0].kill();
+    let body = wait_for(503);
+    assert_eq!(body["status"], "unhealthy", "{body}");
+    assert_eq!(body["etcd"], "disconnected", "{body}");
+    etcd.members[0].restart();
+    let body = wait_for(200);
+    assert_eq!(body["etcd"], "connected", "{body}");
 }

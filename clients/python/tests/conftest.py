@@ -8,6 +8,7 @@ repository root. ``cargo xtask test`` sets them.
 
 import os
 import pathlib
+import socket
 import subprocess
 import tempfile
 import threading
@@ -28,6 +29,21 @@ def guests() -> pathlib.Path:
     return path
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+METRICS_PORT = _free_port()
+
+
+@pytest.fixture(scope="session")
+def metrics_url(server) -> str:
+    """The served host's metrics port (`/metrics`, `/health`)."""
+    return f"http://127.0.0.1:{METRICS_PORT}"
+
+
 @pytest.fixture(scope="session")
 def server():
     """Starts `chassis serve` on a free loopback port; yields its address."""
@@ -37,7 +53,7 @@ def server():
         config = pathlib.Path(tmp) / "chassis.yaml"
         config.write_text(
             "chassis:\n"
-            "  metrics:\n    enabled: false\n"
+            f"  metrics:\n    enabled: true\n    port: {METRICS_PORT}\n"
             "  logging:\n    level: WARN\n    format: json\n    output: stderr\n"
             "  server:\n    listen: 127.0.0.1:0\n"
             f"  policies_dir: {ROOT / 'policies'}\n"

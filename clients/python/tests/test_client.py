@@ -1,6 +1,8 @@
 """The Python client against a real `chassis serve`, as a coordinator uses it."""
 
+import json
 import textwrap
+import urllib.request
 
 import grpc
 import pytest
@@ -112,3 +114,18 @@ def test_reflection_v1alpha_answers_pythons_standard_client(server):
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert "chassis.v1.Chassis" in services
     assert "grpc.health.v1.Health" in services
+
+
+def test_health_on_the_metrics_port_answers_json_to_a_plain_http_client(metrics_url):
+    """What `curl http://host:9092/health` and a load balancer see."""
+    with urllib.request.urlopen(f"{metrics_url}/health", timeout=10) as reply:
+        assert reply.status == 200
+        assert reply.headers["content-type"] == "application/json"
+        health = json.load(reply)
+    assert health["status"] == "healthy"
+    assert health["claim_store"] == "connected"
+    assert health["audit"] == "healthy"
+    assert health["secrets"] == "none"
+    assert health["version"]
+    with urllib.request.urlopen(f"{metrics_url}/metrics", timeout=10) as reply:
+        assert b"if_chassis_sandbox_count" in reply.read()

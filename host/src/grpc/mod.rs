@@ -73,6 +73,41 @@ fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
     })
 }
 
+/// Registers the claim store and the audit log with `/health` on the
+/// metrics port. The seed's smoke check reads `"etcd": "connected"`, so an
+/// etcd-backed host reports the store under that name as well.
+fn register_health(
+    coordinator: &crate::coord::Coordinator,
+    audit: Option<&std::sync::Arc<crate::audit::AuditLog>>,
+) {
+    use crate::telemetry::health::{self, PartState};
+    let store = coordinator.clone();
+    let state = move || {
+        if store.is_up() {
+            PartState::up("connected")
+        } else {
+            PartState::down("disconnected")
+        }
+    };
+    if coordinator.store().backend() == "etcd" {
+        health::register("etcd", state.clone());
+    }
+    health::register("claim_store", state);
+    match audit {
+        Some(log) => {
+            let log = log.clone();
+            health::register("audit", move || {
+                if log.is_healthy() {
+                    PartState::up("healthy")
+                } else {
+                    PartState::down("failing")
+                }
+            });
+        }
+        None => health::register("audit", || PartState::up("off")),
+    }
+}
+
 /// Binds the configured listen address. Separate from [`serve`] so callers
 /// (and tests using port 0) learn the address before serving.
 pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
@@ -126,6 +161,7 @@ pub async fn serve(
         config.coordinator_options(),
     );
     let claims = coordinator.start();
+    register_health(&coordinator, audit.as_ref());
     let service = ChassisService::new(
         host,
         policies,

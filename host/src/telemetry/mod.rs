@@ -1,4 +1,5 @@
-//! Prometheus metrics with the seed's names, and the run log line.
+//! Prometheus metrics with the seed's names, the run log line, and the
+//! metrics port's `/health` (see [`health`]).
 //!
 //! Recording goes through the `metrics` facade, so it costs next to nothing
 //! when no exporter is installed (the CLI); `chassis serve` installs the
@@ -29,6 +30,9 @@
 //! | `if_chassis_secret_revoke_failures_total` | counter | dynamic-secret lease revocations that failed (they are retried) |
 //! | `if_chassis_secret_leases_pending` | gauge | leases whose revocation is still being retried |
 //! | `if_chassis_audit_records_total`, `if_chassis_audit_write_failures_total` | counter | see [`crate::audit`] |
+
+pub mod health;
+mod http;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -117,16 +121,20 @@ pub struct TelemetryError {
     message: String,
 }
 
-/// Serves `/metrics` on `addr` and registers every metric at zero, so
-/// alerts and dashboards see each series from the first scrape.
+/// Serves `/metrics` and `/health` on `addr` and registers every metric at
+/// zero, so alerts and dashboards see each series from the first scrape.
+/// Must be called on a tokio runtime, which then serves the port.
 pub fn install_prometheus(
     addr: SocketAddr,
     memory_limit_mb: u64,
     slo_target_ms: u64,
     availability_target_percent: f64,
 ) -> Result<(), TelemetryError> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
+    let listener = http::bind(addr).map_err(|e| TelemetryError {
+        addr,
+        message: e.to_string(),
+    })?;
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets_for_metric(
             metrics_exporter_prometheus::Matcher::Full(RUN_DURATION.into()),
             &[
@@ -148,11 +156,16 @@ pub fn install_prometheus(
                 ],
             )
         })
-        .and_then(|b| b.install())
+        .map_err(|e| TelemetryError {
+            addr,
+            message: e.to_string(),
+        })?
+        .install_recorder()
         .map_err(|e| TelemetryError {
             addr,
             message: e.to_string(),
         })?;
+    http::spawn(listener, handle);
     metrics::describe_gauge!(SANDBOX_COUNT, "Sandboxes running now");
     metrics::describe_gauge!(
         MEMORY_USAGE_MB,
