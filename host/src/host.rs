@@ -348,7 +348,12 @@ impl Host {
         let mut guard = leases.guard(run_id);
         let mut fetched = Vec::with_capacity(policy.secrets.len());
         for (name, grant) in &policy.secrets {
-            match provider.read(grant, limits.timeout).await {
+            // A span per read names the secret and its path, never its value.
+            let read = tracing::Instrument::instrument(
+                provider.read(grant, limits.timeout),
+                tracing::info_span!("secret.read", secret = %name, path = %grant.path),
+            );
+            match read.await {
                 Ok(f) => {
                     crate::telemetry::record_secret_read("granted");
                     if let Some(lease) = &f.lease {
@@ -469,7 +474,11 @@ impl Host {
             run_id = %run_id,
             module = %module.id(),
             policy = %policy.name,
-            caller = %request.caller
+            caller = %request.caller,
+            outcome = tracing::field::Empty,
+            fuel = tracing::field::Empty,
+            peak_memory_bytes = tracing::field::Empty,
+            wall_us = tracing::field::Empty,
         );
         let mut report = tracing::Instrument::instrument(
             self.runner
@@ -478,6 +487,10 @@ impl Host {
         )
         .await;
         report.run_id = run_id;
+        span.record("outcome", report.outcome_name());
+        span.record("fuel", report.usage.fuel_consumed);
+        span.record("peak_memory_bytes", report.usage.peak_memory_bytes);
+        span.record("wall_us", report.usage.wall_time_us);
         // The sandbox is gone, whatever ended it: its leases go now.
         if let Some(leases) = leases {
             leases.finish().await;

@@ -858,9 +858,17 @@ fn config_check(file: &Path, json: bool) -> Result<ExitCode> {
     }
 }
 
-/// Sets up logging from `logging:`; keeps the file writer's guard alive.
-fn init_logging(logging: &chassis::config::Logging) -> Result<()> {
-    use tracing_subscriber::EnvFilter;
+/// Sets up logging from `logging:` and, with an OTLP endpoint, traces
+/// (spans of INFO and above from chassis, whatever the log level). Call it
+/// inside the runtime that will carry the trace exporter; the returned
+/// guard flushes queued spans when dropped.
+fn init_logging(
+    logging: &chassis::config::Logging,
+    otlp_endpoint: Option<&str>,
+) -> Result<Option<chassis::telemetry::traces::Traces>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer};
     let filter =
         EnvFilter::try_from_env("CHASSIS_LOG").unwrap_or_else(|_| EnvFilter::new(logging.filter()));
     let writer: tracing_subscriber::fmt::writer::BoxMakeWriter = match logging.output.as_str() {
@@ -875,14 +883,25 @@ fn init_logging(logging: &chassis::config::Logging) -> Result<()> {
             tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(file))
         }
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
-    match logging.format {
-        chassis::config::LogFormat::Json => builder.json().with_current_span(true).init(),
-        chassis::config::LogFormat::Text => builder.init(),
-    }
-    Ok(())
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = match logging.format {
+        chassis::config::LogFormat::Json => fmt.json().with_current_span(true).boxed(),
+        chassis::config::LogFormat::Text => fmt.boxed(),
+    };
+    let (traces, otel) = match otlp_endpoint {
+        Some(endpoint) => {
+            let (traces, layer) = chassis::telemetry::traces::Traces::start(endpoint)?;
+            let spans = tracing_subscriber::filter::Targets::new()
+                .with_target("chassis", tracing::Level::INFO);
+            (Some(traces), Some(layer.with_filter(spans)))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(otel)
+        .init();
+    Ok(traces)
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -910,7 +929,18 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
         config.data_dir = dir;
     }
     config.validate("command line")?;
-    init_logging(&config.logging)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let otlp = config.telemetry.endpoint();
+    let traces = {
+        let _enter = runtime.enter();
+        init_logging(&config.logging, otlp.as_deref())?
+    };
+    if let Some(endpoint) = &otlp {
+        tracing::info!(%endpoint, "sending traces over OTLP");
+    }
     let policies = match &config.policies_dir {
         Some(dir) => chassis::policy::PolicySet::load_dir(dir)?,
         None => chassis::policy::PolicySet::default(),
@@ -948,11 +978,7 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
         .data_dir(&config.data_dir)
         .build()
         .with_context(|| format!("starting the host (data dir {})", config.data_dir.display()))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         if config.metrics.enabled {
             let addr = std::net::SocketAddr::new(config.metrics.address, config.metrics.port);
             chassis::telemetry::install_prometheus(
@@ -1014,8 +1040,11 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
             }
         };
         chassis::grpc::serve(&config, host, policies, listener, shutdown).await?;
-        Ok(())
-    })
+        Ok::<(), anyhow::Error>(())
+    });
+    // Flush queued spans while the runtime that carries the exporter runs.
+    drop(traces);
+    served
 }
 
 pub(crate) async fn connect(

@@ -223,3 +223,132 @@ fn a_served_host_audits_what_ran_and_the_log_verifies_after_shutdown() {
         .unwrap();
     assert_eq!(denied["fields"]["target"], "root-password");
 }
+
+/// OpenTelemetry traces from a served host into a real OTLP/gRPC receiver:
+/// the caller's `traceparent` continues into the RPC span, the run is its
+/// child with module, policy, caller, outcome and fuel, a secret read and a
+/// module compile have spans of their own, a runbook's steps join the trace
+/// of its submission, and no span or event carries a secret's value.
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_follow_a_request_into_runs_secret_reads_and_runbook_steps() {
+    use chassis::grpc::proto;
+    use std::os::unix::fs::PermissionsExt;
+
+    const VALUE: &str = "otel-smtp-Pa55word-91ab";
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let collector = chassis_tests::otlp::Collector::start().await;
+    let secrets_dir = tempfile::tempdir().unwrap();
+    let secrets = secrets_dir.path().join("secrets.toml");
+    std::fs::write(
+        &secrets,
+        format!("[\"secret/reports\"]\nsmtp_password = \"{VALUE}\"\n"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let served = Served::start(&format!(
+        "  telemetry:\n    otlp_endpoint: {}\n  credentials:\n    local_file: {}\n  policies_dir: {}\n",
+        collector.endpoint(),
+        secrets.display(),
+        policies.display()
+    ));
+    let mut client =
+        proto::chassis_client::ChassisClient::connect(format!("http://{}", served.addr))
+            .await
+            .unwrap();
+    let reader = common::register(&mut client, SECRET_READER_COMPONENT).await;
+    let mut request = tonic::Request::new(common::run_request(&reader.id, "secret-reader", "smtp"));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
+    );
+    let reply = client.run(request).await.unwrap().into_inner();
+    assert!(!format!("{reply:?}").contains(VALUE));
+
+    let echo = std::fs::read(ECHO_COMPONENT).unwrap();
+    let mut submit = tonic::Request::new(proto::SubmitRunbookRequest {
+        runbook: "name = \"traced\"\n[steps.a]\nmodule = \"echo.wasm\"\ninput = \"x\"\n[steps.b]\nmodule = \"echo.wasm\"\ndepends_on = [\"a\"]\ninput = \"{{a}}\"\n".into(),
+        file_name: "traced.toml".into(),
+        modules: [("echo.wasm".to_string(), echo)].into_iter().collect(),
+        id: "traced".into(),
+    });
+    const RUNBOOK_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    submit.metadata_mut().insert(
+        "traceparent",
+        format!("00-{RUNBOOK_TRACE}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    client.submit_runbook(submit).await.unwrap();
+    let mut watch = client
+        .watch_runbook(proto::WatchRunbookRequest {
+            runbook_id: "traced".into(),
+            from_revision: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while watch.message().await.unwrap().is_some() {}
+
+    // SIGTERM flushes the exporter's queue before the host exits.
+    served.sigterm();
+    let spans = collector
+        .wait_for(std::time::Duration::from_secs(30), |spans| {
+            spans.iter().filter(|s| s.name == "runbook.step").count() >= 2
+                && spans.iter().any(|s| s.name == "secret.read")
+        })
+        .await;
+    let named = |name: &str| -> Vec<&chassis_tests::otlp::Span> {
+        spans.iter().filter(|s| s.name == name).collect()
+    };
+    let rpc = spans
+        .iter()
+        .find(|s| s.trace_id == TRACE && s.name == "/chassis.v1.Chassis/Run")
+        .unwrap_or_else(|| panic!("no Run span in the caller's trace: {spans:#?}"));
+    assert_eq!(
+        rpc.parent_span_id, PARENT,
+        "the RPC span continues the caller's"
+    );
+    let run = named("run")
+        .into_iter()
+        .find(|s| s.trace_id == TRACE)
+        .expect("a run span in the caller's trace");
+    assert_eq!(
+        run.parent_span_id, rpc.span_id,
+        "the run is a child of the RPC"
+    );
+    assert_eq!(run.attr("module"), Some(reader.id.as_str()));
+    assert_eq!(run.attr("policy"), Some("secret-reader"));
+    assert_eq!(run.attr("caller"), Some("local"));
+    assert_eq!(run.attr("outcome"), Some("ok"));
+    assert!(run.attr("fuel").unwrap().parse::<u64>().unwrap() > 0);
+    let read = named("secret.read")
+        .into_iter()
+        .find(|s| s.trace_id == TRACE)
+        .expect("a secret.read span in the caller's trace");
+    assert_eq!(read.attr("secret"), Some("smtp"));
+    assert!(!named("module.register").is_empty());
+    let steps = named("runbook.step");
+    assert_eq!(steps.len(), 2, "{steps:#?}");
+    for step in &steps {
+        assert_eq!(
+            step.trace_id, RUNBOOK_TRACE,
+            "steps join the submitter's trace"
+        );
+    }
+    assert!(!named("claim.acquire").is_empty());
+    assert!(
+        named("run")
+            .iter()
+            .filter(|s| s.trace_id == RUNBOOK_TRACE)
+            .count()
+            >= 2,
+        "the steps' runs are in the runbook's trace"
+    );
+    let everything = format!("{spans:?}");
+    assert!(
+        !everything.contains(VALUE),
+        "a span carries the secret's value"
+    );
+}

@@ -3,6 +3,7 @@
 //! script and named by constant.
 
 pub mod etcd;
+pub mod otlp;
 
 /// Paths of the built guests, one constant per guest.
 pub mod programs {

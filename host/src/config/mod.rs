@@ -99,6 +99,27 @@ pub struct Config {
     pub audit: Audit,
     /// Where runbook step claims live (the seed's `coordinator` block).
     pub coordinator: Coordinator,
+    /// OpenTelemetry traces.
+    pub telemetry: Telemetry,
+}
+
+/// `chassis.telemetry`: OpenTelemetry traces, off unless an endpoint is set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// OTLP/gRPC collector to send spans to, e.g. `http://127.0.0.1:4317`;
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` sets it when this is empty.
+    pub otlp_endpoint: Option<String>,
+}
+
+impl Telemetry {
+    /// The collector to use: this file's, else `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub fn endpoint(&self) -> Option<String> {
+        self.otlp_endpoint
+            .clone()
+            .or_else(|| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok())
+            .filter(|e| !e.trim().is_empty())
+    }
 }
 
 /// `chassis.coordinator`: the seed's coordinator keys.
@@ -221,6 +242,7 @@ impl Default for Config {
             policies_dir: None,
             audit: Audit::default(),
             coordinator: Coordinator::default(),
+            telemetry: Telemetry::default(),
         }
     }
 }

@@ -42,6 +42,7 @@ pub fn spec(steps: usize) -> RunbookSpec {
         name: "conformance".into(),
         description: String::new(),
         caller: "local".into(),
+        traceparent: None,
         steps: (0..steps)
             .map(|i| {
                 (

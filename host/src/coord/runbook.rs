@@ -160,6 +160,10 @@ pub struct RunbookSpec {
     pub caller: String,
     /// Steps by name.
     pub steps: BTreeMap<String, StepSpec>,
+    /// The submitter's W3C trace context, so the steps, whichever host runs
+    /// them, join the trace of the submission (absent when traces are off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// One step of a stored runbook.
@@ -491,6 +495,7 @@ impl RunbookFile {
             description: self.description.clone(),
             caller: caller.to_string(),
             steps,
+            traceparent: None,
         })
     }
 

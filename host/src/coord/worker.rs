@@ -248,7 +248,13 @@ impl Coordinator {
             _ => new_id(&spec.name),
         };
         let modules: Vec<(String, Vec<u8>)> = to_store.into_iter().collect();
-        let revision = self.inner.store.submit(&id, &spec, &modules).await?;
+        let mut spec = spec;
+        spec.traceparent = crate::telemetry::traces::traceparent_of(&tracing::Span::current());
+        let revision = tracing::Instrument::instrument(
+            self.inner.store.submit(&id, &spec, &modules),
+            tracing::info_span!("claim.submit", runbook = %id),
+        )
+        .await?;
         let _ = self.inner.host.audit_event("runbook.submitted", || {
             serde_json::json!({
                 "runbook": id,
@@ -449,10 +455,13 @@ impl Coordinator {
                     return Ok(()); // every slot busy; the next wake-up continues
                 };
                 let started = Instant::now();
-                let claim = inner
-                    .store
-                    .claim(session, &id, name, step_view.failures + 1)
-                    .await;
+                let claim = tracing::Instrument::instrument(
+                    inner
+                        .store
+                        .claim(session, &id, name, step_view.failures + 1),
+                    tracing::info_span!("claim.acquire", runbook = %id, step = %name),
+                )
+                .await;
                 metrics::histogram!(CLAIM_DURATION).record(started.elapsed().as_secs_f64());
                 let claim = match claim {
                     Ok(Some(c)) => {
@@ -482,6 +491,28 @@ impl Coordinator {
 
     /// Runs one claimed step and records what happened under its fence.
     async fn run_step(&self, claim: Claim, spec: RunbookSpec, outputs: BTreeMap<String, Vec<u8>>) {
+        // The step joins the trace of the runbook's submission, whichever
+        // host submitted it.
+        let span = tracing::info_span!(
+            "runbook.step",
+            runbook = %claim.runbook,
+            step = %claim.step,
+            attempt = claim.attempt,
+            fence = claim.fence,
+            host = %claim.holder,
+        );
+        if let Some(traceparent) = &spec.traceparent {
+            crate::telemetry::traces::continue_from_traceparent(&span, traceparent);
+        }
+        tracing::Instrument::instrument(self.run_step_traced(claim, spec, outputs), span).await
+    }
+
+    async fn run_step_traced(
+        &self,
+        claim: Claim,
+        spec: RunbookSpec,
+        outputs: BTreeMap<String, Vec<u8>>,
+    ) {
         let inner = &self.inner;
         let step = &spec.steps[&claim.step];
         let _ = inner.host.audit_event("step.claimed", || {
@@ -529,9 +560,21 @@ impl Coordinator {
         let run_id = record.map(|r| r.run_id.clone()).unwrap_or_default();
         let mut backoff = Duration::from_millis(50);
         loop {
+            let span = tracing::info_span!(
+                "claim.record",
+                runbook = %claim.runbook,
+                step = %claim.step,
+                fence = claim.fence,
+                state
+            );
             let written = match record {
-                None => inner.store.release(claim, failures).await,
-                Some(record) => inner.store.finish(claim, record).await,
+                None => {
+                    tracing::Instrument::instrument(inner.store.release(claim, failures), span)
+                        .await
+                }
+                Some(record) => {
+                    tracing::Instrument::instrument(inner.store.finish(claim, record), span).await
+                }
             };
             match written {
                 Ok(()) => {

@@ -194,7 +194,20 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let mut builder = tonic::transport::Server::builder();
+    // One span per RPC, continuing the caller's trace when its metadata
+    // carries a W3C `traceparent`; runs, secret reads, claims and compiles
+    // inside it are its children.
+    let mut builder = tonic::transport::Server::builder().trace_fn(|request| {
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = %request.uri().path(),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.method = %request.uri().path(),
+        );
+        crate::telemetry::traces::continue_from_headers(&span, request.headers());
+        span
+    });
     if let Some(tls) = &config.server.tls {
         let identity = Identity::from_pem(read(&tls.cert_file)?, read(&tls.key_file)?);
         let mut tls_config = ServerTlsConfig::new().identity(identity);

@@ -267,6 +267,7 @@ impl ModuleStore {
     /// artifact exists, and returns the ready module. Registering the same
     /// bytes again returns the same module without compiling.
     pub fn register(&self, wasm: &[u8]) -> Result<Arc<Module>, ModuleError> {
+        let _span = tracing::info_span!("module.register", size_bytes = wasm.len()).entered();
         let size = wasm.len() as u64;
         if size > self.max_module_bytes {
             return Err(ModuleError::TooLarge {

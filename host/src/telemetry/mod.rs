@@ -33,6 +33,7 @@
 
 pub mod health;
 mod http;
+pub mod traces;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,12 +114,25 @@ pub const ALL_METRICS: &[&str] = &[
     SLO_TARGET_AVAILABILITY,
 ];
 
-/// The exporter could not start.
+/// An exporter could not start.
 #[derive(Debug, Error)]
-#[error("starting the Prometheus exporter on {addr}: {message}")]
-pub struct TelemetryError {
-    addr: SocketAddr,
-    message: String,
+pub enum TelemetryError {
+    /// The Prometheus exporter (the metrics port).
+    #[error("starting the Prometheus exporter on {addr}: {message}")]
+    Metrics {
+        /// The metrics port's address.
+        addr: SocketAddr,
+        /// What failed.
+        message: String,
+    },
+    /// The OTLP trace exporter.
+    #[error("starting the OTLP trace exporter to {endpoint}: {message}")]
+    Traces {
+        /// The collector's address.
+        endpoint: String,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// Serves `/metrics` and `/health` on `addr` and registers every metric at
@@ -130,7 +144,7 @@ pub fn install_prometheus(
     slo_target_ms: u64,
     availability_target_percent: f64,
 ) -> Result<(), TelemetryError> {
-    let listener = http::bind(addr).map_err(|e| TelemetryError {
+    let listener = http::bind(addr).map_err(|e| TelemetryError::Metrics {
         addr,
         message: e.to_string(),
     })?;
@@ -156,12 +170,12 @@ pub fn install_prometheus(
                 ],
             )
         })
-        .map_err(|e| TelemetryError {
+        .map_err(|e| TelemetryError::Metrics {
             addr,
             message: e.to_string(),
         })?
         .install_recorder()
-        .map_err(|e| TelemetryError {
+        .map_err(|e| TelemetryError::Metrics {
             addr,
             message: e.to_string(),
         })?;
