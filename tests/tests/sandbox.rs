@@ -22,8 +22,8 @@ chassis_tests::foreach_program!(assert_test_exists);
 #[path = "sandbox/capabilities.rs"]
 mod capabilities;
 use capabilities::{
-    SecretsFile, hostile_escape, hostile_escape_cmd, hostile_secret_dribble, hostile_secret_thief,
-    hostile_table_grow,
+    SecretsFile, hostile_dns_probe, hostile_escape, hostile_escape_cmd, hostile_preopen_plant,
+    hostile_preopen_plant_cmd, hostile_secret_dribble, hostile_secret_thief, hostile_table_grow,
 };
 
 fn host() -> Host {

@@ -12,6 +12,7 @@ use super::denial::{DenialKind, DenialLog};
 use super::http::HttpGate;
 use super::limiter::Limiter;
 use super::log::LogBuffer;
+use super::lookup::NameLookups;
 use crate::policy::Policy;
 use crate::secrets::Granted;
 
@@ -28,6 +29,7 @@ pub struct SandboxState {
     pub(crate) cpu: CpuMeter,
     started: Instant,
     secrets: Granted,
+    pub(crate) lookups: NameLookups,
 }
 
 impl std::fmt::Debug for SandboxState {
@@ -52,6 +54,7 @@ impl SandboxState {
         cpu: CpuMeter,
         started: Instant,
         secrets: Granted,
+        lookups: NameLookups,
     ) -> Self {
         Self {
             wasi,
@@ -65,6 +68,7 @@ impl SandboxState {
             cpu,
             started,
             secrets,
+            lookups,
         }
     }
 }
