@@ -193,9 +193,9 @@ mod tests {
         // Read-only roots cannot fill anything; missing roots are skipped.
         let ro = policy(&format!(
             "name = \"reader\"\n[[filesystem]]\nhost = \"{}\"\nguest = \"/out\"\nmode = \"ro\"\n\
-             [[filesystem]]\nhost = \"{}/missing\"\nguest = \"/m\"\nmode = \"rw\"\n",
+             [[filesystem]]\nhost = \"{}\"\nguest = \"/m\"\nmode = \"rw\"\n",
             out.display(),
-            out.display()
+            dir.path().join("missing").display()
         ));
         check_shared_filesystem([&ro], &data, false).unwrap();
     }
@@ -204,7 +204,9 @@ mod tests {
     fn a_root_on_another_filesystem_is_fine() {
         // /proc is never the filesystem of a temp dir.
         let dir = tempfile::tempdir().unwrap();
-        let rw = policy("name = \"p\"\n[[filesystem]]\nhost = \"/proc\"\nguest = \"/p\"\nmode = \"rw\"\n");
+        let rw = policy(
+            "name = \"p\"\n[[filesystem]]\nhost = \"/proc\"\nguest = \"/p\"\nmode = \"rw\"\n",
+        );
         check_shared_filesystem([&rw], dir.path(), false).unwrap();
     }
 
@@ -214,7 +216,9 @@ mod tests {
         let free = free_bytes(dir.path()).unwrap();
         assert!(free > 0);
         FreeSpaceFloor::new(dir.path(), 1).check().unwrap();
-        let err = FreeSpaceFloor::new(dir.path(), u64::MAX).check().unwrap_err();
+        let err = FreeSpaceFloor::new(dir.path(), u64::MAX)
+            .check()
+            .unwrap_err();
         assert_eq!(err.min_free_bytes, u64::MAX);
         assert!(err.free_bytes > 0);
         assert!(err.to_string().contains("audit.min_free_mb"), "{err}");

@@ -255,7 +255,10 @@ fn a_rw_preopen_on_the_data_dirs_filesystem_refuses_to_start() {
     let err = String::from_utf8_lossy(&out_of_serve.stderr);
     assert!(
         err.contains("policy `filler`")
-            && err.contains(&format!("maps `{}` read-write on the filesystem that holds the data dir", out.display()))
+            && err.contains(&format!(
+                "maps `{}` read-write on the filesystem that holds the data dir",
+                out.display()
+            ))
             && err.contains("runtime.allow_shared_filesystem = true"),
         "{err}"
     );

@@ -172,29 +172,35 @@ pub enum PolicyError {
     /// A preopen root of one policy lies inside, or contains, a root of
     /// another where either is `rw`: a guest writing one could redirect
     /// the other (replace a directory with a symlink to `/`).
-    #[error(
-        "{}: `{root}` (policy `{policy}`) {relation} `{other_root}`, a root of policy \
-         `{other_policy}` ({}); a guest that can write one could redirect or read the other: \
-         give each policy its own directory",
-        path.display(),
-        other_path.display()
-    )]
-    OverlappingRoots {
-        /// The file of the policy reported.
-        path: PathBuf,
-        /// Its name.
-        policy: String,
-        /// Its root, with its mode.
-        root: String,
-        /// `lies inside` or `contains`.
-        relation: &'static str,
-        /// The other policy's file.
-        other_path: PathBuf,
-        /// The other policy's name.
-        other_policy: String,
-        /// The other policy's root, with its mode.
-        other_root: String,
-    },
+    #[error(transparent)]
+    OverlappingRoots(Box<RootOverlap>),
+}
+
+/// Two policies' preopen roots that nest where one is `rw` (see
+/// [`check_roots`]).
+#[derive(Debug, Error)]
+#[error(
+    "{}: `{root}` (policy `{policy}`) {relation} `{other_root}`, a root of policy \
+     `{other_policy}` ({}); a guest that can write one could redirect or read the other: \
+     give each policy its own directory",
+    path.display(),
+    other_path.display()
+)]
+pub struct RootOverlap {
+    /// The file of the policy reported.
+    pub path: PathBuf,
+    /// Its name.
+    pub policy: String,
+    /// Its root, with its mode.
+    pub root: String,
+    /// `lies inside` or `contains`.
+    pub relation: &'static str,
+    /// The other policy's file.
+    pub other_path: PathBuf,
+    /// The other policy's name.
+    pub other_policy: String,
+    /// The other policy's root, with its mode.
+    pub other_root: String,
 }
 
 impl PolicyError {

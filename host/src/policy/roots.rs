@@ -12,7 +12,7 @@
 
 use std::path::{Component, Path};
 
-use super::{Mode, Policy, PolicyError, Preopen};
+use super::{Mode, Policy, PolicyError, Preopen, RootOverlap};
 
 /// How root `a` relates to root `b`, if one strictly contains the other.
 pub(super) fn nesting(a: &str, b: &str) -> Option<&'static str> {
@@ -59,7 +59,7 @@ pub fn check_roots<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Result
             for root in &p.preopens {
                 if let Some((other, relation)) = overlap(root, &q.preopens) {
                     // Reported from the later policy's side: its file is the one to fix.
-                    return Err(PolicyError::OverlappingRoots {
+                    return Err(PolicyError::OverlappingRoots(Box::new(RootOverlap {
                         path: q.source.clone().unwrap_or_default(),
                         policy: q.name.clone(),
                         root: format!("{} ({})", other.host, other.mode),
@@ -67,7 +67,7 @@ pub fn check_roots<'a>(policies: impl IntoIterator<Item = &'a Policy>) -> Result
                         other_path: p.source.clone().unwrap_or_default(),
                         other_policy: p.name.clone(),
                         other_root: format!("{} ({})", root.host, root.mode),
-                    });
+                    })));
                 }
             }
         }

@@ -103,8 +103,8 @@ mod tests {
         .unwrap();
         let err = PolicySet::load_dir(dir.path()).unwrap_err();
         assert!(
-            matches!(&err, PolicyError::OverlappingRoots { policy, other_policy, .. }
-                if (policy.as_str(), other_policy.as_str()) == ("b", "a")),
+            matches!(&err, PolicyError::OverlappingRoots(o)
+                if (o.policy.as_str(), o.other_policy.as_str()) == ("b", "a")),
             "{err}"
         );
     }

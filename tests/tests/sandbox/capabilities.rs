@@ -716,8 +716,8 @@ async fn run_two_run_escape(guest: &str) {
     std::fs::write(dir.path().join("work.toml"), &work_text).unwrap();
     let err = chassis::policy::PolicySet::load_dir(dir.path()).unwrap_err();
     assert!(
-        matches!(&err, chassis::policy::PolicyError::OverlappingRoots { policy, other_policy, .. }
-            if (policy.as_str(), other_policy.as_str()) == ("work", "reader")),
+        matches!(&err, chassis::policy::PolicyError::OverlappingRoots(o)
+            if (o.policy.as_str(), o.other_policy.as_str()) == ("work", "reader")),
         "{err}"
     );
     assert_eq!(err.kind(), ErrorKind::InvalidRequest);
