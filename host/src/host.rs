@@ -7,6 +7,7 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::audit::{AuditError, AuditLog};
+use crate::disk::FreeSpaceFloor;
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::error::ErrorKind;
 use crate::modules::{Module, ModuleError, ModuleStore};
@@ -52,6 +53,8 @@ pub struct HostBuilder {
     audit: Option<Arc<AuditLog>>,
     secrets: Option<Arc<dyn SecretProvider>>,
     lease_retry_backoff: std::time::Duration,
+    resolver: Option<Arc<dyn crate::sandbox::NameResolver>>,
+    audit_floor: Option<Arc<FreeSpaceFloor>>,
 }
 
 impl Default for HostBuilder {
@@ -65,6 +68,8 @@ impl Default for HostBuilder {
             audit: None,
             secrets: None,
             lease_retry_backoff: LEASE_RETRY_BACKOFF,
+            resolver: None,
+            audit_floor: None,
         }
     }
 }
@@ -106,6 +111,13 @@ impl HostBuilder {
         self
     }
 
+    /// Refuse audit records (and so runs) while the audit log's filesystem
+    /// is below `floor` (`audit.min_free_mb`), before it fills up.
+    pub fn audit_floor(mut self, floor: FreeSpaceFloor) -> Self {
+        self.audit_floor = Some(Arc::new(floor));
+        self
+    }
+
     /// Read the secrets policies grant from `provider`. Without one, a run
     /// whose policy grants any secret is refused (UNAVAILABLE).
     pub fn secrets(mut self, provider: Arc<dyn SecretProvider>) -> Self {
@@ -117,6 +129,13 @@ impl HostBuilder {
     /// up to [`RETRY_BACKOFF_MAX`](crate::secrets::RETRY_BACKOFF_MAX)).
     pub fn lease_retry_backoff(mut self, first: std::time::Duration) -> Self {
         self.lease_retry_backoff = first;
+        self
+    }
+
+    /// Resolve the host names policies list with `resolver` instead of the
+    /// system resolver. Guests never reach it with an unlisted name.
+    pub fn name_resolver(mut self, resolver: Arc<dyn crate::sandbox::NameResolver>) -> Self {
+        self.resolver = Some(resolver);
         self
     }
 
@@ -132,7 +151,10 @@ impl HostBuilder {
             self.engine
                 .with_max_memory_bytes(self.caps.max_memory_bytes),
         )?;
-        let runner = Runner::new(engine.clone())?;
+        let mut runner = Runner::new(engine.clone())?;
+        if let Some(resolver) = self.resolver {
+            runner = runner.with_name_resolver(resolver);
+        }
         let modules = match &self.data_dir {
             Some(dir) => ModuleStore::open(engine, runner.linker(), dir)?,
             None => ModuleStore::in_memory(engine, runner.linker())?,
@@ -150,6 +172,7 @@ impl HostBuilder {
             modules: Arc::new(modules.with_max_module_bytes(self.max_module_bytes)),
             slo_target_us: self.slo_target.as_micros() as u64,
             audit: self.audit,
+            audit_floor: self.audit_floor,
             secrets: self.secrets,
             leases,
         })
@@ -164,6 +187,7 @@ pub struct Host {
     modules: Arc<ModuleStore>,
     slo_target_us: u64,
     audit: Option<Arc<AuditLog>>,
+    audit_floor: Option<Arc<FreeSpaceFloor>>,
     secrets: Option<Arc<dyn SecretProvider>>,
     leases: Option<Arc<LeaseRegistry>>,
 }
@@ -398,13 +422,20 @@ impl Host {
 
     /// Appends an event to the audit log, if there is one. `fields` is only
     /// built when there is a log, so hosts without one pay nothing per run.
+    /// Below the free-space floor the event is refused ([`AuditError::LowDisk`]):
+    /// every audit write of the host passes here, so this is the one check.
     pub fn audit_event(
         &self,
         kind: &'static str,
         fields: impl FnOnce() -> serde_json::Value,
     ) -> Result<(), AuditError> {
         match &self.audit {
-            Some(log) => log.record(kind, fields()),
+            Some(log) => {
+                if let Some(floor) = &self.audit_floor {
+                    floor.check()?;
+                }
+                log.record(kind, fields())
+            }
             None => Ok(()),
         }
     }

@@ -11,6 +11,7 @@
 pub mod audit;
 pub mod config;
 pub mod coord;
+pub mod disk;
 pub mod engine;
 pub mod error;
 pub mod grpc;

@@ -273,7 +273,8 @@ enum ClientCall {
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Validate policy files; exits non-zero naming file, line and column of
-    /// the first problem in each.
+    /// the first problem in each. Files given together are checked as one
+    /// host's set: a root nested with another policy's rw root is refused.
     Check {
         /// Policy files.
         #[arg(required = true, value_name = "FILE")]
@@ -724,6 +725,7 @@ fn policy(command: PolicyCommand) -> Result<ExitCode> {
         PolicyCommand::Check { files, json } => {
             let mut failed = false;
             let mut results = Vec::new();
+            let mut loaded = Vec::new();
             for file in &files {
                 match Policy::load(file) {
                     Ok(p) => {
@@ -733,6 +735,7 @@ fn policy(command: PolicyCommand) -> Result<ExitCode> {
                         results.push(
                             serde_json::json!({ "file": file, "ok": true, "policy": p.name }),
                         );
+                        loaded.push(p);
                     }
                     Err(e) => {
                         failed = true;
@@ -754,6 +757,15 @@ fn policy(command: PolicyCommand) -> Result<ExitCode> {
                         results.push(entry);
                     }
                 }
+            }
+            // Files checked together are policies one host would load
+            // together: their roots must not nest with a rw root either.
+            if let Err(e) = chassis::policy::check_roots(&loaded) {
+                failed = true;
+                if !json {
+                    eprintln!("error: {e}");
+                }
+                results.push(serde_json::json!({ "ok": false, "error": e.to_string() }));
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
@@ -945,6 +957,13 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
         Some(dir) => chassis::policy::PolicySet::load_dir(dir)?,
         None => chassis::policy::PolicySet::default(),
     };
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    chassis::disk::check_shared_filesystem(
+        policies.iter().map(|p| p.as_ref()),
+        &config.data_dir,
+        config.runtime.allow_shared_filesystem,
+    )?;
     let mut builder = Host::builder();
     let secrets = chassis::secrets::from_config(
         &config.credentials,
@@ -964,6 +983,10 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
         let log = chassis::audit::AuditLog::open(options)
             .with_context(|| format!("opening the audit log in {}", dir.display()))?;
         builder = builder.audit(log);
+        if let Some(floor) = config.audit_floor() {
+            tracing::info!(free_bytes = floor.free_bytes(), "audit log free space");
+            builder = builder.audit_floor(floor);
+        }
     }
     let host = builder
         .caps(config.host_caps())

@@ -329,6 +329,64 @@ fn policy_check_rejects_a_typo_naming_file_and_line() {
 }
 
 #[test]
+fn policy_check_refuses_a_root_nested_in_another_policys_rw_root() {
+    let cli = Cli::new();
+    let dir = cli.data.path();
+    let write = |file: &str, name: &str, host: &str, guest: &str, mode: &str| {
+        let path = dir.join(file);
+        std::fs::write(
+            &path,
+            format!(
+                "name = \"{name}\"\n[[filesystem]]\nhost = \"{host}\"\nguest = \"{guest}\"\nmode = \"{mode}\"\n"
+            ),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let work = write("work.toml", "work", "/tmp/x", "/work", "rw");
+    let reader = write("reader.toml", "reader", "/tmp/x/in", "/in", "ro");
+    // Each is valid alone...
+    for file in [&work, &reader] {
+        let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+            .args(["policy", "check", file])
+            .output()
+            .unwrap();
+        assert_exit(&out, 0);
+    }
+    // ...but not as one host's set.
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["policy", "check", &work, &reader])
+        .output()
+        .unwrap();
+    assert_exit(&out, 11);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "{reader}: `/tmp/x/in (ro)` (policy `reader`) lies inside `/tmp/x (rw)`, a root of policy `work` ({work})"
+        )),
+        "{err}"
+    );
+    // Within one policy the same nesting is refused at its line.
+    let both = dir.join("both.toml");
+    std::fs::write(
+        &both,
+        "name = \"both\"\n[[filesystem]]\nhost = \"/tmp/x\"\nguest = \"/work\"\nmode = \"rw\"\n\
+         [[filesystem]]\nhost = \"/tmp/x/in\"\nguest = \"/in\"\nmode = \"ro\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["policy", "check", both.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_exit(&out, 11);
+    let err = stderr(&out);
+    assert!(
+        err.contains("both.toml:7:8: `/tmp/x/in` (ro) lies inside `/tmp/x` (rw)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn policy_explain_reads_as_plain_words() {
     let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
         .args(["policy", "explain"])

@@ -352,3 +352,43 @@ async fn traces_follow_a_request_into_runs_secret_reads_and_runbook_steps() {
         "a span carries the secret's value"
     );
 }
+
+#[test]
+fn a_rw_preopen_on_the_data_dirs_filesystem_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, out, policies) = (
+        dir.path().join("data"),
+        dir.path().join("out"),
+        dir.path().join("policies"),
+    );
+    for d in [&data, &out, &policies] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(
+        policies.join("filler.toml"),
+        format!(
+            "name = \"filler\"\n[[filesystem]]\nhost = \"{}\"\nguest = \"/out\"\nmode = \"rw\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let out_of_serve = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+        .arg(&policies)
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("CHASSIS_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out_of_serve.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out_of_serve.stderr);
+    assert!(
+        err.contains("policy `filler`")
+            && err.contains(&format!(
+                "maps `{}` read-write on the filesystem that holds the data dir",
+                out.display()
+            ))
+            && err.contains("runtime.allow_shared_filesystem = true"),
+        "{err}"
+    );
+}

@@ -28,8 +28,9 @@ use boundary::{
 #[path = "sandbox/capabilities.rs"]
 mod capabilities;
 use capabilities::{
-    Fixture, SecretsFile, hostile_escape, hostile_escape_cmd, hostile_secret_dribble,
-    hostile_secret_thief, hostile_table_grow,
+    Fixture, SecretsFile, hostile_dns_probe, hostile_escape, hostile_escape_cmd,
+    hostile_preopen_plant, hostile_preopen_plant_cmd, hostile_secret_dribble, hostile_secret_thief,
+    hostile_table_grow,
 };
 
 fn host() -> Host {

@@ -66,13 +66,18 @@ pub enum AuditError {
     /// The log cannot be written now, so the run is refused (fail closed).
     #[error("audit log unavailable: {0}")]
     Unavailable(String),
+    /// The log's filesystem is below its free-space floor (see `crate::disk`).
+    #[error(transparent)]
+    LowDisk(#[from] crate::disk::LowDisk),
 }
 
 impl AuditError {
     /// The stable kind.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AuditError::Unavailable(_) | AuditError::Locked { .. } => ErrorKind::Unavailable,
+            AuditError::Unavailable(_) | AuditError::Locked { .. } | AuditError::LowDisk(_) => {
+                ErrorKind::Unavailable
+            }
             _ => ErrorKind::Internal,
         }
     }

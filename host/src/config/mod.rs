@@ -201,6 +201,9 @@ pub struct Audit {
     pub max_file_mb: u64,
     /// Keep running when the log cannot be written (counted); default: fail closed.
     pub fail_open: bool,
+    /// Refuse runs while the audit log's filesystem has less than this free
+    /// (MiB), before it is full; 0 turns the floor off. Default 256.
+    pub min_free_mb: u64,
 }
 
 /// `chassis.audit.fsync`.
@@ -224,6 +227,7 @@ impl Default for Audit {
             batch_interval_ms: 50,
             max_file_mb: 64,
             fail_open: false,
+            min_free_mb: 256,
         }
     }
 }
@@ -273,6 +277,10 @@ pub struct Runtime {
     pub max_fuel: Option<u64>,
     /// Largest `.wasm` accepted by RegisterModule.
     pub max_module_mb: u64,
+    /// Allow a policy's `rw` preopen on the data dir's filesystem. A guest
+    /// can then fill the disk the audit log needs and stop every run on
+    /// the host; off by default, so such a policy refuses to start.
+    pub allow_shared_filesystem: bool,
 }
 
 impl Default for Runtime {
@@ -284,6 +292,7 @@ impl Default for Runtime {
             max_execution_time_seconds: 300,
             max_fuel: None,
             max_module_mb: 64,
+            allow_shared_filesystem: false,
         }
     }
 }
@@ -755,6 +764,18 @@ impl Config {
         options.max_file_bytes = self.audit.max_file_mb.max(1) * 1024 * 1024;
         options.fail_open = self.audit.fail_open;
         Some(options)
+    }
+
+    /// The free-space floor under the audit log, when it is on and set.
+    /// With `fail_open` the level is still measured and exported, but no
+    /// record is refused for it.
+    pub fn audit_floor(&self) -> Option<crate::disk::FreeSpaceFloor> {
+        let options = self.audit_options()?;
+        let floor = match self.audit.fail_open {
+            true => 0,
+            false => self.audit.min_free_mb.saturating_mul(1024 * 1024),
+        };
+        (self.audit.min_free_mb > 0).then(|| crate::disk::FreeSpaceFloor::new(options.dir, floor))
     }
 
     /// How to reach etcd, when the backend is etcd.

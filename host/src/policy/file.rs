@@ -181,11 +181,22 @@ impl RawPolicy {
                     ),
                 );
             }
-            preopens.push(Preopen {
+            let preopen = Preopen {
                 host: host.clone(),
                 guest: guest.clone(),
                 mode: *p.mode.get_ref(),
-            });
+            };
+            if let Some((other, relation)) = super::roots::overlap(&preopen, &preopens) {
+                return invalid(
+                    p.host.span(),
+                    format!(
+                        "`{host}` ({}) {relation} `{}` ({}), which is also mapped; \
+                         a guest writing one could redirect or read the other",
+                        preopen.mode, other.host, other.mode
+                    ),
+                );
+            }
+            preopens.push(preopen);
         }
         let mut allow = Vec::new();
         for entry in &self.network.allow {

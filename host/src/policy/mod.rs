@@ -24,6 +24,7 @@ mod diff;
 mod explain;
 mod file;
 pub mod network;
+mod roots;
 mod set;
 
 use std::collections::BTreeMap;
@@ -38,6 +39,7 @@ use thiserror::Error;
 pub use diff::{Change, ChangeKind, Risk, diff};
 pub use explain::explain;
 pub use network::{Endpoint, NetworkDenial, NetworkPolicy};
+pub use roots::check_roots;
 pub use set::PolicySet;
 
 use crate::error::ErrorKind;
@@ -167,6 +169,38 @@ pub enum PolicyError {
         /// What is wrong.
         message: String,
     },
+    /// A preopen root of one policy lies inside, or contains, a root of
+    /// another where either is `rw`: a guest writing one could redirect
+    /// the other (replace a directory with a symlink to `/`).
+    #[error(transparent)]
+    OverlappingRoots(Box<RootOverlap>),
+}
+
+/// Two policies' preopen roots that nest where one is `rw` (see
+/// [`check_roots`]).
+#[derive(Debug, Error)]
+#[error(
+    "{}: `{root}` (policy `{policy}`) {relation} `{other_root}`, a root of policy \
+     `{other_policy}` ({}); a guest that can write one could redirect or read the other: \
+     give each policy its own directory",
+    path.display(),
+    other_path.display()
+)]
+pub struct RootOverlap {
+    /// The file of the policy reported.
+    pub path: PathBuf,
+    /// Its name.
+    pub policy: String,
+    /// Its root, with its mode.
+    pub root: String,
+    /// `lies inside` or `contains`.
+    pub relation: &'static str,
+    /// The other policy's file.
+    pub other_path: PathBuf,
+    /// The other policy's name.
+    pub other_policy: String,
+    /// The other policy's root, with its mode.
+    pub other_root: String,
 }
 
 impl PolicyError {

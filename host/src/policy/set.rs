@@ -13,9 +13,11 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
-    /// Loads every `*.toml` in `dir`. Any invalid file, or two files with
-    /// the same policy name, is an error: a server must not start with a
-    /// policy silently missing.
+    /// Loads every `*.toml` in `dir`. Any invalid file, two files with
+    /// the same policy name, or preopen roots of two policies that nest
+    /// where one is `rw` ([`check_roots`](super::check_roots)) is an error:
+    /// a server must not start with a policy silently missing or one
+    /// tenant able to redirect another's directory.
     pub fn load_dir(dir: &Path) -> Result<Self, PolicyError> {
         let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Io {
             path: dir.to_path_buf(),
@@ -43,6 +45,7 @@ impl PolicySet {
             }
             set.by_name.insert(policy.name.clone(), Arc::new(policy));
         }
+        super::check_roots(set.by_name.values().map(|p| p.as_ref()))?;
         Ok(set)
     }
 
@@ -83,6 +86,27 @@ mod tests {
         assert!(set.get("reporter").is_some());
         assert!(set.get("github-fetcher").is_some());
         assert!(set.len() >= 3);
+    }
+
+    #[test]
+    fn a_root_inside_another_policys_rw_root_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.toml"),
+            "name = \"a\"\n[[filesystem]]\nhost = \"/tmp/x\"\nguest = \"/work\"\nmode = \"rw\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.toml"),
+            "name = \"b\"\n[[filesystem]]\nhost = \"/tmp/x/in\"\nguest = \"/in\"\nmode = \"ro\"\n",
+        )
+        .unwrap();
+        let err = PolicySet::load_dir(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::OverlappingRoots(o)
+                if (o.policy.as_str(), o.other_policy.as_str()) == ("b", "a")),
+            "{err}"
+        );
     }
 
     #[test]

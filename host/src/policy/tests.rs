@@ -143,6 +143,29 @@ fn contradictions_are_errors() {
                       [[filesystem]]\nhost = \"/b\"\nguest = \"/g\"\nmode = \"ro\"\n";
     assert!(error_at(same_guest).2.contains("mapped twice"));
 
+    // The sandbox-escape shape: a root inside the policy's own rw root.
+    let nested = "name = \"x\"\n[[filesystem]]\nhost = \"/tmp/x\"\nguest = \"/work\"\nmode = \"rw\"\n\
+                  [[filesystem]]\nhost = \"/tmp/x/in\"\nguest = \"/in\"\nmode = \"ro\"\n";
+    let (line, _, message) = error_at(nested);
+    assert_eq!(line, 7);
+    assert!(
+        message.contains("`/tmp/x/in` (ro) lies inside `/tmp/x` (rw)"),
+        "{message}"
+    );
+    let containing = "name = \"x\"\n[[filesystem]]\nhost = \"/srv/a/out\"\nguest = \"/o\"\nmode = \"rw\"\n\
+                      [[filesystem]]\nhost = \"/srv\"\nguest = \"/all\"\nmode = \"ro\"\n";
+    assert!(
+        error_at(containing)
+            .2
+            .contains("`/srv` (ro) contains `/srv/a/out` (rw)")
+    );
+    // Read-only roots may nest: nothing can be replaced through them.
+    parse(
+        "name = \"x\"\n[[filesystem]]\nhost = \"/srv\"\nguest = \"/a\"\nmode = \"ro\"\n\
+           [[filesystem]]\nhost = \"/srv/sub\"\nguest = \"/b\"\nmode = \"ro\"\n",
+    )
+    .unwrap();
+
     let env_clash = "name = \"x\"\n[env]\nTOKEN = \"a\"\n[secrets.t]\npath = \"secret/t\"\nkey = \"k\"\nenv = \"TOKEN\"\n";
     let (line, _, message) = error_at(env_clash);
     assert_eq!(line, 7);

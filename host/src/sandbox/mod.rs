@@ -15,8 +15,10 @@ mod http;
 mod limiter;
 pub mod limits;
 mod log;
+mod lookup;
 mod outcome;
 mod output;
+mod preopen;
 mod sockets;
 mod state;
 
@@ -33,6 +35,9 @@ pub use denial::{Denial, DenialCounters, DenialKind, MAX_DENIAL_REASON, MAX_DENI
 pub use limiter::{LimitHit, MAX_TABLE_ELEMENTS};
 pub use limits::{FuelRequest, HostCaps, Limits, LimitsError, LimitsRequest};
 pub use log::{LogRecord, MAX_LOG_BYTES_PER_RUN, MAX_LOG_FIELDS, MAX_LOG_KEY, MAX_LOG_TEXT};
+pub use lookup::{
+    LOOKUP_TIMEOUT, MAX_LOOKUPS_IN_FLIGHT, NameResolver, ResolveFuture, SystemResolver,
+};
 pub use outcome::{RunError, RunReport, Usage};
 pub use output::{CappedPipe, Captured, Tap, TapEvent};
 pub use sockets::MAX_SOCKETS_PER_RUN;
@@ -53,14 +58,16 @@ use outcome::DeadlineHit;
 #[error("building the host linker: {0}")]
 pub struct LinkerError(String);
 
-/// Builds the imports every sandbox may link against: WASI 0.2, `wasi:http`
-/// and the `chassis:agent/host` interface. What a guest can actually *do* with WASI
-/// is decided per run by its WASI context, not here.
+/// Builds the imports every sandbox may link against: WASI 0.2 (with
+/// chassis's own `wasi:sockets/ip-name-lookup`), `wasi:http` and the
+/// `chassis:agent/host` interface. What a guest can actually *do* with WASI
+/// is decided per run by its WASI context and policy, not here.
 pub fn linker(engine: &Engine) -> Result<Linker<SandboxState>, LinkerError> {
     let mut linker = Linker::new(engine.wasmtime());
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| LinkerError(format!("{e:#}")))?;
     sockets::add_to_linker(&mut linker).map_err(|e| LinkerError(format!("{e:#}")))?;
+    lookup::add_to_linker(&mut linker).map_err(|e| LinkerError(format!("{e:#}")))?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
         .map_err(|e| LinkerError(format!("{e:#}")))?;
     bindings::Agent::add_to_linker::<_, HasSelf<SandboxState>>(&mut linker, |s| s)
@@ -74,6 +81,7 @@ pub struct Runner {
     engine: Engine,
     linker: Arc<Linker<SandboxState>>,
     denials: Arc<DenialCounters>,
+    resolver: Arc<dyn NameResolver>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -92,7 +100,15 @@ impl Runner {
             engine,
             linker,
             denials: Arc::new(DenialCounters::default()),
+            resolver: Arc::new(SystemResolver),
         })
+    }
+
+    /// Resolves the names policies list with `resolver` instead of the
+    /// system's (tests use this to see exactly which names are asked).
+    pub fn with_name_resolver(mut self, resolver: Arc<dyn NameResolver>) -> Self {
+        self.resolver = resolver;
+        self
     }
 
     /// Capability denials so far, by kind, across every run.
@@ -152,6 +168,7 @@ impl Runner {
             Ok(built) => built,
             Err(e) => return RunReport::failed(e, started),
         };
+        let lookups = lookup::NameLookups::new(&network, self.resolver.clone(), denials.clone());
         let gate = http::HttpGate::new(network, denials.clone());
         let state = SandboxState::new(
             wasi,
@@ -165,6 +182,7 @@ impl Runner {
             CpuMeter::new(started, limits.cpu_percent),
             started,
             secrets,
+            lookups,
         );
         let mut store = Store::new(self.engine.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
@@ -320,17 +338,23 @@ fn wasi_context(
             Mode::ReadOnly => wasmtime_wasi::FsPerms::ReadOnly,
             Mode::ReadWrite => wasmtime_wasi::FsPerms::ReadWrite,
         };
-        wasi.preopened_dir(&p.host, &p.guest, perms)
-            .map_err(|e| RunError::Setup {
-                message: format!(
-                    "policy `{}` maps {} to {}, but it cannot be opened: {e:#}",
-                    policy.name, p.host, p.guest
-                ),
-            })?;
+        let setup = |e: String| RunError::Setup {
+            message: format!(
+                "policy `{}` maps {} to {}, but it cannot be opened: {e}",
+                policy.name, p.host, p.guest
+            ),
+        };
+        // Opened here without following symlinks, then handed over by fd:
+        // a guest that replaced a root with a symlink cannot redirect it.
+        let root = preopen::Root::open(&p.host).map_err(setup)?;
+        wasi.preopened_dir(root.reopen_path(), &p.guest, perms)
+            .map_err(|e| setup(format!("{e:#}")))?;
     }
     let network = network.clone();
+    // Name lookups are served by `lookup` (listed names only), never by
+    // wasmtime-wasi's resolver, which would answer any name.
     wasi.allow_tcp(!network.is_empty())
-        .allow_ip_name_lookup(!network.is_empty());
+        .allow_ip_name_lookup(false);
     let denials = denials.clone();
     wasi.socket_addr_check(move |addr, usage| {
         let network = network.clone();

@@ -12,6 +12,7 @@ use super::denial::{DenialKind, DenialLog};
 use super::http::HttpGate;
 use super::limiter::Limiter;
 use super::log::LogBuffer;
+use super::lookup::NameLookups;
 use crate::policy::Policy;
 use crate::secrets::Granted;
 
@@ -30,6 +31,7 @@ pub struct SandboxState {
     pub(crate) sockets_created: u32,
     started: Instant,
     secrets: Granted,
+    pub(crate) lookups: NameLookups,
 }
 
 impl std::fmt::Debug for SandboxState {
@@ -54,6 +56,7 @@ impl SandboxState {
         cpu: CpuMeter,
         started: Instant,
         secrets: Granted,
+        lookups: NameLookups,
     ) -> Self {
         Self {
             wasi,
@@ -72,6 +75,7 @@ impl SandboxState {
             sockets_created: 0,
             started,
             secrets,
+            lookups,
         }
     }
 }

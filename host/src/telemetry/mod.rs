@@ -100,6 +100,8 @@ pub const ALL_METRICS: &[&str] = &[
     SECRET_LEASES_PENDING,
     crate::audit::RECORDS_TOTAL,
     crate::audit::WRITE_FAILURES_TOTAL,
+    crate::disk::AUDIT_FREE_BYTES,
+    crate::disk::AUDIT_MIN_FREE_BYTES,
     SANDBOX_COUNT,
     MEMORY_USAGE_MB,
     MEMORY_LIMIT_MB,

@@ -648,3 +648,290 @@ async fn a_missing_preopen_directory_is_a_clear_setup_error() {
     assert!(text.contains("/nonexistent/chassis"), "{text}");
     hello_still_works(&host).await;
 }
+
+/// The two-run escape through a nested preopen: `work` has `rw` on `x/`
+/// (as `/work`), `reader` maps `x/in` read-only (as `/in`). Each policy is
+/// valid alone; a host refuses to load the pair (checked at the end), so
+/// the runs here test the wall behind that refusal: roots are opened
+/// without following symlinks.
+async fn run_two_run_escape(guest: &str) {
+    let host = host();
+    let fixture = Fixture::new();
+    std::fs::create_dir_all(fixture.path("x/in")).unwrap();
+    std::fs::write(fixture.path("x/in/inside.txt"), "inside").unwrap();
+    let root = |name: &str, host_dir: &str, guest_dir: &str, mode: &str| {
+        format!(
+            "name = \"{name}\"\n[[filesystem]]\nhost = \"{}\"\nguest = \"{guest_dir}\"\nmode = \"{mode}\"\n",
+            fixture.path(host_dir).display()
+        )
+    };
+    let work_text = root("work", "x", "/work", "rw");
+    let reader_text = root("reader", "x/in", "/in", "ro");
+    let work = Arc::new(Policy::parse(&work_text, Path::new("work.toml")).unwrap());
+    let reader = Arc::new(Policy::parse(&reader_text, Path::new("reader.toml")).unwrap());
+
+    let (code, text, _) = attempt(&host, guest, &reader, "list").await;
+    assert_eq!((code.as_str(), text.as_str()), ("ok", "inside.txt"));
+
+    // Run 1 plants the link: the rw grant allows exactly that.
+    let (code, text, _) = attempt(&host, guest, &work, "plant").await;
+    assert_eq!(code, "ok", "{text}");
+    let planted = std::fs::read_link(fixture.path("x/in")).unwrap();
+    assert_eq!(planted, Path::new("../../../../../../.."));
+
+    // Run 2 is refused before the guest starts: the root is a symlink now.
+    let module = host.modules().register(&wasm(guest)).unwrap();
+    let report = host
+        .run(
+            &module,
+            RunRequest::new("list")
+                .policy(reader.clone())
+                .limits(quick()),
+        )
+        .await
+        .unwrap();
+    let err = report.result.as_ref().unwrap_err();
+    assert!(matches!(err, RunError::Setup { .. }), "{err:?}");
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!(
+            "`{}` is a symbolic link",
+            fixture.path("x/in").display()
+        )),
+        "{message}"
+    );
+    // Nothing of the host's root reached the caller.
+    assert!(report.stdout.bytes.is_empty() && report.stderr.bytes.is_empty());
+    assert!(
+        !message.contains("proc") && !message.contains("etc"),
+        "{message}"
+    );
+    fixture.assert_canary_untouched();
+    hello_still_works(&host).await;
+
+    // And a host never loads the pair in the first place.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("reader.toml"), &reader_text).unwrap();
+    std::fs::write(dir.path().join("work.toml"), &work_text).unwrap();
+    let err = chassis::policy::PolicySet::load_dir(dir.path()).unwrap_err();
+    assert!(
+        matches!(&err, chassis::policy::PolicyError::OverlappingRoots(o)
+            if (o.policy.as_str(), o.other_policy.as_str()) == ("work", "reader")),
+        "{err}"
+    );
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+}
+
+pub(crate) mod hostile_preopen_plant {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_planted_symlink_cannot_redirect_another_root() {
+        run_two_run_escape(HOSTILE_PREOPEN_PLANT_COMPONENT).await;
+    }
+}
+
+pub(crate) mod hostile_preopen_plant_cmd {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_command_twin_cannot_redirect_another_root_either() {
+        run_two_run_escape(HOSTILE_PREOPEN_PLANT_CMD_COMPONENT).await;
+    }
+}
+
+pub(crate) mod hostile_dns_probe {
+    use std::net::IpAddr;
+    use std::sync::Mutex;
+
+    use chassis::sandbox::{MAX_LOOKUPS_IN_FLIGHT, NameResolver, ResolveFuture};
+
+    use super::*;
+
+    /// A resolver the test controls: `listed.test` has two addresses,
+    /// `slow.test` never answers, and every name asked is recorded.
+    #[derive(Debug, Default)]
+    struct TestResolver {
+        asked: Mutex<Vec<String>>,
+    }
+
+    impl NameResolver for TestResolver {
+        fn resolve(&self, name: &str) -> ResolveFuture {
+            self.asked.lock().unwrap().push(name.to_string());
+            match name {
+                "listed.test" => {
+                    let addrs: Vec<IpAddr> =
+                        vec!["192.0.2.7".parse().unwrap(), "2001:db8::7".parse().unwrap()];
+                    Box::pin(async move { Ok(addrs) })
+                }
+                "slow.test" => Box::pin(std::future::pending()),
+                _ => Box::pin(async { Err(std::io::ErrorKind::NotFound.into()) }),
+            }
+        }
+    }
+
+    impl TestResolver {
+        fn asked(&self) -> Vec<String> {
+            self.asked.lock().unwrap().clone()
+        }
+    }
+
+    #[tokio::test]
+    async fn only_listed_names_resolve_and_every_other_is_a_denial() {
+        let resolver = Arc::new(TestResolver::default());
+        let host = Host::builder()
+            .pool_slots(4)
+            .name_resolver(resolver.clone())
+            .build()
+            .unwrap();
+        let fixture = Fixture::new();
+        let policy =
+            fixture.policy("[network]\nallow = [\"listed.test:443\", \"slow.test:443\"]\n");
+        let before = host.runner().denial_counters().get(DenialKind::Network);
+        let unlisted = [
+            "localhost",
+            "metadata.google.internal",
+            "exfil-64656d6f2d736d7470.unlisted.invalid",
+            "listed.test.attacker.example",
+        ];
+        let request = format!(
+            "resolve listed.test {} LISTED.TEST 127.0.0.1",
+            unlisted.join(" ")
+        );
+        let (code, text, report) =
+            attempt(&host, HOSTILE_DNS_PROBE_COMPONENT, &policy, &request).await;
+        assert_eq!(code, "ok");
+        let mut want = vec!["listed.test 192.0.2.7,2001:db8::7".to_string()];
+        want.extend(unlisted.iter().map(|n| format!("{n} !access-denied")));
+        want.push("LISTED.TEST 192.0.2.7,2001:db8::7".into());
+        want.push("127.0.0.1 127.0.0.1".into());
+        assert_eq!(text, want.join("\n"));
+        // Each unlisted name is a network denial and never reached a resolver.
+        let targets: Vec<&str> = report.denials.iter().map(|d| d.target.as_str()).collect();
+        assert_eq!(targets, unlisted);
+        assert!(report.denials.iter().all(|d| {
+            d.kind == DenialKind::Network
+                && d.reason
+                    .contains("not a host name on the policy's allowlist")
+        }));
+        assert_eq!(resolver.asked(), ["listed.test", "listed.test"]);
+        assert_eq!(
+            host.runner().denial_counters().get(DenialKind::Network),
+            before + unlisted.len() as u64
+        );
+
+        // A flood of lookups that never finish is capped per run.
+        let (code, text, report) = attempt(
+            &host,
+            HOSTILE_DNS_PROBE_COMPONENT,
+            &policy,
+            "flood 20 slow.test",
+        )
+        .await;
+        assert_eq!(code, "ok");
+        assert_eq!(
+            text,
+            format!(
+                "started {MAX_LOOKUPS_IN_FLIGHT} refused {} temporary-resolver-failure",
+                20 - MAX_LOOKUPS_IN_FLIGHT
+            )
+        );
+        assert_eq!(report.denials.len(), 20 - MAX_LOOKUPS_IN_FLIGHT);
+        assert!(report.denials[0].reason.contains("in flight"));
+        let slow = resolver
+            .asked()
+            .iter()
+            .filter(|n| *n == "slow.test")
+            .count();
+        assert_eq!(slow, MAX_LOOKUPS_IN_FLIGHT);
+
+        // The next run starts with a fresh allowance; without network, no name resolves.
+        let (_, text, _) = attempt(
+            &host,
+            HOSTILE_DNS_PROBE_COMPONENT,
+            &policy,
+            "resolve listed.test",
+        )
+        .await;
+        assert_eq!(text, "listed.test 192.0.2.7,2001:db8::7");
+        let deny_all = Arc::new(Policy::deny_all());
+        let (_, text, report) = attempt(
+            &host,
+            HOSTILE_DNS_PROBE_COMPONENT,
+            &deny_all,
+            "resolve listed.test",
+        )
+        .await;
+        assert_eq!(text, "listed.test !access-denied");
+        assert!(report.denials[0].reason.contains("grants no network"));
+        assert_eq!(resolver.asked().len(), 2 + MAX_LOOKUPS_IN_FLIGHT + 1);
+        hello_still_works(&host).await;
+    }
+}
+
+/// Every `.jsonl` record under `dir`, as one string.
+fn audit_text(dir: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            text.push_str(&std::fs::read_to_string(path).unwrap());
+        }
+    }
+    text
+}
+
+/// A host whose audit log's filesystem is below `audit.min_free_mb` refuses
+/// runs as `unavailable` before recording anything (there is still room to
+/// write, so nothing is half-written), and the same log serves as soon as
+/// the floor is met.
+#[tokio::test]
+async fn a_full_audit_disk_refuses_runs_as_unavailable() {
+    use chassis::audit::{AuditError, AuditLog, AuditOptions};
+    use chassis::disk::{FreeSpaceFloor, LowDisk};
+
+    let data = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
+    let audit_dir = data.path().join("audit");
+    let free = chassis::disk::free_bytes(&audit_dir).unwrap();
+    let floor = free + (1 << 40);
+    let full = Host::builder()
+        .pool_slots(2)
+        .audit(log.clone())
+        .audit_floor(FreeSpaceFloor::new(&audit_dir, floor))
+        .build()
+        .unwrap();
+    let module = full.modules().register(&wasm(HELLO_COMPONENT)).unwrap();
+    for _ in 0..2 {
+        let err = full
+            .run(&module, RunRequest::new("x").limits(quick()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, chassis::StartError::Audit(AuditError::LowDisk(LowDisk { min_free_bytes, free_bytes, .. }))
+                if *min_free_bytes == floor && *free_bytes < floor),
+            "{err:?}"
+        );
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.to_string().contains("audit.min_free_mb"), "{err}");
+    }
+    log.flush().unwrap();
+    assert!(!audit_text(&audit_dir).contains("run.started"));
+
+    let roomy = Host::builder()
+        .pool_slots(2)
+        .audit(log.clone())
+        .audit_floor(FreeSpaceFloor::new(&audit_dir, 1))
+        .build()
+        .unwrap();
+    let module = roomy.modules().register(&wasm(HELLO_COMPONENT)).unwrap();
+    let report = roomy
+        .run(&module, RunRequest::new("again").limits(quick()))
+        .await
+        .unwrap();
+    assert_eq!(report.result.unwrap(), b"Hello, again!");
+    log.flush().unwrap();
+    assert!(audit_text(&audit_dir).contains("run.started"));
+    log.close().unwrap();
+}

@@ -27,7 +27,9 @@ pub fn act(request: &str) -> Outcome {
     let data = parts.next().unwrap_or_default();
     match op {
         "read" => std::fs::read(arg).map_err(io),
-        "write" => std::fs::write(arg, data).map(|_| b"written".to_vec()).map_err(io),
+        "write" => std::fs::write(arg, data)
+            .map(|_| b"written".to_vec())
+            .map_err(io),
         "list" => {
             let mut names: Vec<String> = std::fs::read_dir(arg)
                 .map_err(io)?
@@ -65,14 +67,28 @@ fn http_get(url: &str) -> Outcome {
         None => (rest, "/"),
     };
     let request = OutgoingRequest::new(Fields::new());
-    let scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
-    request.set_scheme(Some(&scheme)).map_err(|_| bad("bad scheme"))?;
-    request.set_authority(Some(authority)).map_err(|_| bad("bad authority"))?;
-    request.set_path_with_query(Some(path)).map_err(|_| bad("bad path"))?;
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
+    request
+        .set_scheme(Some(&scheme))
+        .map_err(|_| bad("bad scheme"))?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|_| bad("bad authority"))?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|_| bad("bad path"))?;
     let code = |e: wasi::http::types::ErrorCode| {
         let name = format!("{e:?}");
         let bare = name.trim_start_matches("ErrorCode::");
-        let short = bare.split(['(', ' ', '{']).next().unwrap_or(bare).to_string();
+        let short = bare
+            .split(['(', ' ', '{'])
+            .next()
+            .unwrap_or(bare)
+            .to_string();
         (short, name)
     };
     let pending = outgoing_handler::handle(request, None).map_err(code)?;
@@ -92,4 +108,89 @@ fn http_get(url: &str) -> Outcome {
         }
     }
     Ok(out)
+}
+
+/// Replaces `name` in the preopen mounted at `preopen` with a symlink to
+/// `target`: what a guest with `rw` does to redirect a root nested inside.
+pub fn plant(preopen: &str, name: &str, target: &str) -> Outcome {
+    let dirs = wasi::filesystem::preopens::get_directories();
+    let (dir, _) = dirs
+        .iter()
+        .find(|(_, path)| path == preopen)
+        .ok_or_else(|| ("NotFound".to_string(), format!("no preopen at {preopen}")))?;
+    let fs = |e: wasi::filesystem::types::ErrorCode| (format!("{e:?}"), format!("{e:?}"));
+    // The directory may hold files; std removes it whole.
+    match std::fs::remove_dir_all(format!("{preopen}/{name}")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    dir.symlink_at(target, name).map_err(fs)?;
+    Ok(format!("{preopen}/{name} -> {target}").into_bytes())
+}
+
+/// Resolves each name through `wasi:sockets/ip-name-lookup`; one line per
+/// name: `NAME ADDR,ADDR...` or `NAME !error-code` (the WIT name).
+pub fn resolve_each(names: &str) -> Vec<u8> {
+    let network = wasi::sockets::instance_network::instance_network();
+    let mut lines = Vec::new();
+    for name in names.split_whitespace() {
+        let line = match resolve(&network, name) {
+            Ok(addrs) => format!("{name} {}", addrs.join(",")),
+            Err(code) => format!("{name} !{code}"),
+        };
+        lines.push(line);
+    }
+    lines.join("\n").into_bytes()
+}
+
+fn error_code(e: wasi::sockets::network::ErrorCode) -> String {
+    e.name().to_string()
+}
+
+fn resolve(network: &wasi::sockets::network::Network, name: &str) -> Result<Vec<String>, String> {
+    use wasi::sockets::network::{ErrorCode, IpAddress};
+    let stream =
+        wasi::sockets::ip_name_lookup::resolve_addresses(network, name).map_err(error_code)?;
+    let mut addrs = Vec::new();
+    loop {
+        match stream.resolve_next_address() {
+            Ok(Some(IpAddress::Ipv4((a, b, c, d)))) => {
+                addrs.push(std::net::Ipv4Addr::new(a, b, c, d).to_string())
+            }
+            Ok(Some(IpAddress::Ipv6((a, b, c, d, e, f, g, h)))) => {
+                addrs.push(std::net::Ipv6Addr::new(a, b, c, d, e, f, g, h).to_string())
+            }
+            Ok(None) => return Ok(addrs),
+            Err(ErrorCode::WouldBlock) => stream.subscribe().block(),
+            Err(e) => return Err(error_code(e)),
+        }
+    }
+}
+
+/// Starts `count` lookups of `name` at once without waiting for any:
+/// `started N refused M CODE...` (the distinct codes of the refusals).
+pub fn flood(count: usize, name: &str) -> Vec<u8> {
+    let network = wasi::sockets::instance_network::instance_network();
+    let mut held = Vec::new();
+    let mut codes: Vec<String> = Vec::new();
+    let mut refused = 0;
+    for _ in 0..count {
+        match wasi::sockets::ip_name_lookup::resolve_addresses(&network, name) {
+            Ok(stream) => held.push(stream),
+            Err(e) => {
+                refused += 1;
+                let code = error_code(e);
+                if !codes.contains(&code) {
+                    codes.push(code);
+                }
+            }
+        }
+    }
+    format!(
+        "started {} refused {refused} {}",
+        held.len(),
+        codes.join(",")
+    )
+    .into_bytes()
 }
