@@ -184,6 +184,20 @@ pub(crate) mod hostile_secret_leak {
         assert_eq!(report.denials[0].kind, DenialKind::Secret);
         assert_eq!(report.denials[0].target, "[REDACTED:api]");
         assert!(report.denials[0].reason.contains("[REDACTED:api]"));
+        // The host names built from the value: refused without a resolver
+        // (no network is granted), and recorded redacted.
+        let lookups: Vec<&str> = report
+            .denials
+            .iter()
+            .filter(|d| d.kind == DenialKind::Network)
+            .map(|d| d.target.as_str())
+            .collect();
+        assert_eq!(
+            lookups,
+            ["[REDACTED:api].invalid", "[REDACTED:api]"],
+            "{:?}",
+            report.denials
+        );
         assert_eq!(report.logs[0].message, "leaking [REDACTED:api]");
         assert_eq!(
             report.logs[0].fields,
