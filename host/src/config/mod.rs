@@ -180,6 +180,9 @@ pub struct Audit {
     pub max_file_mb: u64,
     /// Keep running when the log cannot be written (counted); default: fail closed.
     pub fail_open: bool,
+    /// Public keys `chassis audit verify --config` trusts: hex keys or files
+    /// of them, kept apart from the log (not `keys/audit.pub` beside it).
+    pub trusted_keys: Vec<String>,
 }
 
 /// `chassis.audit.fsync`.
@@ -203,6 +206,7 @@ impl Default for Audit {
             batch_interval_ms: 50,
             max_file_mb: 64,
             fail_open: false,
+            trusted_keys: Vec::new(),
         }
     }
 }
