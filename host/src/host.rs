@@ -637,3 +637,60 @@ fn new_run_id() -> String {
     }
     hex::encode(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditOptions, log_files, record::Record};
+    use crate::sandbox::DenialKind;
+
+    fn records(dir: &std::path::Path) -> Vec<Record> {
+        log_files(&dir.join("audit"))
+            .unwrap()
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<Record>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_dropped_mid_flight_is_ended_once_with_its_denials() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(AuditOptions::in_data_dir(dir.path())).unwrap();
+        let host = Host::builder().audit(log.clone()).build().unwrap();
+        for interrupted in [false, true] {
+            if interrupted {
+                host.interrupting_runs();
+            }
+            let end = RunEnd {
+                host: &host,
+                run_id: if interrupted { "r2" } else { "r1" },
+                module: "m",
+                policy: "p",
+                caller: "c",
+                denials: host.runner.denial_log(),
+                ended: false,
+            };
+            // What the sandbox recorded before its future was dropped.
+            end.denials
+                .record(DenialKind::Secret, "root-password", "not granted");
+            drop(end);
+        }
+        log.close().unwrap();
+        let all = records(dir.path());
+        for (run, outcome) in [("r1", "cancelled"), ("r2", "interrupted")] {
+            let mine: Vec<&Record> = all.iter().filter(|r| r.fields["run_id"] == run).collect();
+            assert_eq!(mine.len(), 2, "{mine:?}");
+            assert_eq!(mine[0].kind, "capability.denied");
+            assert_eq!(mine[0].fields["target"], "root-password");
+            assert_eq!(mine[1].kind, "run.ended");
+            assert_eq!(mine[1].fields["outcome"], outcome);
+            assert_eq!(mine[1].fields["denials"], 1);
+        }
+    }
+}

@@ -12,6 +12,7 @@ use std::process::{Command, Output};
 
 use chassis::audit::record::Record;
 use chassis::audit::{AuditLog, AuditOptions, FsyncPolicy};
+use chassis::grpc::proto::chassis_client::ChassisClient;
 use chassis_tests::programs::*;
 
 fn options(data: &Path) -> AuditOptions {
@@ -557,4 +558,57 @@ fn a_tail_cut_while_the_host_is_down_is_refused_at_restart_until_recovered() {
         "lost numbers are not reused"
     );
     assert_eq!(record["fields"]["lost_from"].as_u64(), Some(cut_from));
+}
+
+#[test]
+fn a_run_whose_caller_hangs_up_is_ended_as_cancelled() {
+    let served = Served::start("");
+    let sleeper = served.register(SLEEPER_COMPONENT);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = ChassisClient::connect(format!("http://{}", served.addr))
+            .await
+            .unwrap();
+        let call = client.run(common::run_request(&sleeper, "", "20000"));
+        // Hang up mid-flight: dropping the call resets its HTTP/2 stream.
+        let hung_up = tokio::time::timeout(std::time::Duration::from_millis(700), call).await;
+        assert!(
+            hung_up.is_err(),
+            "the 20 s run had not finished: {hung_up:?}"
+        );
+    });
+    drop(runtime);
+    let data = served.data_dir();
+    let show = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut all = vec!["audit", "show", "--json", "--module", &sleeper];
+        all.extend_from_slice(args);
+        stdout(&chassis(&all, &data))
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // Ended while the guest would still be sleeping, not at its end.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while show(&["--kind", "run.ended"]).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no run.ended for the dropped run"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let dir = served.stop();
+    let data = dir.path().join("data");
+    assert_success(&verify(&data, &["--require-signed-tail"]));
+    let started = show(&["--kind", "run.started"]);
+    assert_eq!(started.len(), 1);
+    let run_id = started[0]["fields"]["run_id"].as_str().unwrap();
+    let out = chassis(&["audit", "show", "--json", "--run", run_id], &data);
+    let mine: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = mine.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["run.started", "run.ended"], "exactly one end");
+    assert_eq!(mine[1]["fields"]["outcome"], "cancelled");
+    assert_eq!(mine[1]["fields"]["caller"], mine[0]["fields"]["caller"]);
 }
