@@ -231,6 +231,39 @@ fn deleting_the_first_file_is_caught_by_the_missing_genesis() {
 }
 
 #[test]
+fn an_archived_first_file_verifies_only_from_the_checkpoint_it_ended_at() {
+    let data = tempfile::tempdir().unwrap();
+    let mut o = options(data.path());
+    o.max_file_bytes = 4096;
+    write_with(o, 200);
+    let first = data.path().join("audit/audit-000001.jsonl");
+    let second = data.path().join("audit/audit-000002.jsonl");
+    // Every file ends with a checkpoint: the archive keeps the first file's.
+    let archived = data.path().join("archived.checkpoint");
+    std::fs::write(&archived, lines(&first).last().unwrap().clone() + "\n").unwrap();
+    std::fs::remove_file(&first).unwrap();
+    let archived = archived.to_str().unwrap().to_string();
+    let out = verify(data.path(), &["--from-checkpoint", &archived]);
+    assert_success(&out);
+    let from = seq(lines(&second).first().unwrap()) - 1;
+    assert!(
+        stdout(&out).contains(&format!("starts after checkpoint {from}")),
+        "{}",
+        stdout(&out)
+    );
+    // A checkpoint from elsewhere in the log does not vouch for this start.
+    let elsewhere = data.path().join("elsewhere.checkpoint");
+    std::fs::write(&elsewhere, lines(&second).last().unwrap().clone() + "\n").unwrap();
+    assert_refused(
+        &verify(
+            data.path(),
+            &["--from-checkpoint", elsewhere.to_str().unwrap()],
+        ),
+        "does not follow the --from-checkpoint checkpoint",
+    );
+}
+
+#[test]
 fn a_tail_after_the_last_checkpoint_is_reported_unsigned_and_refused_on_request() {
     let data = tempfile::tempdir().unwrap();
     let file = write_log(data.path(), 10);

@@ -484,7 +484,8 @@ impl Writer {
 
     pub(super) fn run(mut self, rx: Receiver<Message>, health: Arc<Health>) {
         loop {
-            let wait = if !self.pending.is_empty() {
+            // After a failure, retry every 500 ms rather than spin.
+            let wait = if !self.pending.is_empty() || !health.healthy.load(Ordering::Relaxed) {
                 Duration::from_millis(500)
             } else if self.unsigned > 0 {
                 self.checkpoint_every
