@@ -43,10 +43,11 @@ fn write_log(data: &Path, records: u64) -> PathBuf {
     data.join("audit").join("audit-000001.jsonl")
 }
 
-/// A copy of the log's public keys kept outside the data dir, as an
-/// operator keeps one off the host.
+/// A copy of the log's public keys as they are now, as an operator keeps
+/// one off the host (verify is given it by path; `keys/audit.pub` may be
+/// tampered with after).
 fn out_of_band_keys(data: &Path) -> PathBuf {
-    let copy = data.with_extension("trusted.pub");
+    let copy = data.join("off-host-trusted.pub");
     std::fs::copy(data.join("keys/audit.pub"), &copy).unwrap();
     copy
 }
@@ -359,7 +360,7 @@ fn keys_are_trusted_only_from_outside_the_log_directory() {
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING: --trust-local-key"));
     // audit.trusted_keys in a config file.
-    let config = data.path().with_extension("yaml");
+    let config = data.path().join("verify.yaml");
     std::fs::write(
         &config,
         format!(
