@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
@@ -13,7 +14,7 @@ use crate::error::ErrorKind;
 use crate::modules::{Module, ModuleError, ModuleStore};
 use crate::policy::Policy;
 use crate::sandbox::{
-    HostCaps, Limits, LimitsError, LimitsRequest, LinkerError, RunReport, Runner, Tap,
+    DenialLog, HostCaps, Limits, LimitsError, LimitsRequest, LinkerError, RunReport, Runner, Tap,
 };
 use crate::secrets::{Granted, LeaseGuard, LeaseRegistry, SecretError, SecretProvider};
 
@@ -175,6 +176,7 @@ impl HostBuilder {
             audit_floor: self.audit_floor,
             secrets: self.secrets,
             leases,
+            interrupting: Arc::new(AtomicBool::new(false)),
         })
     }
 }
@@ -190,6 +192,110 @@ pub struct Host {
     audit_floor: Option<Arc<FreeSpaceFloor>>,
     secrets: Option<Arc<dyn SecretProvider>>,
     leases: Option<Arc<LeaseRegistry>>,
+    interrupting: Arc<AtomicBool>,
+}
+
+/// Outcome audited for a run whose future was dropped before it finished.
+const OUTCOME_CANCELLED: &str = "cancelled";
+/// Outcome audited for a run dropped by the shutdown's interrupt.
+const OUTCOME_INTERRUPTED: &str = "interrupted";
+
+/// Writes a run's `capability.denied` records and its one `run.ended`,
+/// whichever way the run ends: when [`Host::run`] returns, or, from `Drop`,
+/// when its future is dropped mid-flight (a caller hanging up, a shutdown
+/// interrupt), as `cancelled` or `interrupted` with the denials so far.
+struct RunEnd<'a> {
+    host: &'a Host,
+    run_id: &'a str,
+    module: &'a str,
+    policy: &'a str,
+    caller: &'a str,
+    denials: DenialLog,
+    ended: bool,
+}
+
+impl RunEnd<'_> {
+    /// Audits the end of a run that did not reach the sandbox.
+    fn refused(&mut self, error: &StartError) -> Result<(), AuditError> {
+        self.ended = true;
+        self.host.audit_event("run.ended", || {
+            serde_json::json!({
+                "run_id": self.run_id,
+                "module": self.module,
+                "policy": self.policy,
+                "caller": self.caller,
+                "outcome": error.kind().as_str(),
+                "error": error.to_string(),
+            })
+        })
+    }
+
+    /// Audits the denials and end of a run that finished.
+    fn finished(&mut self, report: &RunReport) -> Result<(), AuditError> {
+        self.ended = true;
+        for denial in &report.denials {
+            self.host.audit_event("capability.denied", || {
+                serde_json::json!({
+                    "run_id": self.run_id,
+                    "kind": denial.kind,
+                    "target": denial.target,
+                    "reason": denial.reason,
+                })
+            })?;
+        }
+        self.host.audit_event("run.ended", || {
+            serde_json::json!({
+                "run_id": self.run_id,
+                "module": self.module,
+                "policy": self.policy,
+                "caller": self.caller,
+                "outcome": report.outcome_name(),
+                "error": report.result.as_ref().err().map(|e| e.to_string()),
+                "usage": report.usage,
+                "denials": report.denials.len() as u64 + report.denials_dropped,
+            })
+        })
+    }
+}
+
+impl Drop for RunEnd<'_> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let outcome = if self.host.interrupting.load(Ordering::Relaxed) {
+            OUTCOME_INTERRUPTED
+        } else {
+            OUTCOME_CANCELLED
+        };
+        let (denials, dropped) = self.denials.take();
+        for denial in &denials {
+            let _ = self.host.audit_event("capability.denied", || {
+                serde_json::json!({
+                    "run_id": self.run_id,
+                    "kind": denial.kind,
+                    "target": denial.target,
+                    "reason": denial.reason,
+                })
+            });
+        }
+        tracing::info!(
+            run_id = self.run_id,
+            outcome,
+            "run dropped before it finished"
+        );
+        let _ = self.host.audit_event("run.ended", || {
+            serde_json::json!({
+                "run_id": self.run_id,
+                "module": self.module,
+                "policy": self.policy,
+                "caller": self.caller,
+                "outcome": outcome,
+                "error": "the run was dropped before it finished",
+                "denials": denials.len() as u64 + dropped,
+            })
+        });
+    }
 }
 
 /// Why a run could not even start.
@@ -440,6 +546,12 @@ impl Host {
         }
     }
 
+    /// From now on, runs dropped mid-flight are audited as `interrupted`
+    /// (the shutdown's grace period ended), not `cancelled`.
+    pub fn interrupting_runs(&self) {
+        self.interrupting.store(true, Ordering::Relaxed);
+    }
+
     /// The limits a run of `request` would get.
     pub fn limits_for(&self, request: &RunRequest) -> Result<Limits, StartError> {
         Limits::resolve(
@@ -483,23 +595,27 @@ impl Host {
             })
         });
         started?;
+        // From here on, exactly one run.ended is written, even if this
+        // future is dropped before the run finishes.
+        let mut end = RunEnd {
+            host: self,
+            run_id: &run_id,
+            module: module.id(),
+            policy: &policy.name,
+            caller: &request.caller,
+            // Replaced once the secrets are read, by one that redacts them.
+            denials: self.runner.denial_log(Default::default()),
+            ended: false,
+        };
         let (granted, leases) = match self.resolve_secrets(&run_id, &request, &limits).await {
             Ok(resolved) => resolved,
             Err(e) => {
                 // run.started is on record, so the refusal is too.
-                let _ = self.audit_event("run.ended", || {
-                    serde_json::json!({
-                        "run_id": run_id,
-                        "module": module.id(),
-                        "policy": policy.name,
-                        "caller": request.caller,
-                        "outcome": e.kind().as_str(),
-                        "error": e.to_string(),
-                    })
-                });
+                let _ = end.refused(&e);
                 return Err(e);
             }
         };
+        end.denials = self.runner.denial_log(granted.redactor().clone());
         let span = tracing::info_span!(
             "run",
             run_id = %run_id,
@@ -512,12 +628,19 @@ impl Host {
             wall_us = tracing::field::Empty,
         );
         let mut report = tracing::Instrument::instrument(
-            self.runner
-                .run(module, request.input, &limits, policy, request.tap, granted),
+            self.runner.run_recording(
+                module,
+                request.input,
+                &limits,
+                policy,
+                request.tap,
+                granted,
+                end.denials.clone(),
+            ),
             span.clone(),
         )
         .await;
-        report.run_id = run_id;
+        report.run_id = run_id.clone();
         span.record("outcome", report.outcome_name());
         span.record("fuel", report.usage.fuel_consumed);
         span.record("peak_memory_bytes", report.usage.peak_memory_bytes);
@@ -527,28 +650,8 @@ impl Host {
             leases.finish().await;
         }
         crate::telemetry::record_run(&report, module.id(), self.slo_target_us);
-        for denial in &report.denials {
-            self.audit_event("capability.denied", || {
-                serde_json::json!({
-                    "run_id": report.run_id,
-                    "kind": denial.kind,
-                    "target": denial.target,
-                    "reason": denial.reason,
-                })
-            })?;
-        }
-        self.audit_event("run.ended", || {
-            serde_json::json!({
-                "run_id": report.run_id,
-                "module": module.id(),
-                "policy": policy.name,
-                "caller": request.caller,
-                "outcome": report.outcome_name(),
-                "error": report.result.as_ref().err().map(|e| e.to_string()),
-                "usage": report.usage,
-                "denials": report.denials.len() as u64 + report.denials_dropped,
-            })
-        })?;
+        end.finished(&report)?;
+        drop(end);
         span.in_scope(|| match &report.result {
             Ok(_) => tracing::info!(
                 outcome = "ok",
@@ -579,4 +682,61 @@ fn new_run_id() -> String {
         bytes = nanos.to_le_bytes();
     }
     hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{AuditOptions, log_files, record::Record};
+    use crate::sandbox::DenialKind;
+
+    fn records(dir: &std::path::Path) -> Vec<Record> {
+        log_files(&dir.join("audit"))
+            .unwrap()
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str(l).unwrap())
+                    .collect::<Vec<Record>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_run_dropped_mid_flight_is_ended_once_with_its_denials() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(AuditOptions::in_data_dir(dir.path())).unwrap();
+        let host = Host::builder().audit(log.clone()).build().unwrap();
+        for interrupted in [false, true] {
+            if interrupted {
+                host.interrupting_runs();
+            }
+            let end = RunEnd {
+                host: &host,
+                run_id: if interrupted { "r2" } else { "r1" },
+                module: "m",
+                policy: "p",
+                caller: "c",
+                denials: host.runner.denial_log(Default::default()),
+                ended: false,
+            };
+            // What the sandbox recorded before its future was dropped.
+            end.denials
+                .record(DenialKind::Secret, "root-password", "not granted");
+            drop(end);
+        }
+        log.close().unwrap();
+        let all = records(dir.path());
+        for (run, outcome) in [("r1", "cancelled"), ("r2", "interrupted")] {
+            let mine: Vec<&Record> = all.iter().filter(|r| r.fields["run_id"] == run).collect();
+            assert_eq!(mine.len(), 2, "{mine:?}");
+            assert_eq!(mine[0].kind, "capability.denied");
+            assert_eq!(mine[0].fields["target"], "root-password");
+            assert_eq!(mine[1].kind, "run.ended");
+            assert_eq!(mine[1].fields["outcome"], outcome);
+            assert_eq!(mine[1].fields["denials"], 1);
+        }
+    }
 }

@@ -112,22 +112,47 @@ struct LoadArgs {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Check every record: hashes, signatures, the chain, sequence numbers
-    /// and, against the checkpoint, truncation. Exits 0 when the log is
-    /// intact; otherwise names the first bad record and why, and exits 1.
+    /// Check the log: it starts at its genesis, every record chains to the
+    /// one before, sequence numbers have no gaps, every checkpoint is
+    /// signed for its place, a trusted key signed one, and the log reaches
+    /// the checkpoint file. Exits 0 when the log is intact (reporting the
+    /// unsigned tail); otherwise names the first bad record and why, and
+    /// exits 1.
     Verify {
         /// Log files in order [default: every audit-*.jsonl in <data-dir>/audit].
         files: Vec<PathBuf>,
-        /// A trusted public key (hex, or a file of hex keys); repeatable
-        /// [default: <data-dir>/keys/audit.pub].
+        /// A trusted public key (hex, or a file of hex keys), kept apart
+        /// from the log; repeatable. Or `audit.trusted_keys` in --config.
         #[arg(long, value_name = "KEY|FILE")]
         pubkey: Vec<String>,
-        /// Checkpoint to detect truncation [default: <data-dir>/audit/audit.checkpoint when present].
+        /// Read `audit.trusted_keys` from this config file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Trust <data-dir>/keys/audit.pub, which sits beside the log it
+        /// judges: anyone who can rewrite the log can rewrite it too.
+        #[arg(long)]
+        trust_local_key: bool,
+        /// Checkpoint file to detect truncation [default: <data-dir>/audit/audit.checkpoint when present].
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
+        /// The files start after this checkpoint (where a verified, archived
+        /// earlier segment ended) instead of at the genesis.
+        #[arg(long, value_name = "FILE")]
+        from_checkpoint: Option<PathBuf>,
+        /// Fail when records follow the last signed checkpoint.
+        #[arg(long)]
+        require_signed_tail: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        data_dir: DataDirArg,
+    },
+    /// With the server stopped: continue a log whose tail is behind its last
+    /// signed checkpoint (records cut, or the checkpoint file lost), writing
+    /// a signed `log.recovered` record that names the lost records.
+    /// `chassis serve` refuses such a log until this is run.
+    Recover {
         #[command(flatten)]
         data_dir: DataDirArg,
     },
@@ -1302,24 +1327,46 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
         AuditCommand::Verify {
             files,
             pubkey,
+            config,
+            trust_local_key,
             checkpoint,
+            from_checkpoint,
+            require_signed_tail,
             json,
             data_dir,
         } => {
             let data = data_dir.resolve();
             let files = audit_files(files, &data)?;
-            let mut trusted = Vec::new();
-            if pubkey.is_empty() {
-                let path = keys::keys_dir(&data).join(keys::PUBLIC_KEYS_FILE);
-                trusted = keys::read_public_keys(&path)
-                    .with_context(|| "no trusted keys: pass --pubkey")?;
+            let mut sources = pubkey;
+            if let Some(path) = &config {
+                let config = chassis::config::Config::load(path)?;
+                sources.extend(config.audit.trusted_keys.iter().cloned());
             }
-            for k in &pubkey {
+            let mut trusted = Vec::new();
+            for k in &sources {
                 match keys::parse_public_key(k) {
                     Ok(key) => trusted.push(key),
-                    Err(_) => trusted.extend(keys::read_public_keys(Path::new(k))?),
+                    Err(_) => {
+                        trusted.extend(keys::read_public_keys(Path::new(k)).with_context(|| {
+                            format!("--pubkey {k}: neither a hex key nor a key file")
+                        })?)
+                    }
                 }
             }
+            if trust_local_key {
+                let path = keys::keys_dir(&data).join(keys::PUBLIC_KEYS_FILE);
+                eprintln!(
+                    "chassis: WARNING: --trust-local-key: trusting {}, which sits beside the log it judges; \
+                     whoever can rewrite the log can rewrite that file too. Pass --pubkey with a copy kept off this host.",
+                    path.display()
+                );
+                trusted.extend(keys::read_public_keys(&path)?);
+            }
+            anyhow::ensure!(
+                !trusted.is_empty(),
+                "no trusted keys: pass --pubkey HEX|FILE (a copy of keys/audit.pub kept off this host), \
+                 or --config with audit.trusted_keys; --trust-local-key trusts the key file beside the log"
+            );
             let checkpoint_path = checkpoint.or_else(|| {
                 let default = data.join("audit").join(verify::CHECKPOINT_FILE);
                 default.exists().then_some(default)
@@ -1328,24 +1375,57 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
                 Some(p) => Some(verify::Checkpoint::read(p).map_err(anyhow::Error::msg)?),
                 None => None,
             };
-            match verify::verify(&files, &trusted, checkpoint.as_ref()) {
+            let from = match &from_checkpoint {
+                Some(p) => Some(verify::Checkpoint::read(p).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            let options = verify::VerifyOptions {
+                trusted: &trusted,
+                checkpoint: checkpoint.as_ref(),
+                from: from.as_ref(),
+                require_signed_tail,
+            };
+            match verify::verify(&files, &options) {
                 Ok(ok) => {
                     if json {
                         println!("{}", serde_json::json!({ "ok": true, "verified": ok }));
                     } else {
                         println!(
-                            "ok: {} records in {} file(s), last record {} ({}), signed by {}{}",
+                            "ok: {} records in {} file(s), records {} to {}, last {} ({}), checkpoints signed by {}{}",
                             ok.records,
                             ok.files,
+                            ok.first_seq,
+                            ok.last_seq,
                             ok.last_seq,
                             &ok.last_hash[..16],
                             ok.keys.join(", "),
-                            if checkpoint.is_some() {
+                            if ok.checkpoint_matched {
                                 "; matches the checkpoint"
+                            } else if checkpoint.is_some() {
+                                "; the checkpoint file precedes these files"
                             } else {
-                                "; no checkpoint given, truncation at the end not checked"
+                                "; no checkpoint file given, truncation at the end not checked"
                             }
                         );
+                        if ok.first_seq > 0 {
+                            println!(
+                                "starts after checkpoint {} (--from-checkpoint)",
+                                ok.first_seq - 1
+                            );
+                        }
+                        for loss in &ok.losses {
+                            match (loss.from, loss.to) {
+                                (Some(from), Some(to)) => println!(
+                                    "recorded loss: records {from} to {to} were lost (log.recovered, record {})",
+                                    loss.at
+                                ),
+                                _ => println!(
+                                    "recorded loss: the checkpoint file was lost, so a cut tail before record {} could not be ruled out (log.recovered)",
+                                    loss.at
+                                ),
+                            }
+                        }
+                        println!("unsigned tail: {} records", ok.unsigned_tail);
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -1367,6 +1447,21 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
                     Ok(ExitCode::from(1))
                 }
             }
+        }
+        AuditCommand::Recover { data_dir } => {
+            let data = data_dir.resolve();
+            let options = chassis::audit::AuditOptions::in_data_dir(&data);
+            let (log, recovery) = chassis::audit::AuditLog::recover(options)?;
+            log.close()?;
+            match (recovery.problem, recovery.seq) {
+                (Some(problem), Some(seq)) => println!(
+                    "recovered the audit log: {problem}; recorded as log.recovered (record {seq}), signed"
+                ),
+                _ => println!(
+                    "the audit log's tail matches its last signed checkpoint: nothing to recover"
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Show {
             files,

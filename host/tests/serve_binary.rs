@@ -188,7 +188,16 @@ fn a_served_host_audits_what_ran_and_the_log_verifies_after_shutdown() {
             .output()
             .unwrap()
     };
-    let out = chassis(&["audit", "verify"]);
+    // The operator's copy of the public key, taken off the host.
+    let trusted = served.dir.path().join("trusted-audit.pub");
+    std::fs::copy(data.join("keys/audit.pub"), &trusted).unwrap();
+    let out = chassis(&[
+        "audit",
+        "verify",
+        "--require-signed-tail",
+        "--pubkey",
+        trusted.to_str().unwrap(),
+    ]);
     assert_success(&out);
     let out = chassis(&["audit", "show", "--json"]);
     let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)

@@ -477,7 +477,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
          instantiate from an `InstancePre`, call `run`, drop.\n\
          - `sandbox/host-run` and `sandbox/host-run-audited`: the same run through `Host::run` (policy \
          checks, run id, metrics, tracing span), without and with the audit log (batch fsync, \
-         two signed records per run).\n\
+         two hash-chained records per run, one signed checkpoint per batch).\n\
          - `cpu/chassis` and `cpu/uninstrumented`: the `hasher` guest over 1 MiB, 16 rounds, through \
          `Runner::run` and through raw wasmtime on the chassis engine configuration (pooling, memory \
          reservation, bounds checks) with only fuel and epochs turned off.\n\

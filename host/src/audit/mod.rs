@@ -1,10 +1,16 @@
 //! The tamper-evident audit log.
 //!
-//! One JSON record per line (see [`record::Record`]): each carries the
-//! previous record's hash and an Ed25519 signature, so an edit, deletion,
-//! insertion, reordering or truncation is detected by `chassis audit
-//! verify`. Records are sealed and written by one writer thread, off the
-//! run's hot path; the queue is bounded and blocks rather than drops. When
+//! Format 2. One JSON record per line (see [`record::Record`]): each
+//! carries the hash of the previous line, and a signed `checkpoint` record
+//! every batch (at most `batch_records` or `batch_interval_ms`, and at file
+//! rotation, key rotation and shutdown) signs the chain so far, so an edit,
+//! deletion, insertion, reordering or truncation is detected by `chassis
+//! audit verify`. The log starts with a genesis record (`seq` 0,
+//! `log.created`) naming its public key, and the writer refuses to continue
+//! a log whose tail is behind the last signed checkpoint
+//! ([`AuditError::Tail`]) until `chassis audit recover` records the loss.
+//! Records are written by one writer thread, off the run's hot path; the
+//! queue is bounded and blocks rather than drops. When
 //! the log cannot be written, [`AuditLog::record`] fails (and runs fail
 //! closed) unless the log was opened with `fail_open`, and every failure is
 //! counted in `if_chassis_audit_write_failures_total`.
@@ -14,7 +20,7 @@ pub mod record;
 pub mod verify;
 mod writer;
 
-pub use writer::log_files;
+pub use writer::{Recovery, log_files};
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -69,21 +75,82 @@ pub enum AuditError {
     /// The log's filesystem is below its free-space floor (see `crate::disk`).
     #[error(transparent)]
     LowDisk(#[from] crate::disk::LowDisk),
+    /// The log ends before its last signed checkpoint (or has none): it is
+    /// not continued until `chassis audit recover` records the loss.
+    #[error(
+        "audit log {}: {problem}; refusing to continue it. If the loss is known and accepted, run \
+         `chassis audit recover --data-dir <DIR>` with the server stopped: it records the loss in the log",
+        dir.display()
+    )]
+    Tail {
+        /// The log directory.
+        dir: PathBuf,
+        /// What is missing.
+        problem: TailProblem,
+    },
+    /// The directory holds a format 1 log (a signature on every record),
+    /// which this version neither continues nor verifies.
+    #[error(
+        "{} is a format 1 audit log (one signature per record); this chassis writes and verifies \
+         format 2 only. Verify it with the release that wrote it, archive it, and move the audit \
+         directory aside to start a new log",
+        path.display()
+    )]
+    Format1 {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// How the end of a log falls short of its last signed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TailProblem {
+    /// Records `from..=to` were signed by a checkpoint but are gone.
+    Missing {
+        /// First missing sequence number.
+        from: u64,
+        /// Last missing one (the checkpoint's).
+        to: u64,
+    },
+    /// The log has records but `audit.checkpoint` is gone, so a cut tail
+    /// cannot be ruled out.
+    NoCheckpoint,
+}
+
+impl std::fmt::Display for TailProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TailProblem::Missing { from, to } if from == to => write!(
+                f,
+                "record {from} is missing from the end of the log, though the last signed checkpoint covers it"
+            ),
+            TailProblem::Missing { from, to } => write!(
+                f,
+                "records {from} to {to} are missing from the end of the log, though the last signed checkpoint covers them"
+            ),
+            TailProblem::NoCheckpoint => write!(
+                f,
+                "audit.checkpoint is missing, so a cut tail cannot be ruled out"
+            ),
+        }
+    }
 }
 
 impl AuditError {
     /// The stable kind.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            AuditError::Unavailable(_) | AuditError::Locked { .. } | AuditError::LowDisk(_) => {
-                ErrorKind::Unavailable
-            }
+            AuditError::Unavailable(_)
+            | AuditError::Locked { .. }
+            | AuditError::LowDisk(_)
+            | AuditError::Tail { .. } => ErrorKind::Unavailable,
             _ => ErrorKind::Internal,
         }
     }
 }
 
-/// When the writer calls fsync.
+/// When the writer calls fsync. A signed checkpoint closes every batch
+/// (with `Every`: every 256 records or 50 ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "mode")]
 pub enum FsyncPolicy {
@@ -172,12 +239,29 @@ pub struct AuditLog {
 }
 
 impl AuditLog {
-    /// Opens (or starts) the log in `options.dir`, continuing the chain from
-    /// its last record, and starts the writer thread.
+    /// Opens (or starts, with a genesis record) the log in `options.dir`,
+    /// continuing the chain from its last record, and starts the writer
+    /// thread. Refuses a log whose tail is behind its last signed
+    /// checkpoint ([`AuditError::Tail`]). Runs the tail shows started but
+    /// never ended get `run.ended` with outcome `host-crashed`.
     pub fn open(options: AuditOptions) -> Result<Arc<Self>, AuditError> {
+        Ok(Self::open_with(options, writer::OpenMode::Normal)?.0)
+    }
+
+    /// `chassis audit recover`: opens the log even when its tail is behind
+    /// the last signed checkpoint, recording the loss in a signed
+    /// `log.recovered` record (the lost sequence numbers are never reused).
+    pub fn recover(options: AuditOptions) -> Result<(Arc<Self>, Recovery), AuditError> {
+        Self::open_with(options, writer::OpenMode::Recover)
+    }
+
+    fn open_with(
+        options: AuditOptions,
+        mode: writer::OpenMode,
+    ) -> Result<(Arc<Self>, Recovery), AuditError> {
         let key = keys::load_or_create(&options.key_file)?;
         keys::remember_public_key(&options.keys_dir, &key.verifying_key())?;
-        let state = writer::Writer::open(&options, key)?;
+        let (state, recovery) = writer::Writer::open(&options, key, mode)?;
         let (tx, rx): (SyncSender<Message>, Receiver<Message>) = sync_channel(options.queue.max(1));
         let health = Arc::new(Health::default());
         health.healthy.store(true, Ordering::Relaxed);
@@ -192,12 +276,15 @@ impl AuditLog {
                     source,
                 })?
         };
-        Ok(Arc::new(Self {
-            tx,
-            health,
-            fail_open: options.fail_open,
-            thread: Mutex::new(Some(thread)),
-        }))
+        Ok((
+            Arc::new(Self {
+                tx,
+                health,
+                fail_open: options.fail_open,
+                thread: Mutex::new(Some(thread)),
+            }),
+            recovery,
+        ))
     }
 
     /// Queues one event. Fails (fail closed) while the log cannot be
@@ -218,7 +305,8 @@ impl AuditLog {
             .map_err(|_| AuditError::Unavailable("the audit writer has stopped".into()))
     }
 
-    /// Waits until every queued record is written and synced to disk.
+    /// Waits until every queued record is written, covered by a signed
+    /// checkpoint and synced to disk.
     pub fn flush(&self) -> Result<(), AuditError> {
         let (tx, rx) = sync_channel(1);
         self.tx
@@ -229,8 +317,9 @@ impl AuditLog {
             .map_err(AuditError::Unavailable)
     }
 
-    /// Switches to `new` for signing: writes a `key.rotated` record signed by
-    /// the old key and endorsed by the new one, then signs with `new`.
+    /// Switches to `new` for signing: writes a `key.rotated` record endorsed
+    /// by the new key, signs it with the old key in a checkpoint, then signs
+    /// checkpoints with `new`.
     pub fn rotate_key(&self, new: SigningKey) -> Result<(), AuditError> {
         let (tx, rx) = sync_channel(1);
         self.tx

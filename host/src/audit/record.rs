@@ -1,71 +1,69 @@
-//! One audit record: its canonical encoding, hash and signature.
+//! One audit record (format 2): its line, its hash, and the checkpoint
+//! signature.
 //!
-//! The hash covers a canonical JSON encoding (object keys sorted at every
-//! depth, no whitespace) of everything but `hash`, `sig` and `key`, so a
-//! record re-serialised by another tool still verifies, and any edit to any
-//! field changes the hash. The signature is Ed25519 over the 32 hash bytes.
+//! A record is one JSON object on one line: `seq`, `ts`, `kind`, `fields`
+//! and `prev`, the sha256 of the previous record's line. The hash of a
+//! record is the sha256 of its exact line bytes (without the newline), so
+//! any change to any byte breaks the chain at the next record. Records
+//! carry no signature of their own: a `checkpoint` record signs the chain
+//! hash (its own `prev`), which covers every record before it.
+//!
+//! The first record of a log is its genesis (`seq` 0, kind
+//! [`GENESIS_KIND`], `prev` all zeros) and names the public key that signs
+//! the first checkpoints. Format 1 lines (with a per-record `sig`) are
+//! recognised only to be refused by name.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// The `prev` of the very first record of a log.
+/// The `prev` of the genesis record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// This crate's log format.
+pub const FORMAT: u64 = 2;
+
+/// Kind of the first record of a log.
+pub const GENESIS_KIND: &str = "log.created";
+/// Kind of a signed checkpoint record.
+pub const CHECKPOINT_KIND: &str = "checkpoint";
+/// Kind of a key rotation record.
+pub const ROTATION_KIND: &str = "key.rotated";
+/// Kind of the record `chassis audit recover` writes over a lost tail.
+pub const RECOVERED_KIND: &str = "log.recovered";
 
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
-    /// 1, 2, 3, ... across every file of the log.
+    /// 0 (the genesis), 1, 2, ... across every file of the log.
     pub seq: u64,
-    /// RFC 3339 UTC time the writer sealed the record.
+    /// RFC 3339 UTC time the writer wrote the record.
     pub ts: String,
-    /// The host that wrote it.
-    pub host: String,
     /// What happened, e.g. `run.ended`.
     pub kind: String,
     /// The event's details.
     pub fields: Value,
-    /// `hash` of the previous record ([`GENESIS`] for the first).
+    /// sha256 (hex) of the previous record's line ([`GENESIS`] for seq 0).
     pub prev: String,
-    /// sha256 of the canonical encoding, hex.
-    pub hash: String,
-    /// Ed25519 signature of the hash bytes, hex.
-    pub sig: String,
-    /// Id of the signing key.
-    pub key: String,
 }
 
-/// Writes `value` as canonical JSON: sorted keys, no whitespace.
-pub fn canonical(value: &Value, out: &mut String) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(k.clone()).to_string());
-                out.push(':');
-                canonical(&map[k], out);
-            }
-            out.push('}');
-        }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, v) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                canonical(v, out);
-            }
-            out.push(']');
-        }
-        other => out.push_str(&other.to_string()),
-    }
+/// The hash of a record: sha256 of its line, without the newline.
+pub fn line_hash(line: &str) -> [u8; 32] {
+    Sha256::digest(line.as_bytes()).into()
+}
+
+/// Whether `line` is a format 1 record (each one signed, with `sig` and
+/// `key`), which this version does not verify or continue.
+pub fn is_format_1(line: &str) -> bool {
+    serde_json::from_str::<Value>(line)
+        .ok()
+        .and_then(|v| {
+            v.as_object()
+                .map(|o| o.contains_key("sig") && o.contains_key("hash"))
+        })
+        .unwrap_or(false)
 }
 
 /// Id of a public key: the first 16 hex digits of its sha256.
@@ -73,44 +71,114 @@ pub fn key_id(key: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
+/// The bytes a checkpoint's signature covers: its position, time, the chain
+/// hash through the record before it, the record count and the key id, so
+/// a checkpoint cannot be replayed at another place in the log.
+pub fn checkpoint_message(seq: u64, ts: &str, count: u64, chain: &str, key: &str) -> Vec<u8> {
+    format!(
+        "chassis-audit-v2 checkpoint\nseq={seq}\nts={ts}\ncount={count}\nchain={chain}\nkey={key}"
+    )
+    .into_bytes()
+}
+
+/// The fields of a checkpoint record at `seq` (whose `prev` is `chain`),
+/// signed by `signer`.
+pub fn checkpoint_fields(seq: u64, ts: &str, chain: &str, signer: &SigningKey) -> Value {
+    let key = key_id(&signer.verifying_key());
+    let sig = signer.sign(&checkpoint_message(seq, ts, seq, chain, &key));
+    serde_json::json!({
+        "count": seq,
+        "chain": chain,
+        "key": key,
+        "sig": hex::encode(sig.to_bytes()),
+    })
+}
+
+/// Why a checkpoint record does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointFault {
+    /// A field is missing or malformed.
+    Malformed(String),
+    /// It names a different key than the one expected to sign here.
+    WrongKey {
+        /// The key it names.
+        named: String,
+        /// The key that should sign here.
+        expected: String,
+    },
+    /// Its signed position, count or chain do not match where it sits.
+    Misplaced(String),
+    /// The signature does not verify.
+    BadSignature,
+}
+
+impl std::fmt::Display for CheckpointFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckpointFault::Malformed(e) => write!(f, "malformed checkpoint: {e}"),
+            CheckpointFault::WrongKey { named, expected } => write!(
+                f,
+                "checkpoint names key {named}, but key {expected} signs here"
+            ),
+            CheckpointFault::Misplaced(e) => write!(
+                f,
+                "checkpoint does not belong here ({e}): an older checkpoint was put in its place, or the records before it changed"
+            ),
+            CheckpointFault::BadSignature => {
+                write!(f, "forged checkpoint: its signature does not verify")
+            }
+        }
+    }
+}
+
 impl Record {
-    /// The hash the record should carry.
-    pub fn compute_hash(&self) -> [u8; 32] {
-        let body = serde_json::json!({
-            "seq": self.seq,
-            "ts": self.ts,
-            "host": self.host,
-            "kind": self.kind,
-            "fields": self.fields,
-            "prev": self.prev,
-        });
-        let mut text = String::new();
-        canonical(&body, &mut text);
-        Sha256::digest(text.as_bytes()).into()
-    }
-
-    /// Fills `hash`, `sig` and `key` with `signer`.
-    pub fn seal(&mut self, signer: &SigningKey) {
-        let hash = self.compute_hash();
-        self.hash = hex::encode(hash);
-        self.sig = hex::encode(signer.sign(&hash).to_bytes());
-        self.key = key_id(&signer.verifying_key());
-    }
-
-    /// Whether `hash` matches the content.
-    pub fn hash_matches(&self) -> bool {
-        hex::encode(self.compute_hash()) == self.hash
-    }
-
-    /// Whether `sig` is `key`'s signature of `hash`.
-    pub fn signature_valid(&self, key: &VerifyingKey) -> bool {
-        let (Ok(hash), Ok(sig)) = (hex::decode(&self.hash), hex::decode(&self.sig)) else {
-            return false;
+    /// Checks this checkpoint record against `key`: signed by it, for this
+    /// very position (`seq`, `count`) and chain (`prev`).
+    pub fn check_checkpoint(&self, key: &VerifyingKey) -> Result<(), CheckpointFault> {
+        let field = |name: &str| {
+            self.fields[name]
+                .as_str()
+                .ok_or_else(|| CheckpointFault::Malformed(format!("missing `{name}`")))
         };
-        let Ok(sig) = <[u8; 64]>::try_from(sig.as_slice()) else {
-            return false;
-        };
-        key.verify(&hash, &Signature::from_bytes(&sig)).is_ok()
+        let named = field("key")?;
+        let expected = key_id(key);
+        if named != expected {
+            return Err(CheckpointFault::WrongKey {
+                named: named.to_string(),
+                expected,
+            });
+        }
+        let chain = field("chain")?;
+        let count = self.fields["count"]
+            .as_u64()
+            .ok_or_else(|| CheckpointFault::Malformed("missing `count`".into()))?;
+        if chain != self.prev {
+            return Err(CheckpointFault::Misplaced(
+                "its chain hash is not the hash of the record before it".into(),
+            ));
+        }
+        if count != self.seq {
+            return Err(CheckpointFault::Misplaced(format!(
+                "it counts {count} records before it, but sits at record {}",
+                self.seq
+            )));
+        }
+        let sig = hex::decode(field("sig")?)
+            .ok()
+            .and_then(|s| <[u8; 64]>::try_from(s.as_slice()).ok())
+            .ok_or_else(|| CheckpointFault::Malformed("`sig` is not 64 hex bytes".into()))?;
+        key.verify(
+            &checkpoint_message(self.seq, &self.ts, count, chain, named),
+            &Signature::from_bytes(&sig),
+        )
+        .map_err(|_| CheckpointFault::BadSignature)
+    }
+
+    /// The key id a checkpoint record names, if it is one.
+    pub fn checkpoint_key(&self) -> Option<&str> {
+        (self.kind == CHECKPOINT_KIND)
+            .then(|| self.fields["key"].as_str())
+            .flatten()
     }
 }
 
@@ -118,35 +186,57 @@ impl Record {
 mod tests {
     use super::*;
 
-    #[test]
-    fn canonical_json_sorts_keys_at_every_depth() {
-        let v = serde_json::json!({"b": 1, "a": {"d": [3, {"z": 1, "y": 2}], "c": "x"}});
-        let mut s = String::new();
-        canonical(&v, &mut s);
-        assert_eq!(s, r#"{"a":{"c":"x","d":[3,{"y":2,"z":1}]},"b":1}"#);
+    fn checkpoint_at(seq: u64, prev: &str, key: &SigningKey) -> Record {
+        let ts = "2026-01-01T00:00:00Z".to_string();
+        Record {
+            seq,
+            fields: checkpoint_fields(seq, &ts, prev, key),
+            ts,
+            kind: CHECKPOINT_KIND.into(),
+            prev: prev.into(),
+        }
     }
 
     #[test]
-    fn any_field_edit_breaks_the_hash() {
+    fn any_byte_of_a_line_changes_its_hash() {
+        let a = r#"{"seq":1,"ts":"t","kind":"run.ended","fields":{"outcome":"ok"},"prev":"00"}"#;
+        let b = a.replace("ok", "trap");
+        assert_ne!(line_hash(a), line_hash(&b));
+    }
+
+    #[test]
+    fn a_checkpoint_verifies_only_where_and_by_whom_it_was_signed() {
         let key = SigningKey::from_bytes(&[7; 32]);
-        let mut r = Record {
-            seq: 1,
-            ts: "2026-01-01T00:00:00Z".into(),
-            host: "h".into(),
-            kind: "run.ended".into(),
-            fields: serde_json::json!({"outcome": "ok"}),
-            prev: GENESIS.into(),
-            hash: String::new(),
-            sig: String::new(),
-            key: String::new(),
-        };
-        r.seal(&key);
-        assert!(r.hash_matches());
-        assert!(r.signature_valid(&key.verifying_key()));
-        let mut edited = r.clone();
-        edited.fields["outcome"] = "trap".into();
-        assert!(!edited.hash_matches());
+        let cp = checkpoint_at(10, &"ab".repeat(32), &key);
+        cp.check_checkpoint(&key.verifying_key()).unwrap();
+
         let other = SigningKey::from_bytes(&[8; 32]);
-        assert!(!r.signature_valid(&other.verifying_key()));
+        assert!(matches!(
+            cp.check_checkpoint(&other.verifying_key()),
+            Err(CheckpointFault::WrongKey { .. })
+        ));
+        // Replayed at a later position, it no longer holds.
+        let mut moved = cp.clone();
+        moved.seq = 20;
+        moved.fields["count"] = 20.into();
+        assert_eq!(
+            moved.check_checkpoint(&key.verifying_key()),
+            Err(CheckpointFault::BadSignature)
+        );
+        let mut rechained = cp.clone();
+        rechained.prev = "cd".repeat(32);
+        assert!(matches!(
+            rechained.check_checkpoint(&key.verifying_key()),
+            Err(CheckpointFault::Misplaced(_))
+        ));
+    }
+
+    #[test]
+    fn format_1_lines_are_recognised() {
+        let v1 = r#"{"seq":1,"ts":"t","host":"h","kind":"k","fields":{},"prev":"0","hash":"1","sig":"2","key":"3"}"#;
+        assert!(is_format_1(v1));
+        assert!(!is_format_1(
+            r#"{"seq":1,"ts":"t","kind":"k","fields":{},"prev":"0"}"#
+        ));
     }
 }

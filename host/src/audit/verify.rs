@@ -1,60 +1,105 @@
-//! `chassis audit verify`: checks a log's files record by record and names
-//! the first bad record and why.
+//! `chassis audit verify`: checks a format 2 log's files record by record
+//! and names the first bad record and why.
+//!
+//! What it proves: the log starts at its genesis (or right after a
+//! checkpoint verified earlier, `--from-checkpoint`), every record's `prev`
+//! is the hash of the line before it, sequence numbers run without gaps
+//! (except a loss `chassis audit recover` recorded), every checkpoint is
+//! signed for its place by the key in force there, and one of those keys is
+//! trusted out of band. Records after the last trusted checkpoint are the
+//! unsigned tail: reported, and refused with `require_signed_tail`.
 
-use std::collections::HashSet;
 use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use super::keys::parse_public_key;
-use super::record::{GENESIS, Record, key_id};
+use super::record::{
+    CHECKPOINT_KIND, CheckpointFault, FORMAT, GENESIS, GENESIS_KIND, RECOVERED_KIND, ROTATION_KIND,
+    Record, is_format_1, key_id, line_hash,
+};
 
-/// File in the log dir holding the last synced sequence number and hash.
+/// File in the log dir holding the last signed checkpoint record (its exact
+/// line), replaced after every checkpoint.
 pub const CHECKPOINT_FILE: &str = "audit.checkpoint";
 
-/// The last record known to be on disk: verify compares the log's end with
-/// it to detect truncation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A signed checkpoint record, as kept in [`CHECKPOINT_FILE`] or given to
+/// `--from-checkpoint`.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
-    /// Sequence number of the last synced record.
-    pub seq: u64,
-    /// Its hash.
-    pub hash: String,
-    /// The file it is in.
-    pub file: String,
+    /// The checkpoint record.
+    pub record: Record,
+    /// Its exact line, which is what its successor's `prev` hashes.
+    pub line: String,
 }
 
 impl Checkpoint {
-    /// Reads a checkpoint file.
+    /// Reads a checkpoint file (one checkpoint record line).
     pub fn read(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+        Self::parse(text.trim_end_matches('\n'))
+            .map_err(|e| format!("{}: not a format {FORMAT} checkpoint: {e}", path.display()))
     }
 
-    /// Writes it atomically.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+    /// Parses a checkpoint record's line.
+    pub fn parse(line: &str) -> Result<Self, String> {
+        let record: Record = serde_json::from_str(line).map_err(|e| e.to_string())?;
+        if record.kind != CHECKPOINT_KIND {
+            return Err(format!("its kind is `{}`", record.kind));
+        }
+        Ok(Self {
+            record,
+            line: line.to_string(),
+        })
+    }
+
+    /// The hash of its line, hex.
+    pub fn hash(&self) -> String {
+        hex::encode(line_hash(&self.line))
+    }
+
+    /// Writes `line` to `path` atomically and durably.
+    pub fn write(path: &Path, line: &str) -> std::io::Result<()> {
         let tmp = path.with_extension("checkpoint.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec(self).map_err(std::io::Error::other)?,
-        )?;
+        {
+            use std::io::Write;
+            let mut file = File::create(&tmp)?;
+            file.write_all(line.as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_data()?;
+        }
         std::fs::rename(tmp, path)
     }
 }
 
-/// Why a record is bad.
+/// Why a record (or the log) is bad.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
     /// Not a record at all.
     Malformed(String),
-    /// Its content does not match its hash.
+    /// A format 1 record: this version does not verify those logs.
+    Format1,
+    /// The first record is not the genesis.
+    NoGenesis {
+        /// Its sequence number.
+        seq: u64,
+        /// Its kind.
+        kind: String,
+    },
+    /// The genesis record is malformed.
+    BadGenesis(String),
+    /// The first record does not follow the `--from-checkpoint` checkpoint.
+    NotAfterCheckpoint(String),
+    /// Its hash is not the `prev` of the record after it.
     Edited,
-    /// Its signature does not verify under the key it names.
-    BadSignature,
-    /// Signed by a key the verifier does not trust.
+    /// No checkpoint is signed by a trusted key.
     UnknownKey(String),
+    /// A checkpoint does not hold.
+    BadCheckpoint(CheckpointFault),
     /// Records are missing before this one.
     Deleted {
         /// The first missing sequence number.
@@ -62,36 +107,64 @@ pub enum Reason {
         /// The last missing one.
         to: u64,
     },
-    /// A record appears again, or one not of this log was put in.
+    /// A record appears again.
     Inserted,
     /// Records are out of order.
     Reordered {
         /// The sequence number expected here.
         expected: u64,
     },
-    /// Its `prev` is not the hash of the record before it.
-    ChainBroken,
-    /// The log ends before the checkpoint's last record.
+    /// The log ends before the checkpoint file's record.
     Truncated {
-        /// The checkpoint's last sequence number.
+        /// The checkpoint's sequence number.
         checkpoint_seq: u64,
         /// The log's last sequence number.
         last_seq: u64,
     },
+    /// The checkpoint file is older than the log's last checkpoint.
+    StaleCheckpoint {
+        /// The checkpoint file's sequence number.
+        file_seq: u64,
+        /// The log's last checkpoint.
+        log_seq: u64,
+    },
+    /// The checkpoint file is not the record the log holds at its seq, or
+    /// is not signed by the log's keys.
+    CheckpointMismatch(String),
     /// A key rotation record whose new key did not endorse it.
     BadRotation(String),
+    /// Records after the last signed checkpoint, refused on request.
+    UnsignedTail {
+        /// How many.
+        records: u64,
+    },
 }
 
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::Malformed(e) => write!(f, "malformed: not an audit record ({e})"),
-            Reason::Edited => write!(f, "edited: its content does not match its hash"),
-            Reason::BadSignature => write!(
+            Reason::Format1 => write!(
                 f,
-                "forged: its signature does not verify under the key it names"
+                "format 1 record (one signature per record): this chassis verifies format {FORMAT} logs only; \
+                 verify it with the release that wrote it"
             ),
-            Reason::UnknownKey(k) => write!(f, "signed by unknown key {k}"),
+            Reason::NoGenesis { seq, kind } => write!(
+                f,
+                "deleted: the log does not start with its genesis (record 0, {GENESIS_KIND}); \
+                 the first record is {seq} ({kind}), so the records before it were removed \
+                 (if they were archived on purpose, pass --from-checkpoint with the checkpoint they ended at)"
+            ),
+            Reason::BadGenesis(e) => write!(f, "bad genesis: {e}"),
+            Reason::NotAfterCheckpoint(e) => {
+                write!(f, "does not follow the --from-checkpoint checkpoint: {e}")
+            }
+            Reason::Edited => write!(
+                f,
+                "edited: its hash is not the prev of the record after it (it was changed, or the next one replaced)"
+            ),
+            Reason::UnknownKey(k) => write!(f, "signed by unknown key: {k}"),
+            Reason::BadCheckpoint(e) => write!(f, "{e}"),
             Reason::Deleted { from, to } if from == to => {
                 write!(f, "deleted: record {from} is missing before it")
             }
@@ -105,10 +178,6 @@ impl fmt::Display for Reason {
             Reason::Reordered { expected } => {
                 write!(f, "reordered: expected record {expected} here")
             }
-            Reason::ChainBroken => write!(
-                f,
-                "inserted or replaced: its prev is not the hash of the record before it"
-            ),
             Reason::Truncated {
                 checkpoint_seq,
                 last_seq,
@@ -116,7 +185,17 @@ impl fmt::Display for Reason {
                 f,
                 "truncated: the log ends at record {last_seq} but the checkpoint says {checkpoint_seq} were written"
             ),
+            Reason::StaleCheckpoint { file_seq, log_seq } => write!(
+                f,
+                "stale checkpoint: audit.checkpoint signs record {file_seq}, but the log holds a later signed checkpoint \
+                 (record {log_seq}): it was replaced with an older one"
+            ),
+            Reason::CheckpointMismatch(e) => write!(f, "checkpoint file mismatch: {e}"),
             Reason::BadRotation(e) => write!(f, "bad key rotation: {e}"),
+            Reason::UnsignedTail { records } => write!(
+                f,
+                "unsigned tail: {records} records after the last signed checkpoint (--require-signed-tail)"
+            ),
         }
     }
 }
@@ -149,6 +228,17 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Records lost and recorded by `chassis audit recover`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Loss {
+    /// First lost sequence number (none when the checkpoint file was lost).
+    pub from: Option<u64>,
+    /// Last lost one.
+    pub to: Option<u64>,
+    /// The `log.recovered` record.
+    pub at: u64,
+}
+
 /// A log that verified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verified {
@@ -156,144 +246,367 @@ pub struct Verified {
     pub records: u64,
     /// Files checked.
     pub files: usize,
+    /// First sequence number (0 unless `--from-checkpoint`).
+    pub first_seq: u64,
     /// Last sequence number.
     pub last_seq: u64,
-    /// Last hash.
+    /// Hash of the last record's line.
     pub last_hash: String,
-    /// Ids of the keys that signed records.
+    /// Ids of the keys that signed checkpoints.
     pub keys: Vec<String>,
+    /// The last checkpoint signed under a trusted key.
+    pub signed_through: Option<u64>,
+    /// Records after it, which no signature covers yet.
+    pub unsigned_tail: u64,
+    /// Whether the checkpoint file was given and matched.
+    pub checkpoint_matched: bool,
+    /// Losses `chassis audit recover` recorded.
+    pub losses: Vec<Loss>,
 }
 
-/// Verifies `files` (in order) against `trusted` keys and, if given, the
-/// checkpoint. Keys introduced by a verified `key.rotated` record become
-/// trusted from then on, and the old key is retired.
-pub fn verify(
-    files: &[PathBuf],
-    trusted: &[VerifyingKey],
-    checkpoint: Option<&Checkpoint>,
-) -> Result<Verified, Problem> {
-    let mut keys: Vec<VerifyingKey> = trusted.to_vec();
-    let mut retired: HashSet<String> = HashSet::new();
-    let mut used: Vec<String> = Vec::new();
-    let mut expected_seq: Option<u64> = None;
-    let mut last_hash = GENESIS.to_string();
-    let mut seen: HashSet<u64> = HashSet::new();
-    let mut count = 0u64;
-    let mut last_seq = 0u64;
-    let mut last_place = (files.first().cloned().unwrap_or_default(), 0usize);
+/// What to verify a log against.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct VerifyOptions<'a> {
+    /// Keys trusted out of band: one of them must sign a checkpoint.
+    pub trusted: &'a [VerifyingKey],
+    /// The log's checkpoint file, to detect truncation and replacement.
+    pub checkpoint: Option<&'a Checkpoint>,
+    /// Where a verified earlier segment ended: the log then starts right
+    /// after it instead of at its genesis.
+    pub from: Option<&'a Checkpoint>,
+    /// Fail when records follow the last signed checkpoint.
+    pub require_signed_tail: bool,
+}
 
-    // Records ahead of the current one, to tell reordering from deletion.
-    let mut all: Vec<(PathBuf, usize, Result<Record, String>)> = Vec::new();
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: u64,
+}
+
+/// Whether some line of `files` carries `seq` (to tell reordering from
+/// deletion; only read when a gap is found).
+fn appears(files: &[PathBuf], seq: u64) -> bool {
+    files.iter().any(|path| {
+        File::open(path).is_ok_and(|f| {
+            BufReader::new(f).lines().any(|l| {
+                l.ok()
+                    .and_then(|l| serde_json::from_str::<SeqOnly>(&l).ok())
+                    .is_some_and(|r| r.seq == seq)
+            })
+        })
+    })
+}
+
+/// Verifies `files` (in order) under `options`. Keys introduced by a
+/// verified `key.rotated` record sign from the checkpoint after it on.
+pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified, Problem> {
+    let trusted = options.trusted;
+    let start = options.from.map_or(0, |c| c.record.seq + 1);
+    let mut expected = start;
+    let mut last_hash = options.from.map_or(GENESIS.to_string(), |c| c.hash());
+    let mut active: Option<VerifyingKey> = None;
+    let mut pending_key: Option<VerifyingKey> = None;
+    let mut anchored = false;
+    let mut used: Vec<String> = Vec::new();
+    let mut signed_through = None;
+    let mut unsigned = 0u64;
+    let mut last_checkpoint: Option<u64> = None;
+    let mut checkpoint_matched = false;
+    let mut losses = Vec::new();
+    let mut count = 0u64;
+    let mut first_place: Option<(PathBuf, usize)> = None;
+    let mut prev_place: Option<(PathBuf, usize, u64)> = None;
+
+    if let Some(from) = options.from {
+        let named = from.record.checkpoint_key().unwrap_or_default();
+        let key = trusted.iter().find(|k| key_id(k) == named).copied();
+        let ok = key.is_some_and(|k| from.record.check_checkpoint(&k).is_ok());
+        if !ok {
+            return Err(Problem {
+                file: files.first().cloned().unwrap_or_default(),
+                line: 0,
+                seq: None,
+                reason: Reason::NotAfterCheckpoint(format!(
+                    "the checkpoint (record {}) is not signed by a trusted key (it names {named:?})",
+                    from.record.seq
+                )),
+            });
+        }
+        active = key;
+        anchored = true;
+        signed_through = Some(from.record.seq);
+    }
+
     for file in files {
-        let text = std::fs::read_to_string(file).map_err(|e| Problem {
+        let reader = File::open(file).map(BufReader::new).map_err(|e| Problem {
             file: file.clone(),
             line: 0,
             seq: None,
             reason: Reason::Malformed(e.to_string()),
         })?;
-        for (i, line) in text.lines().enumerate() {
+        for (i, line) in reader.lines().enumerate() {
+            let lineno = i + 1;
+            let bad = |seq: Option<u64>, reason: Reason| Problem {
+                file: file.clone(),
+                line: lineno,
+                seq,
+                reason,
+            };
+            let line = line.map_err(|e| bad(None, Reason::Malformed(e.to_string())))?;
             if line.trim().is_empty() {
                 continue;
             }
-            all.push((
-                file.clone(),
-                i + 1,
-                serde_json::from_str::<Record>(line).map_err(|e| e.to_string()),
-            ));
+            let record: Record = serde_json::from_str(&line).map_err(|e| {
+                if is_format_1(&line) {
+                    bad(None, Reason::Format1)
+                } else {
+                    bad(None, Reason::Malformed(e.to_string()))
+                }
+            })?;
+            let seq = Some(record.seq);
+            if first_place.is_none() {
+                first_place = Some((file.clone(), lineno));
+                match options.from {
+                    None => {
+                        if record.seq != 0 || record.kind != GENESIS_KIND {
+                            return Err(bad(
+                                seq,
+                                Reason::NoGenesis {
+                                    seq: record.seq,
+                                    kind: record.kind.clone(),
+                                },
+                            ));
+                        }
+                        if record.prev != GENESIS {
+                            return Err(bad(
+                                seq,
+                                Reason::BadGenesis("its prev is not all zeros".into()),
+                            ));
+                        }
+                        let key =
+                            genesis_key(&record).map_err(|e| bad(seq, Reason::BadGenesis(e)))?;
+                        anchored = trusted.contains(&key);
+                        active = Some(key);
+                    }
+                    Some(from) => {
+                        if record.seq != start || record.prev != last_hash {
+                            return Err(bad(
+                                seq,
+                                Reason::NotAfterCheckpoint(format!(
+                                    "expected record {start} chained to the checkpoint's hash {}",
+                                    &last_hash[..16]
+                                )),
+                            ));
+                        }
+                        let _ = from;
+                    }
+                }
+            } else if record.kind == GENESIS_KIND {
+                return Err(bad(seq, Reason::Inserted));
+            }
+            if record.seq < expected {
+                return Err(bad(seq, Reason::Inserted));
+            }
+            if record.seq > expected {
+                let recorded = record.kind == RECOVERED_KIND
+                    && record.fields["lost_from"].as_u64() == Some(expected)
+                    && record.fields["lost_to"].as_u64() == Some(record.seq - 1);
+                if recorded {
+                    losses.push(Loss {
+                        from: Some(expected),
+                        to: Some(record.seq - 1),
+                        at: record.seq,
+                    });
+                } else if appears(files, expected) {
+                    return Err(bad(seq, Reason::Reordered { expected }));
+                } else {
+                    return Err(bad(
+                        seq,
+                        Reason::Deleted {
+                            from: expected,
+                            to: record.seq - 1,
+                        },
+                    ));
+                }
+            } else if record.kind == RECOVERED_KIND {
+                losses.push(Loss {
+                    from: None,
+                    to: None,
+                    at: record.seq,
+                });
+            }
+            if record.prev != last_hash {
+                return Err(match &prev_place {
+                    Some((pfile, pline, pseq)) => Problem {
+                        file: pfile.clone(),
+                        line: *pline,
+                        seq: Some(*pseq),
+                        reason: Reason::Edited,
+                    },
+                    None => bad(seq, Reason::Edited),
+                });
+            }
+            let hash = hex::encode(line_hash(&line));
+            match record.kind.as_str() {
+                CHECKPOINT_KIND => {
+                    let key = active.expect("the genesis or --from-checkpoint set the key");
+                    record
+                        .check_checkpoint(&key)
+                        .map_err(|e| bad(seq, Reason::BadCheckpoint(e)))?;
+                    anchored |= trusted.contains(&key);
+                    let id = key_id(&key);
+                    if !used.contains(&id) {
+                        used.push(id);
+                    }
+                    if anchored {
+                        signed_through = Some(record.seq);
+                        unsigned = 0;
+                    }
+                    if let Some(new) = pending_key.take() {
+                        active = Some(new);
+                    }
+                    last_checkpoint = Some(record.seq);
+                }
+                ROTATION_KIND => {
+                    pending_key = Some(
+                        rotation_key(&record, &last_hash)
+                            .map_err(|e| bad(seq, Reason::BadRotation(e)))?,
+                    );
+                    unsigned += 1;
+                }
+                _ => unsigned += 1,
+            }
+            if let Some(cp) = options.checkpoint
+                && cp.record.seq == record.seq
+            {
+                if cp.hash() != hash {
+                    return Err(bad(
+                        seq,
+                        Reason::CheckpointMismatch(
+                            "audit.checkpoint is not the record the log holds at its sequence number"
+                                .into(),
+                        ),
+                    ));
+                }
+                checkpoint_matched = true;
+            }
+            expected = record.seq + 1;
+            last_hash = hash;
+            prev_place = Some((file.clone(), lineno, record.seq));
+            count += 1;
         }
     }
-    let all_seqs: HashSet<u64> = all
-        .iter()
-        .filter_map(|(_, _, r)| r.as_ref().ok().map(|r| r.seq))
-        .collect();
-
-    for (file, line, parsed) in &all {
-        let bad = |seq: Option<u64>, reason: Reason| Problem {
-            file: file.clone(),
-            line: *line,
+    let end = |seq: Option<u64>, reason: Reason| {
+        let (file, line) = prev_place
+            .as_ref()
+            .map(|(f, l, _)| (f.clone(), *l))
+            .unwrap_or_else(|| (files.first().cloned().unwrap_or_default(), 0));
+        Problem {
+            file,
+            line,
             seq,
             reason,
-        };
-        let record = parsed
-            .as_ref()
-            .map_err(|e| bad(None, Reason::Malformed(e.clone())))?;
-        let seq = Some(record.seq);
-        if !record.hash_matches() {
-            return Err(bad(seq, Reason::Edited));
         }
-        let Some(key) = keys.iter().find(|k| key_id(k) == record.key).copied() else {
-            let why = if retired.contains(&record.key) {
-                format!("{} (retired by an earlier key rotation)", record.key)
-            } else {
-                record.key.clone()
-            };
-            return Err(bad(seq, Reason::UnknownKey(why)));
-        };
-        if !record.signature_valid(&key) {
-            return Err(bad(seq, Reason::BadSignature));
-        }
-        if seen.contains(&record.seq) {
-            return Err(bad(seq, Reason::Inserted));
-        }
-        let expected = expected_seq.unwrap_or(record.seq);
-        if record.seq < expected {
-            return Err(bad(seq, Reason::Reordered { expected }));
-        }
-        if record.seq > expected {
-            if all_seqs.contains(&expected) {
-                return Err(bad(seq, Reason::Reordered { expected }));
+    };
+    let Some((_, _, last_seq)) = prev_place.clone() else {
+        return Err(end(
+            None,
+            Reason::NoGenesis {
+                seq: start,
+                kind: "nothing: the log is empty".into(),
+            },
+        ));
+    };
+    if let Some(cp) = options.checkpoint {
+        if cp.record.seq > last_seq {
+            // Only a checkpoint the log's own keys signed proves records are missing.
+            let named = cp.record.checkpoint_key().unwrap_or_default();
+            let signed = trusted
+                .iter()
+                .chain(active.iter())
+                .find(|k| key_id(k) == named)
+                .is_some_and(|k| cp.record.check_checkpoint(k).is_ok());
+            if !signed {
+                return Err(end(
+                    Some(last_seq),
+                    Reason::CheckpointMismatch(format!(
+                        "audit.checkpoint (record {}) is not signed by a key of this log",
+                        cp.record.seq
+                    )),
+                ));
             }
-            return Err(bad(
-                seq,
-                Reason::Deleted {
-                    from: expected,
-                    to: record.seq - 1,
+            return Err(end(
+                Some(last_seq),
+                Reason::Truncated {
+                    checkpoint_seq: cp.record.seq,
+                    last_seq,
                 },
             ));
         }
-        if expected_seq.is_some() && record.prev != last_hash {
-            return Err(bad(seq, Reason::ChainBroken));
+        if let Some(log_seq) = last_checkpoint
+            && log_seq > cp.record.seq
+        {
+            return Err(end(
+                Some(last_seq),
+                Reason::StaleCheckpoint {
+                    file_seq: cp.record.seq,
+                    log_seq,
+                },
+            ));
         }
-        if expected_seq.is_none() && record.seq == 1 && record.prev != GENESIS {
-            return Err(bad(seq, Reason::ChainBroken));
-        }
-        if record.kind == "key.rotated" {
-            let new =
-                rotation_key(record, &last_hash).map_err(|e| bad(seq, Reason::BadRotation(e)))?;
-            retired.insert(key_id(&key));
-            keys.retain(|k| k != &key);
-            keys.push(new);
-        }
-        if !used.contains(&record.key) {
-            used.push(record.key.clone());
-        }
-        seen.insert(record.seq);
-        expected_seq = Some(record.seq + 1);
-        last_hash = record.hash.clone();
-        last_seq = record.seq;
-        last_place = (file.clone(), *line);
-        count += 1;
     }
-    if let Some(cp) = checkpoint
-        && (last_seq < cp.seq || (last_seq == cp.seq && last_hash != cp.hash))
-    {
+    if !anchored {
+        let (file, line) = first_place.unwrap_or_default();
         return Err(Problem {
-            file: last_place.0,
-            line: last_place.1,
-            seq: (last_seq > 0).then_some(last_seq),
-            reason: Reason::Truncated {
-                checkpoint_seq: cp.seq,
-                last_seq,
-            },
+            file,
+            line,
+            seq: Some(start),
+            reason: Reason::UnknownKey(format!(
+                "no checkpoint is signed by a trusted key (the log's keys: {})",
+                if used.is_empty() {
+                    "none yet".to_string()
+                } else {
+                    used.join(", ")
+                }
+            )),
         });
+    }
+    if signed_through.is_none() {
+        unsigned = count;
+    }
+    if options.require_signed_tail && unsigned > 0 {
+        return Err(end(
+            Some(last_seq),
+            Reason::UnsignedTail { records: unsigned },
+        ));
     }
     Ok(Verified {
         records: count,
         files: files.len(),
+        first_seq: start,
         last_seq,
         last_hash,
         keys: used,
+        signed_through,
+        unsigned_tail: unsigned,
+        checkpoint_matched,
+        losses,
     })
+}
+
+fn genesis_key(record: &Record) -> Result<VerifyingKey, String> {
+    if record.fields["format"].as_u64() != Some(FORMAT) {
+        return Err(format!("`format` is not {FORMAT}"));
+    }
+    let key = parse_public_key(
+        record.fields["public_key"]
+            .as_str()
+            .ok_or("missing `public_key`")?,
+    )?;
+    if record.fields["key"].as_str() != Some(key_id(&key).as_str()) {
+        return Err("`key` is not the id of `public_key`".into());
+    }
+    Ok(key)
 }
 
 fn rotation_key(record: &Record, prev_hash: &str) -> Result<VerifyingKey, String> {

@@ -1,7 +1,8 @@
-//! The writer thread: seals records in order, appends them, syncs, rotates
-//! files and keeps the checkpoint.
+//! The writer thread: writes records in order, appends them, syncs, signs a
+//! checkpoint per batch, rotates files, and at open checks the log's tail
+//! against the last signed checkpoint.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -10,19 +11,34 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
 
-use ed25519_dalek::{Signer, SigningKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde_json::Value;
 
-use super::record::{GENESIS, Record};
-use super::verify::Checkpoint;
-use super::{
-    AuditError, AuditOptions, FsyncPolicy, Health, Message, RECORDS_TOTAL, WRITE_FAILURES_TOTAL,
-    keys,
+use super::record::{
+    CHECKPOINT_KIND, FORMAT, GENESIS, GENESIS_KIND, RECOVERED_KIND, ROTATION_KIND, Record,
+    checkpoint_fields, is_format_1, key_id, line_hash,
 };
+use super::verify::{CHECKPOINT_FILE, Checkpoint};
+use super::{
+    AuditError, AuditOptions, FsyncPolicy, Health, Message, RECORDS_TOTAL, TailProblem,
+    WRITE_FAILURES_TOTAL, keys,
+};
+
+/// Checkpoint cadence when every record is synced on its own.
+const EVERY_CHECKPOINT: (u32, u64) = (256, 50);
 
 /// File name of the `n`th log file.
 pub(crate) fn file_name(n: u32) -> String {
     format!("audit-{n:06}.jsonl")
+}
+
+fn file_number(path: &Path) -> Option<u32> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("audit-")?
+        .strip_suffix(".jsonl")?
+        .parse()
+        .ok()
 }
 
 /// The log files in `dir`, in order.
@@ -30,15 +46,7 @@ pub fn log_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files: Vec<(u32, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if let Some(n) = name
-            .strip_prefix("audit-")
-            .and_then(|r| r.strip_suffix(".jsonl"))
-            .and_then(|n| n.parse().ok())
-        {
+        if let Some(n) = file_number(&path) {
             files.push((n, path));
         }
     }
@@ -46,23 +54,24 @@ pub fn log_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|(_, p)| p).collect())
 }
 
-pub(super) struct Writer {
-    dir: PathBuf,
-    keys_dir: PathBuf,
-    host: String,
-    key: SigningKey,
-    fsync: FsyncPolicy,
-    max_file_bytes: u64,
-    file: File,
-    file_index: u32,
-    file_bytes: u64,
-    next_seq: u64,
-    last_hash: String,
-    written: (u64, String),
-    unsynced: u32,
-    last_sync: Instant,
-    pending: VecDeque<Record>,
-    _lock: File,
+/// How [`Writer::open`] treats a tail behind the signed checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OpenMode {
+    /// Refuse it ([`AuditError::Tail`]).
+    Normal,
+    /// Record the loss in a `log.recovered` record and continue.
+    Recover,
+}
+
+/// What the end of the log looks like, read at open.
+#[derive(Debug, Default)]
+struct Tail {
+    /// The last record and the hash of its line.
+    last: Option<(Record, String)>,
+    /// The last checkpoint record's line, if the files scanned hold one.
+    last_checkpoint: Option<(u64, String)>,
+    /// Runs with a `run.started` and no `run.ended`, by run id.
+    open_runs: BTreeMap<String, Value>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
@@ -72,38 +81,100 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
     }
 }
 
-/// The last record of the newest non-empty file, if any.
-fn last_record(files: &[PathBuf]) -> Result<Option<Record>, AuditError> {
+/// Reads the newest two non-empty files (runs can span a file boundary):
+/// the last record, the last checkpoint and the runs left open.
+fn read_tail(files: &[PathBuf]) -> Result<Tail, AuditError> {
+    let mut tail = Tail::default();
+    let mut scanned: Vec<&PathBuf> = Vec::new();
     for path in files.iter().rev() {
-        let file = File::open(path).map_err(io(path))?;
-        if !file.metadata().map_err(io(path))?.is_file() {
+        let meta = std::fs::metadata(path).map_err(io(path))?;
+        if !meta.is_file() {
             return Err(AuditError::Corrupt {
                 path: path.clone(),
                 message: "is not a regular file".into(),
             });
         }
-        let mut last = None;
-        for line in BufReader::new(file).lines() {
-            let line = line.map_err(io(path))?;
-            if !line.trim().is_empty() {
-                last = Some(line);
+        if meta.len() > 0 {
+            scanned.push(path);
+            if scanned.len() == 2 {
+                break;
             }
         }
-        if let Some(line) = last {
-            let record: Record = serde_json::from_str(&line).map_err(|e| AuditError::Corrupt {
-                path: path.clone(),
-                message: format!(
-                    "its last line is not a complete record ({e}); run `chassis audit verify` before writing more"
-                ),
+    }
+    for path in scanned.into_iter().rev() {
+        let file = File::open(path).map_err(io(path))?;
+        for (i, line) in BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(io(path))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: Record = serde_json::from_str(&line).map_err(|e| {
+                if is_format_1(&line) {
+                    AuditError::Format1 { path: path.clone() }
+                } else {
+                    AuditError::Corrupt {
+                        path: path.clone(),
+                        message: format!(
+                            "line {} is not a complete record ({e}); run `chassis audit verify` before writing more",
+                            i + 1
+                        ),
+                    }
+                }
             })?;
-            return Ok(Some(record));
+            match record.kind.as_str() {
+                "run.started" => {
+                    if let Some(id) = record.fields["run_id"].as_str() {
+                        tail.open_runs.insert(id.to_string(), record.fields.clone());
+                    }
+                }
+                "run.ended" => {
+                    if let Some(id) = record.fields["run_id"].as_str() {
+                        tail.open_runs.remove(id);
+                    }
+                }
+                CHECKPOINT_KIND => tail.last_checkpoint = Some((record.seq, line.clone())),
+                _ => {}
+            }
+            tail.last = Some((record, hex::encode(line_hash(&line))));
         }
     }
-    Ok(None)
+    Ok(tail)
+}
+
+pub(super) struct Writer {
+    dir: PathBuf,
+    keys_dir: PathBuf,
+    key: SigningKey,
+    fsync: FsyncPolicy,
+    checkpoint_every: (u32, Duration),
+    max_file_bytes: u64,
+    file: File,
+    file_index: u32,
+    file_bytes: u64,
+    next_seq: u64,
+    last_hash: String,
+    unsynced: u32,
+    unsigned: u32,
+    last_checkpoint: Instant,
+    pending: VecDeque<(&'static str, Value)>,
+    _lock: File,
+}
+
+/// What `chassis audit recover` found and recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// The problem recorded, or `None` when the tail was intact.
+    pub problem: Option<TailProblem>,
+    /// Sequence number of the `log.recovered` record.
+    pub seq: Option<u64>,
 }
 
 impl Writer {
-    pub(super) fn open(options: &AuditOptions, key: SigningKey) -> Result<Self, AuditError> {
+    pub(super) fn open(
+        options: &AuditOptions,
+        key: SigningKey,
+        mode: OpenMode,
+    ) -> Result<(Self, Recovery), AuditError> {
         std::fs::create_dir_all(&options.dir).map_err(io(&options.dir))?;
         let lock_path = options.dir.join("audit.lock");
         let lock = OpenOptions::new()
@@ -116,21 +187,40 @@ impl Writer {
             return Err(AuditError::Locked { path: lock_path });
         }
         let files = log_files(&options.dir).map_err(io(&options.dir))?;
-        let (next_seq, last_hash) = match last_record(&files)? {
-            Some(r) => (r.seq + 1, r.hash),
-            None => (1, GENESIS.to_string()),
+        let tail = read_tail(&files)?;
+        let checkpoint_path = options.dir.join(CHECKPOINT_FILE);
+        let checkpoint = if checkpoint_path.exists() {
+            let cp = Checkpoint::read(&checkpoint_path).map_err(|message| AuditError::Corrupt {
+                path: checkpoint_path.clone(),
+                message,
+            })?;
+            check_own_checkpoint(&cp, &key, &options.keys_dir, &checkpoint_path)?;
+            Some(cp)
+        } else {
+            None
         };
-        let file_index = files
-            .last()
-            .and_then(|p| {
-                p.file_name()?
-                    .to_str()?
-                    .strip_prefix("audit-")?
-                    .strip_suffix(".jsonl")?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(1);
+        let problem = match (&tail.last, &checkpoint) {
+            (None, None) => None,
+            (None, Some(cp)) => Some(TailProblem::Missing {
+                from: 0,
+                to: cp.record.seq,
+            }),
+            (Some(_), None) => Some(TailProblem::NoCheckpoint),
+            (Some((last, _)), Some(cp)) if last.seq < cp.record.seq => Some(TailProblem::Missing {
+                from: last.seq + 1,
+                to: cp.record.seq,
+            }),
+            (Some(_), Some(_)) => None,
+        };
+        if let Some(problem) = &problem
+            && mode == OpenMode::Normal
+        {
+            return Err(AuditError::Tail {
+                dir: options.dir.clone(),
+                problem: problem.clone(),
+            });
+        }
+        let file_index = files.last().and_then(|p| file_number(p)).unwrap_or(1);
         let path = options.dir.join(file_name(file_index));
         let file = OpenOptions::new()
             .create(true)
@@ -138,90 +228,201 @@ impl Writer {
             .open(&path)
             .map_err(io(&path))?;
         let file_bytes = file.metadata().map_err(io(&path))?.len();
-        Ok(Self {
+        let (next_seq, last_hash) = match &tail.last {
+            Some((r, hash)) => (r.seq + 1, hash.clone()),
+            None => (0, GENESIS.to_string()),
+        };
+        let checkpoint_every = match options.fsync {
+            FsyncPolicy::Batch {
+                records,
+                interval_ms,
+            } => (records.max(1), Duration::from_millis(interval_ms)),
+            FsyncPolicy::Every => (
+                EVERY_CHECKPOINT.0,
+                Duration::from_millis(EVERY_CHECKPOINT.1),
+            ),
+        };
+        let mut writer = Self {
             dir: options.dir.clone(),
             keys_dir: options.keys_dir.clone(),
-            host: options.host_id.clone(),
             key,
             fsync: options.fsync,
+            checkpoint_every,
             max_file_bytes: options.max_file_bytes.max(1024),
             file,
             file_index,
             file_bytes,
             next_seq,
-            written: (next_seq - 1, last_hash.clone()),
             last_hash,
             unsynced: 0,
-            last_sync: Instant::now(),
+            unsigned: 0,
+            last_checkpoint: Instant::now(),
             pending: VecDeque::new(),
             _lock: lock,
-        })
-    }
-
-    fn seal(&mut self, kind: &str, fields: Value) {
-        let mut record = Record {
-            seq: self.next_seq,
-            ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
-            host: self.host.clone(),
-            kind: kind.to_string(),
-            fields,
-            prev: self.last_hash.clone(),
-            hash: String::new(),
-            sig: String::new(),
-            key: String::new(),
         };
-        record.seal(&self.key);
-        self.next_seq += 1;
-        self.last_hash = record.hash.clone();
-        self.pending.push_back(record);
+        let fail = |message: String| AuditError::Corrupt {
+            path: path.clone(),
+            message,
+        };
+        if tail.last.is_none() && checkpoint.is_none() {
+            let public = writer.key.verifying_key();
+            writer
+                .write_record(GENESIS_KIND, |_, _, _| {
+                    serde_json::json!({
+                        "format": FORMAT,
+                        "public_key": hex::encode(public.as_bytes()),
+                        "key": key_id(&public),
+                        "host": options.host_id,
+                    })
+                })
+                .map_err(|e| fail(format!("writing the genesis record: {e}")))?;
+        } else if problem.is_none() {
+            // A crash between appending a checkpoint and replacing the file
+            // leaves the file one checkpoint behind: bring it up to date.
+            if let (Some((seq, line)), Some(cp)) = (&tail.last_checkpoint, &checkpoint)
+                && *seq > cp.record.seq
+            {
+                Checkpoint::write(&checkpoint_path, line).map_err(io(&checkpoint_path))?;
+            }
+        }
+        let mut recovered_at = None;
+        if let Some(problem) = &problem {
+            let (lost_from, lost_to) = match problem {
+                TailProblem::Missing { from, to } => (Some(*from), Some(*to)),
+                TailProblem::NoCheckpoint => (None, None),
+            };
+            if let Some(to) = lost_to {
+                // The lost sequence numbers are never reused.
+                writer.next_seq = to + 1;
+            }
+            recovered_at = Some(writer.next_seq);
+            let why = problem.to_string();
+            writer
+                .write_record(RECOVERED_KIND, |_, _, _| {
+                    serde_json::json!({
+                        "lost_from": lost_from,
+                        "lost_to": lost_to,
+                        "problem": why,
+                        "by": "chassis audit recover",
+                    })
+                })
+                .map_err(|e| fail(format!("writing the recovery record: {e}")))?;
+        }
+        for (run_id, started) in tail.open_runs {
+            writer
+                .write_record("run.ended", |_, _, _| {
+                    serde_json::json!({
+                        "run_id": run_id,
+                        "module": started["module"],
+                        "policy": started["policy"],
+                        "caller": started["caller"],
+                        "outcome": "host-crashed",
+                        "error": "the host stopped without ending this run; recorded at the next start",
+                    })
+                })
+                .map_err(|e| fail(format!("ending a run left open: {e}")))?;
+        }
+        if writer.unsigned > 0 {
+            writer
+                .checkpoint()
+                .map_err(|e| fail(format!("signing a checkpoint: {e}")))?;
+        }
+        Ok((
+            writer,
+            Recovery {
+                problem,
+                seq: recovered_at,
+            },
+        ))
     }
 
     fn current_path(&self) -> PathBuf {
         self.dir.join(file_name(self.file_index))
     }
 
-    /// Writes pending records; on failure keeps them for the next attempt.
+    /// Appends one record at `next_seq`, its fields built from its seq, time
+    /// and prev (a checkpoint signs them). Starts a new file first if this
+    /// one is full, closing the old one with a checkpoint.
+    fn write_record(
+        &mut self,
+        kind: &str,
+        fields: impl FnOnce(u64, &str, &str) -> Value,
+    ) -> Result<(), String> {
+        if kind != CHECKPOINT_KIND && self.file_bytes >= self.max_file_bytes {
+            self.rotate_file()?;
+        }
+        let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        let record = Record {
+            seq: self.next_seq,
+            fields: fields(self.next_seq, &ts, &self.last_hash),
+            ts,
+            kind: kind.to_string(),
+            prev: self.last_hash.clone(),
+        };
+        let mut line = serde_json::to_string(&record).expect("records always serialise");
+        let hash = hex::encode(line_hash(&line));
+        line.push('\n');
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            // Never leave half a record behind.
+            let _ = self.file.set_len(self.file_bytes);
+            return Err(format!("writing {}: {e}", self.current_path().display()));
+        }
+        self.file_bytes += line.len() as u64;
+        self.next_seq += 1;
+        self.last_hash = hash;
+        self.unsynced += 1;
+        if kind == CHECKPOINT_KIND {
+            self.unsigned = 0;
+            self.last_checkpoint = Instant::now();
+            line.pop();
+            self.sync()?;
+            Checkpoint::write(&self.dir.join(CHECKPOINT_FILE), &line)
+                .map_err(|e| format!("writing the checkpoint file: {e}"))?;
+        } else {
+            self.unsigned += 1;
+            if self.fsync == FsyncPolicy::Every {
+                self.sync()?;
+            }
+        }
+        metrics::counter!(RECORDS_TOTAL).increment(1);
+        Ok(())
+    }
+
+    /// Closes the current file with a checkpoint and starts the next one.
+    fn rotate_file(&mut self) -> Result<(), String> {
+        self.checkpoint()?;
+        let next = self.dir.join(file_name(self.file_index + 1));
+        self.file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&next)
+            .map_err(|e| format!("opening {}: {e}", next.display()))?;
+        self.file_index += 1;
+        self.file_bytes = 0;
+        Ok(())
+    }
+
+    /// Signs the chain so far in a checkpoint record, syncs it to disk and
+    /// replaces the checkpoint file. Nothing to do when every record is
+    /// already covered.
+    fn checkpoint(&mut self) -> Result<(), String> {
+        if self.unsigned == 0 {
+            return self.sync();
+        }
+        let key = self.key.clone();
+        self.write_record(CHECKPOINT_KIND, |seq, ts, prev| {
+            checkpoint_fields(seq, ts, prev, &key)
+        })
+    }
+
+    /// Writes pending events; on failure keeps them for the next attempt.
     fn drain(&mut self, health: &Health) {
-        while let Some(record) = self.pending.front() {
-            let mut line = serde_json::to_string(record).expect("records always serialise");
-            line.push('\n');
-            let result = (|| -> std::io::Result<()> {
-                if self.file_bytes > 0 && self.file_bytes + line.len() as u64 > self.max_file_bytes
-                {
-                    self.file.sync_data()?;
-                    let next = self.dir.join(file_name(self.file_index + 1));
-                    self.file = OpenOptions::new().create(true).append(true).open(&next)?;
-                    self.file_index += 1;
-                    self.file_bytes = 0;
-                }
-                if let Err(e) = self.file.write_all(line.as_bytes()) {
-                    // Never leave half a record behind.
-                    let _ = self.file.set_len(self.file_bytes);
-                    return Err(e);
-                }
-                Ok(())
-            })();
-            match result {
-                Ok(()) => {
-                    self.file_bytes += line.len() as u64;
-                    self.unsynced += 1;
-                    self.written = (record.seq, record.hash.clone());
-                    self.pending.pop_front();
-                    metrics::counter!(RECORDS_TOTAL).increment(1);
-                    if self.fsync == FsyncPolicy::Every
-                        && let Err(e) = self.sync()
-                    {
-                        self.fail(health, e);
-                        return;
-                    }
-                }
-                Err(e) => {
-                    self.fail(
-                        health,
-                        format!("writing {}: {e}", self.current_path().display()),
-                    );
-                    return;
-                }
+        while let Some((kind, fields)) = self.pending.pop_front() {
+            let kept = fields.clone();
+            if let Err(e) = self.write_record(kind, move |_, _, _| fields) {
+                self.pending.push_front((kind, kept));
+                self.fail(health, e);
+                return;
             }
         }
         health.healthy.store(true, Ordering::Relaxed);
@@ -244,50 +445,38 @@ impl Writer {
             .sync_data()
             .map_err(|e| format!("syncing {}: {e}", self.current_path().display()))?;
         self.unsynced = 0;
-        self.last_sync = Instant::now();
-        let checkpoint = Checkpoint {
-            seq: self.written.0,
-            hash: self.written.1.clone(),
-            file: file_name(self.file_index),
-        };
-        checkpoint
-            .write(&self.dir.join(super::verify::CHECKPOINT_FILE))
-            .map_err(|e| format!("writing the checkpoint: {e}"))
+        Ok(())
     }
 
-    fn batch_due(&self) -> bool {
-        match self.fsync {
-            FsyncPolicy::Every => false,
-            FsyncPolicy::Batch {
-                records,
-                interval_ms,
-            } => {
-                self.unsynced >= records.max(1)
-                    || (self.unsynced > 0
-                        && self.last_sync.elapsed() >= Duration::from_millis(interval_ms))
-            }
-        }
+    fn checkpoint_due(&self) -> bool {
+        let (records, interval) = self.checkpoint_every;
+        self.unsigned >= records
+            || (self.unsigned > 0 && self.last_checkpoint.elapsed() >= interval)
     }
 
+    /// Records the rotation (endorsed by the new key), signs it with the old
+    /// key in a checkpoint, then signs with `new` from the next one on.
     fn rotate_key(&mut self, new: SigningKey, health: &Health) -> Result<(), String> {
-        let new_public = new.verifying_key();
-        let mut message = hex::decode(&self.last_hash).unwrap_or_default();
-        message.extend_from_slice(new_public.as_bytes());
-        let endorsement = new.sign(&message);
-        self.seal(
-            "key.rotated",
-            serde_json::json!({
-                "old_key": super::record::key_id(&self.key.verifying_key()),
-                "new_key": super::record::key_id(&new_public),
-                "new_public_key": hex::encode(new_public.as_bytes()),
-                "endorsement": hex::encode(endorsement.to_bytes()),
-            }),
-        );
         self.drain(health);
         if !self.pending.is_empty() {
-            return Err("the rotation record could not be written".into());
+            return Err("the records before the rotation could not be written".into());
         }
-        self.sync()?;
+        let new_public = new.verifying_key();
+        let old = key_id(&self.key.verifying_key());
+        let endorse = |prev: &str| {
+            let mut message = hex::decode(prev).unwrap_or_default();
+            message.extend_from_slice(new_public.as_bytes());
+            new.sign(&message)
+        };
+        self.write_record(ROTATION_KIND, |_, _, prev| {
+            serde_json::json!({
+                "old_key": old,
+                "new_key": key_id(&new_public),
+                "new_public_key": hex::encode(new_public.as_bytes()),
+                "endorsement": hex::encode(endorse(prev).to_bytes()),
+            })
+        })?;
+        self.checkpoint()?;
         keys::remember_public_key(&self.keys_dir, &new_public).map_err(|e| e.to_string())?;
         self.key = new;
         Ok(())
@@ -295,19 +484,22 @@ impl Writer {
 
     pub(super) fn run(mut self, rx: Receiver<Message>, health: Arc<Health>) {
         loop {
-            let wait = match self.fsync {
-                FsyncPolicy::Batch { interval_ms, .. } if self.unsynced > 0 => {
-                    Duration::from_millis(interval_ms)
-                }
-                _ if !self.pending.is_empty() => Duration::from_millis(500),
-                _ => Duration::from_secs(3600),
+            // After a failure, retry every 500 ms rather than spin.
+            let wait = if !self.pending.is_empty() || !health.healthy.load(Ordering::Relaxed) {
+                Duration::from_millis(500)
+            } else if self.unsigned > 0 {
+                self.checkpoint_every
+                    .1
+                    .saturating_sub(self.last_checkpoint.elapsed())
+            } else {
+                Duration::from_secs(3600)
             };
             match rx.recv_timeout(wait) {
-                Ok(Message::Event { kind, fields }) => self.seal(kind, fields),
+                Ok(Message::Event { kind, fields }) => self.pending.push_back((kind, fields)),
                 Ok(Message::Flush(reply)) => {
                     self.drain(&health);
                     let result = if self.pending.is_empty() {
-                        self.sync()
+                        self.checkpoint()
                     } else {
                         Err(health
                             .last_error
@@ -323,7 +515,7 @@ impl Writer {
                 }
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => {
                     self.drain(&health);
-                    if let Err(e) = self.sync() {
+                    if let Err(e) = self.checkpoint() {
                         self.fail(&health, e);
                     }
                     return;
@@ -331,11 +523,40 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             self.drain(&health);
-            if self.batch_due()
-                && let Err(e) = self.sync()
+            if self.pending.is_empty()
+                && self.checkpoint_due()
+                && let Err(e) = self.checkpoint()
             {
                 self.fail(&health, e);
             }
         }
+    }
+}
+
+/// The checkpoint file must be signed by this log's current key or one it
+/// used before (the writer trusts its own keys dir; `verify` does not).
+fn check_own_checkpoint(
+    cp: &Checkpoint,
+    key: &SigningKey,
+    keys_dir: &Path,
+    path: &Path,
+) -> Result<(), AuditError> {
+    let mut known: Vec<VerifyingKey> = vec![key.verifying_key()];
+    known
+        .extend(keys::read_public_keys(&keys_dir.join(keys::PUBLIC_KEYS_FILE)).unwrap_or_default());
+    let named = cp.record.checkpoint_key().unwrap_or_default();
+    let signed = known
+        .iter()
+        .find(|k| key_id(k) == named)
+        .is_some_and(|k| cp.record.check_checkpoint(k).is_ok());
+    if signed {
+        Ok(())
+    } else {
+        Err(AuditError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "is not a checkpoint signed by this log's keys (it names key {named:?}); it was replaced"
+            ),
+        })
     }
 }

@@ -204,6 +204,9 @@ pub struct Audit {
     /// Refuse runs while the audit log's filesystem has less than this free
     /// (MiB), before it is full; 0 turns the floor off. Default 256.
     pub min_free_mb: u64,
+    /// Public keys `chassis audit verify --config` trusts: hex keys or files
+    /// of them, kept apart from the log (not `keys/audit.pub` beside it).
+    pub trusted_keys: Vec<String>,
 }
 
 /// `chassis.audit.fsync`.
@@ -228,6 +231,7 @@ impl Default for Audit {
             max_file_mb: 64,
             fail_open: false,
             min_free_mb: 256,
+            trusted_keys: Vec::new(),
         }
     }
 }

@@ -131,6 +131,7 @@ pub async fn serve(
     let (interrupt_tx, interrupt_rx) = watch::channel(false);
     let audit = host.audit().cloned();
     let leases_host = host.clone();
+    let interrupt_host = host.clone();
     if let Some(log) = &audit {
         let _ = log.record(
             "host.start",
@@ -233,6 +234,7 @@ pub async fn serve(
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
             tracing::warn!("shutdown grace period over: interrupting the runs still going");
+            interrupt_host.interrupting_runs();
             let _ = interrupt_tx.send(true);
         });
     };

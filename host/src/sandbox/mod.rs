@@ -48,7 +48,7 @@ use crate::modules::{Module, Prepared};
 use crate::policy::{Mode, Policy};
 use crate::secrets::Granted;
 use cpu::CpuMeter;
-use denial::DenialLog;
+pub(crate) use denial::DenialLog;
 use limiter::Limiter;
 use log::LogBuffer;
 use outcome::DeadlineHit;
@@ -149,6 +149,34 @@ impl Runner {
         tap: Option<Tap>,
         secrets: Granted,
     ) -> RunReport {
+        let denials = self.denial_log(secrets.redactor().clone());
+        self.run_recording(module, input, limits, policy, tap, secrets, denials)
+            .await
+    }
+
+    /// A fresh per-run denial log, counted in this runner's counters, that
+    /// redacts the run's secret values from what it keeps.
+    pub(crate) fn denial_log(&self, redactor: Arc<crate::secrets::Redactor>) -> DenialLog {
+        DenialLog::new(self.denials.clone(), redactor)
+    }
+
+    /// [`run`](Self::run), recording denials into `denials`, which the
+    /// caller keeps: if the run is dropped mid-flight (the caller hung up),
+    /// the denials so far are still there to audit.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "run's arguments and the denial log"
+    )]
+    pub(crate) async fn run_recording(
+        &self,
+        module: &Module,
+        input: Vec<u8>,
+        limits: &Limits,
+        policy: &Arc<Policy>,
+        tap: Option<Tap>,
+        secrets: Granted,
+        denials: DenialLog,
+    ) -> RunReport {
         let started = Instant::now();
         let _live = crate::telemetry::LiveSandbox::start();
         let redactor = secrets.redactor().clone();
@@ -158,7 +186,6 @@ impl Runner {
         let stderr = CappedPipe::new(limits.output_bytes)
             .with_tap(tap.clone(), TapEvent::Stderr)
             .with_redactor(&redactor);
-        let denials = DenialLog::new(self.denials.clone(), redactor.clone());
         let prepared = module.prepared();
         // One copy of the allowlist per run, shared by wasi:sockets and wasi:http.
         let network = Arc::new(policy.network.clone());

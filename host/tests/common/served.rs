@@ -35,7 +35,27 @@ impl Served {
     /// lines indented by four spaces are more `server` keys and lines
     /// indented by two start other `chassis` blocks.
     pub fn start(extra_yaml: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra_yaml)
+    }
+
+    /// Like [`start`](Self::start), in `dir` (a restart keeps its data dir).
+    pub fn start_in(dir: tempfile::TempDir, extra_yaml: &str) -> Self {
+        match Self::try_start_in(dir, extra_yaml) {
+            Ok(served) => served,
+            Err((_, out)) => panic!(
+                "chassis serve exited {:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// Starts the binary in `dir`; when it exits instead of listening,
+    /// returns the dir and its output.
+    pub fn try_start_in(
+        dir: tempfile::TempDir,
+        extra_yaml: &str,
+    ) -> Result<Self, (tempfile::TempDir, std::process::Output)> {
         let metrics_port = free_port();
         let config = dir.path().join("chassis.yaml");
         std::fs::write(
@@ -57,17 +77,30 @@ impl Served {
         BufReader::new(child.stdout.as_mut().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("chassis listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Self {
+        let Some(addr) = line.trim().strip_prefix("chassis listening on ") else {
+            let out = child.wait_with_output().unwrap();
+            return Err((dir, out));
+        };
+        let addr = addr.to_string();
+        Ok(Self {
             child,
             addr,
             metrics_port,
             dir,
+        })
+    }
+
+    /// Stops it with SIGTERM and waits for a clean exit; returns its dir.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        self.sigterm();
+        let status = self.child.wait().unwrap();
+        if !status.success() {
+            let mut err = String::new();
+            let _ = self.child.stderr.take().unwrap().read_to_string(&mut err);
+            panic!("chassis serve exited {status}: {err}");
         }
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
     }
 
     /// The server's data dir.
