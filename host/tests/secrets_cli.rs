@@ -304,12 +304,11 @@ fn a_granted_value_pushed_through_every_channel_comes_out_redacted_everywhere() 
     assert_eq!(report["outcome"], "guest-error");
     assert_eq!(report["denials"][0]["kind"], "secret");
     assert_eq!(report["denials"][0]["target"], "[REDACTED:smtp]");
-    assert_eq!(
+    assert!(
         report["error"]["message"]
             .as_str()
             .unwrap()
             .contains("[REDACTED:smtp]"),
-        true,
         "{report}"
     );
     assert!(all.contains("leaking [REDACTED:smtp]"), "{all}");
