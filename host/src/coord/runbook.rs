@@ -325,6 +325,11 @@ impl RunbookFile {
                     "is empty".into(),
                 ));
             }
+            if let Some(id) = raw_step.module.get_ref().strip_prefix("sha256:")
+                && let Err(e) = crate::modules::check_id(id)
+            {
+                return Err(at(raw_step.module.span(), step, "module", e.to_string()));
+            }
             let mut depends_on = Vec::new();
             for dep in &raw_step.depends_on {
                 let d = dep.get_ref().as_str();
@@ -644,6 +649,28 @@ timeout = "5s"
 
         let e = err("name = \"x\"\n");
         assert!(e.to_string().contains("no steps"), "{e}");
+    }
+
+    #[test]
+    fn sha256_references_must_be_module_ids() {
+        let id = "ab".repeat(32);
+        let ok = GOOD.replace("\"echo.wasm\"", &format!("\"sha256:{id}\""));
+        RunbookFile::parse(&ok, "rb.toml").unwrap();
+        for bad in [
+            String::new(),
+            "abc".into(),
+            id.to_uppercase(),
+            "..".into(),
+            format!("../{}", &id[3..]),
+            format!("{}/", &id[1..]),
+        ] {
+            let text = GOOD.replace("\"echo.wasm\"", &format!("\"sha256:{bad}\""));
+            let e = err(&text).to_string();
+            assert!(
+                e.contains("step `collect`, field `module`") && e.contains("64 lower-case hex"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::identity::caller_identity;
 use super::proto::{self, chassis_server::Chassis};
+use super::refusal::check_module_id;
 use super::status::{not_found, status};
 use crate::coord::Coordinator;
 use crate::modules::{Module, World};
@@ -78,6 +79,7 @@ impl ChassisService {
     /// Resolves the module, the policy, the caller and the limits of a request.
     fn prepare(
         &self,
+        rpc: &'static str,
         request: &Request<proto::RunRequest>,
     ) -> Result<(Arc<Module>, RunRequest), Status> {
         let caller = caller_identity(
@@ -86,9 +88,7 @@ impl ChassisService {
         );
         let deadline = grpc_timeout(request.metadata());
         let body = request.get_ref();
-        if body.module_id.is_empty() {
-            return Err(status(ErrorKind::InvalidRequest, "module_id is required"));
-        }
+        check_module_id(&self.host, rpc, &caller, &body.module_id)?;
         let module = self
             .host
             .modules()
@@ -232,6 +232,36 @@ fn world(w: World) -> i32 {
     }
 }
 
+/// Events a RunStream buffers for a client that reads slower than its
+/// run writes; the rest are dropped and counted (the outcome says how many).
+pub const STREAM_BUFFER_EVENTS: usize = 256;
+
+/// The field of the host's log record, sent just before the outcome, that
+/// counts the events a slow RunStream client missed.
+pub const DROPPED_FIELD: &str = "chassis.events_dropped";
+
+/// Queues `event` for the client without waiting: a full buffer drops it
+/// and counts it. False when the client has gone.
+fn forward(
+    events: &mpsc::Sender<Result<proto::RunEvent, Status>>,
+    event: TapEvent,
+    dropped: &mut u64,
+) -> bool {
+    let event = match event {
+        TapEvent::Stdout(b) => proto::run_event::Event::Stdout(b),
+        TapEvent::Stderr(b) => proto::run_event::Event::Stderr(b),
+        TapEvent::Log(r) => proto::run_event::Event::Log(log_record(&r)),
+    };
+    match events.try_send(Ok(proto::RunEvent { event: Some(event) })) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            *dropped += 1;
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::RunEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -314,6 +344,7 @@ impl Chassis for ChassisService {
             request.peer_certs().as_deref().map(|c| c.as_slice()),
         );
         let id = &request.get_ref().id;
+        check_module_id(&self.host, "RemoveModule", &caller, id)?;
         match self.host.modules().remove(id) {
             Ok(true) => {
                 tracing::info!(module = %id, %caller, "module removed");
@@ -351,7 +382,7 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::RunRequest>,
     ) -> Result<Response<proto::RunResponse>, Status> {
-        let (module, run) = self.prepare(&request)?;
+        let (module, run) = self.prepare("Run", &request)?;
         let _slot = self.slot().await?;
         let report = self.run_guarded(&module, run).await?;
         match &report.result {
@@ -413,30 +444,33 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::RunRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let (module, run) = self.prepare(&request)?;
+        let (module, run) = self.prepare("RunStream", &request)?;
         let slot = self.slot().await?;
-        let (events, rx) = mpsc::channel::<Result<proto::RunEvent, Status>>(64);
+        // Two slots more than the events may fill: they are reserved for
+        // the dropped-events notice and the outcome, so those are delivered
+        // however far behind the client is.
+        let (events, rx) =
+            mpsc::channel::<Result<proto::RunEvent, Status>>(STREAM_BUFFER_EVENTS + 2);
         let (tap, mut taps) = mpsc::unbounded_channel::<TapEvent>();
         let service = self.clone();
-        let to_event = |event: TapEvent| {
-            let event = match event {
-                TapEvent::Stdout(b) => proto::run_event::Event::Stdout(b),
-                TapEvent::Stderr(b) => proto::run_event::Event::Stderr(b),
-                TapEvent::Log(r) => proto::run_event::Event::Log(log_record(&r)),
-            };
-            Ok(proto::RunEvent { event: Some(event) })
-        };
         tokio::spawn(async move {
-            let _slot = slot;
-            let run = service.run_guarded(&module, run.tap(tap));
-            tokio::pin!(run);
-            // Forward live events while the run goes; a caller that hangs up
+            let (Ok(notice), Ok(outcome)) = (
+                events.clone().reserve_owned().await,
+                events.clone().reserve_owned().await,
+            ) else {
+                return;
+            };
+            let mut dropped = 0_u64;
+            let mut run = Box::pin(service.run_guarded(&module, run.tap(tap)));
+            // Forward live events while the run goes, never waiting for the
+            // client: the run, its deadline and the shutdown interrupt are
+            // polled whatever the client reads. A caller that hangs up
             // cancels its run.
             let report = loop {
                 tokio::select! {
                     biased;
                     Some(event) = taps.recv() => {
-                        if events.send(to_event(event)).await.is_err() {
+                        if !forward(&events, event, &mut dropped) {
                             return;
                         }
                     }
@@ -444,11 +478,31 @@ impl Chassis for ChassisService {
                     () = events.closed() => return,
                 }
             };
-            // The run is over and its tap dropped: send what is left, in order.
+            // The run is over: its tap is dropped with it and its slot is free.
+            drop(run);
+            drop(slot);
             while let Some(event) = taps.recv().await {
-                if events.send(to_event(event)).await.is_err() {
+                if !forward(&events, event, &mut dropped) {
                     return;
                 }
+            }
+            if dropped > 0 {
+                metrics::counter!(crate::telemetry::STREAM_EVENTS_DROPPED).increment(dropped);
+                tracing::warn!(
+                    dropped,
+                    buffer = STREAM_BUFFER_EVENTS,
+                    "RunStream client fell behind; events beyond its buffer were dropped"
+                );
+                notice.send(Ok(proto::RunEvent {
+                    event: Some(proto::run_event::Event::Log(proto::LogRecord {
+                        at_ms: 0,
+                        level: "warn".into(),
+                        message: format!(
+                            "chassis: the client read slower than the run wrote; {dropped} events beyond the stream's buffer of {STREAM_BUFFER_EVENTS} were dropped"
+                        ),
+                        fields: [(DROPPED_FIELD.to_string(), dropped.to_string())].into(),
+                    })),
+                }));
             }
             let last = match report {
                 Ok(report) => {
@@ -466,9 +520,14 @@ impl Chassis for ChassisService {
                         })),
                     })
                 }
-                Err(status) => Err(status),
+                Err(mut status) => {
+                    if let Ok(v) = dropped.to_string().parse() {
+                        status.metadata_mut().insert("chassis-events-dropped", v);
+                    }
+                    Err(status)
+                }
             };
-            let _ = events.send(last).await;
+            outcome.send(last);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
