@@ -256,7 +256,7 @@ async fn a_run_stream_client_that_never_reads_holds_neither_its_run_nor_the_host
         ChassisClient::new(channel)
     };
     // The flood writes 8 MiB to each of stdout and stderr in 1 KiB lines;
-    // at 1% of a core it cannot finish within seconds, so it ends at its
+    // at 3% of a core it cannot finish within seconds, so it ends at its
     // deadline with thousands of events captured on the way.
     let chatty = |timeout_ms: u64| proto::RunRequest {
         module_id: flood.clone(),
@@ -265,7 +265,7 @@ async fn a_run_stream_client_that_never_reads_holds_neither_its_run_nor_the_host
         limits: Some(proto::Limits {
             fuel: 1_000_000_000_000,
             timeout_ms,
-            cpu_percent: 1,
+            cpu_percent: 3,
             ..Default::default()
         }),
     };
@@ -277,22 +277,18 @@ async fn a_run_stream_client_that_never_reads_holds_neither_its_run_nor_the_host
     let mut stream = stalled.run_stream(chatty(1500)).await.unwrap().into_inner();
 
     // The run ends by its own deadline all the same.
-    let text = tokio::task::block_in_place(|| {
-        served.scrape_until(|t| {
-            series(t, "if_chassis_runs_total{outcome=\"deadline-exceeded\"}") >= 1.0
-                && series(t, "if_chassis_stream_events_dropped_total") > 0.0
-        })
-    });
+    let deadline_hit =
+        |t: &str| series(t, "if_chassis_runs_total{outcome=\"deadline-exceeded\"}") >= 1.0;
+    let text = tokio::task::block_in_place(|| served.scrape_until(deadline_hit));
     let ended = started.elapsed();
-    assert_eq!(
-        series(
-            &text,
-            "if_chassis_runs_total{outcome=\"deadline-exceeded\"}"
-        ),
-        1.0,
+    assert!(
+        deadline_hit(&text),
         "the run did not end by its deadline:\n{text}"
     );
-    assert!(ended < Duration::from_secs(4), "ended after {ended:?}");
+    assert!(ended < Duration::from_secs(5), "ended after {ended:?}");
+    let text = tokio::task::block_in_place(|| {
+        served.scrape_until(|t| series(t, "if_chassis_stream_events_dropped_total") > 0.0)
+    });
     let dropped = series(&text, "if_chassis_stream_events_dropped_total");
     assert!(dropped > 0.0, "{text}");
 

@@ -139,6 +139,17 @@ pub async fn serve(
         config.runtime.max_module_mb * 1024 * 1024,
         interrupt_rx.clone(),
         coordinator,
+    )
+    .with_identity(
+        identity::IdentityRules {
+            tls: config.server.tls.is_some(),
+            cn_fallback: config
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.identity_from_cn),
+        },
+        config.server.admins.clone(),
     );
     let max_message = (config.server.max_request_mb * 1024 * 1024) as usize;
     let chassis = ChassisServer::new(service)

@@ -1,4 +1,5 @@
-//! The runbook RPCs: SubmitRunbook, GetRunbook, WatchRunbook.
+//! The runbook RPCs: SubmitRunbook, GetRunbook, WatchRunbook. Who may
+//! submit and read is checked by the service (`service.rs`).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -55,19 +56,12 @@ pub(super) async fn submit(
     }
 }
 
-/// GetRunbook.
-pub(super) async fn get(
-    coordinator: &Coordinator,
-    id: &str,
-) -> Result<proto::RunbookStatus, Status> {
+/// The runbook GetRunbook and WatchRunbook read; the caller checks who
+/// may see it.
+pub(super) async fn read(coordinator: &Coordinator, id: &str) -> Result<RunbookView, Status> {
     if id.is_empty() {
         return Err(status(ErrorKind::InvalidRequest, "runbook_id is required"));
     }
-    let view = read(coordinator, id).await?;
-    Ok(to_status(&view))
-}
-
-async fn read(coordinator: &Coordinator, id: &str) -> Result<RunbookView, Status> {
     coordinator
         .store()
         .runbook(id)
@@ -206,6 +200,7 @@ pub(super) async fn watch(
     id: &str,
     from_revision: i64,
     interrupt: tokio::sync::watch::Receiver<bool>,
+    authorize: impl FnOnce(&RunbookView) -> Result<(), Status>,
 ) -> Result<RunbookEventStream, Status> {
     if id.is_empty() {
         return Err(status(ErrorKind::InvalidRequest, "runbook_id is required"));
@@ -217,6 +212,7 @@ pub(super) async fn watch(
         ));
     }
     let view = read(coordinator, id).await?;
+    authorize(&view)?;
     let mut snapshot = Vec::new();
     let start = if from_revision == 0 {
         for step in to_status(&view).steps {

@@ -9,14 +9,15 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::identity::caller_identity;
+use super::identity::{ANONYMOUS_CALLER, IdentityRules, caller_identity};
 use super::proto::{self, chassis_server::Chassis};
-use super::refusal::check_module_id;
+use super::refusal::{check_module_id, refuse};
 use super::status::{not_found, status};
 use crate::coord::Coordinator;
 use crate::modules::{Module, World};
 use crate::policy::{Policy, PolicySet};
 use crate::sandbox::{FuelRequest, LimitsRequest, RunError, RunReport, TapEvent};
+use crate::telemetry::Refusal;
 use crate::{ErrorKind, Host, RunRequest};
 
 /// Serves runs with at most `max_size` sandboxes at once.
@@ -31,6 +32,8 @@ pub struct ChassisService {
     max_module_bytes: u64,
     interrupt: watch::Receiver<bool>,
     coordinator: Coordinator,
+    identity: IdentityRules,
+    admins: Arc<Vec<String>>,
 }
 
 impl ChassisService {
@@ -56,7 +59,80 @@ impl ChassisService {
             queue_timeout,
             max_module_bytes,
             interrupt,
+            identity: IdentityRules::default(),
+            admins: Arc::new(vec![crate::policy::LOCAL_CALLER.to_string()]),
         }
+    }
+
+    /// Derive callers by `rules` (TLS or not, CN fallback) and let
+    /// `admins` manage modules, read policies and read every runbook.
+    pub fn with_identity(mut self, rules: IdentityRules, admins: Vec<String>) -> Self {
+        self.identity = rules;
+        self.admins = Arc::new(admins);
+        self
+    }
+
+    /// The caller of `request`; a certificate naming a reserved identity
+    /// is refused (PERMISSION_DENIED, `policy-denied`).
+    fn caller<T>(&self, rpc: &'static str, request: &Request<T>) -> Result<String, Status> {
+        caller_identity(
+            self.identity,
+            request.remote_addr(),
+            request.peer_certs().as_deref().map(|c| c.as_slice()),
+        )
+        .map_err(|e| {
+            refuse(
+                &self.host,
+                rpc,
+                &e.0,
+                Refusal::ReservedIdentity,
+                ErrorKind::PolicyDenied,
+                e.to_string(),
+            )
+        })
+    }
+
+    fn is_admin(&self, caller: &str) -> bool {
+        self.admins.iter().any(|a| a == caller)
+    }
+
+    /// Refuses `caller` unless it is in `server.admins`.
+    fn require_admin(&self, rpc: &'static str, caller: &str) -> Result<(), Status> {
+        if self.is_admin(caller) {
+            return Ok(());
+        }
+        Err(refuse(
+            &self.host,
+            rpc,
+            caller,
+            Refusal::NotAdmin,
+            ErrorKind::PolicyDenied,
+            format!("{rpc} is for admins; caller `{caller}` is not in server.admins"),
+        ))
+    }
+
+    /// Refuses `caller` reading runbook `view` unless it submitted it or is
+    /// an admin. `anonymous` is nobody in particular, so it owns nothing.
+    fn may_read(
+        &self,
+        rpc: &'static str,
+        caller: &str,
+        view: &crate::coord::RunbookView,
+    ) -> Result<(), Status> {
+        if self.is_admin(caller) || (caller == view.spec.caller && caller != ANONYMOUS_CALLER) {
+            return Ok(());
+        }
+        Err(refuse(
+            &self.host,
+            rpc,
+            caller,
+            Refusal::NotSubmitter,
+            ErrorKind::PolicyDenied,
+            format!(
+                "runbook `{}` may be read only by its submitter or an admin; caller `{caller}` is neither",
+                view.id
+            ),
+        ))
     }
 
     async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
@@ -82,10 +158,7 @@ impl ChassisService {
         rpc: &'static str,
         request: &Request<proto::RunRequest>,
     ) -> Result<(Arc<Module>, RunRequest), Status> {
-        let caller = caller_identity(
-            request.remote_addr(),
-            request.peer_certs().as_deref().map(|c| c.as_slice()),
-        );
+        let caller = self.caller(rpc, request)?;
         let deadline = grpc_timeout(request.metadata());
         let body = request.get_ref();
         check_module_id(&self.host, rpc, &caller, &body.module_id)?;
@@ -270,10 +343,8 @@ impl Chassis for ChassisService {
         &self,
         request: Request<Streaming<proto::RegisterModuleChunk>>,
     ) -> Result<Response<proto::ModuleInfo>, Status> {
-        let caller = caller_identity(
-            request.remote_addr(),
-            request.peer_certs().as_deref().map(|c| c.as_slice()),
-        );
+        let caller = self.caller("RegisterModule", &request)?;
+        self.require_admin("RegisterModule", &caller)?;
         let mut chunks = request.into_inner();
         let mut bytes = Vec::new();
         while let Some(chunk) = chunks.message().await? {
@@ -319,8 +390,9 @@ impl Chassis for ChassisService {
 
     async fn list_modules(
         &self,
-        _request: Request<proto::ListModulesRequest>,
+        request: Request<proto::ListModulesRequest>,
     ) -> Result<Response<proto::ListModulesResponse>, Status> {
+        self.caller("ListModules", &request)?;
         let modules = self
             .host
             .modules()
@@ -339,10 +411,8 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::RemoveModuleRequest>,
     ) -> Result<Response<proto::RemoveModuleResponse>, Status> {
-        let caller = caller_identity(
-            request.remote_addr(),
-            request.peer_certs().as_deref().map(|c| c.as_slice()),
-        );
+        let caller = self.caller("RemoveModule", &request)?;
+        self.require_admin("RemoveModule", &caller)?;
         let id = &request.get_ref().id;
         check_module_id(&self.host, "RemoveModule", &caller, id)?;
         match self.host.modules().remove(id) {
@@ -363,8 +433,11 @@ impl Chassis for ChassisService {
 
     async fn list_policies(
         &self,
-        _request: Request<proto::ListPoliciesRequest>,
+        request: Request<proto::ListPoliciesRequest>,
     ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        // Policies show secret paths and preopens.
+        let caller = self.caller("ListPolicies", &request)?;
+        self.require_admin("ListPolicies", &caller)?;
         let policies = self
             .policies
             .iter()
@@ -405,10 +478,29 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::SubmitRunbookRequest>,
     ) -> Result<Response<proto::SubmitRunbookResponse>, Status> {
-        let caller = caller_identity(
-            request.remote_addr(),
-            request.peer_certs().as_deref().map(|c| c.as_slice()),
-        );
+        let caller = self.caller("SubmitRunbook", &request)?;
+        if caller == ANONYMOUS_CALLER {
+            return Err(refuse(
+                &self.host,
+                "SubmitRunbook",
+                &caller,
+                Refusal::Anonymous,
+                ErrorKind::PolicyDenied,
+                "a runbook's steps run as its submitter and only it may read it back; present a client certificate",
+            ));
+        }
+        if !request.get_ref().modules.is_empty() && !self.is_admin(&caller) {
+            return Err(refuse(
+                &self.host,
+                "SubmitRunbook",
+                &caller,
+                Refusal::NotAdmin,
+                ErrorKind::PolicyDenied,
+                format!(
+                    "module files sent with a runbook are registered, which is for admins; caller `{caller}` is not in server.admins: refer to registered modules as sha256:<id>"
+                ),
+            ));
+        }
         super::runbooks::submit(&self.coordinator, request.into_inner(), &caller)
             .await
             .map(Response::new)
@@ -418,21 +510,24 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::GetRunbookRequest>,
     ) -> Result<Response<proto::RunbookStatus>, Status> {
-        super::runbooks::get(&self.coordinator, &request.get_ref().runbook_id)
-            .await
-            .map(Response::new)
+        let caller = self.caller("GetRunbook", &request)?;
+        let view = super::runbooks::read(&self.coordinator, &request.get_ref().runbook_id).await?;
+        self.may_read("GetRunbook", &caller, &view)?;
+        Ok(Response::new(super::runbooks::to_status(&view)))
     }
 
     async fn watch_runbook(
         &self,
         request: Request<proto::WatchRunbookRequest>,
     ) -> Result<Response<Self::WatchRunbookStream>, Status> {
+        let caller = self.caller("WatchRunbook", &request)?;
         let body = request.into_inner();
         super::runbooks::watch(
             &self.coordinator,
             &body.runbook_id,
             body.from_revision,
             self.interrupt.clone(),
+            |view| self.may_read("WatchRunbook", &caller, view),
         )
         .await
         .map(Response::new)

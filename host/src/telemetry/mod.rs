@@ -103,16 +103,19 @@ pub enum Refusal {
     NotSubmitter,
     /// A runbook step whose rendered input could exceed the request cap.
     InputTooLarge,
+    /// A call that needs an identity (SubmitRunbook) from `anonymous`.
+    Anonymous,
 }
 
 impl Refusal {
     /// Every reason, for registering the series at zero.
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 6] = [
         Refusal::ModuleId,
         Refusal::ReservedIdentity,
         Refusal::NotAdmin,
         Refusal::NotSubmitter,
         Refusal::InputTooLarge,
+        Refusal::Anonymous,
     ];
 
     /// The label value.
@@ -123,6 +126,7 @@ impl Refusal {
             Refusal::NotAdmin => "not-admin",
             Refusal::NotSubmitter => "not-submitter",
             Refusal::InputTooLarge => "input-too-large",
+            Refusal::Anonymous => "anonymous",
         }
     }
 }
