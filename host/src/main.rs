@@ -422,6 +422,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // An invalid runbook is the typed `invalid-request` (exit 11),
+        // as the server answers it.
+        Err(e) if e.downcast_ref::<chassis::coord::RunbookError>().is_some() => {
+            eprintln!("chassis: invalid-request: {e:#}");
+            exit_for(ErrorKind::InvalidRequest)
+        }
         Err(e) => {
             eprintln!("chassis: error: {e:#}");
             ExitCode::from(1)
@@ -888,6 +894,12 @@ fn init_logging(logging: &chassis::config::Logging) -> Result<()> {
 fn serve(args: ServeArgs) -> ExitCode {
     match serve_inner(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // An invalid runbook is the typed `invalid-request` (exit 11),
+        // as the server answers it.
+        Err(e) if e.downcast_ref::<chassis::coord::RunbookError>().is_some() => {
+            eprintln!("chassis: invalid-request: {e:#}");
+            exit_for(ErrorKind::InvalidRequest)
+        }
         Err(e) => {
             eprintln!("chassis: error: {e:#}");
             ExitCode::from(1)

@@ -11,8 +11,8 @@ use super::proto;
 use super::status::status;
 use crate::ErrorKind;
 use crate::coord::{
-    Change, CoordError, Coordinator, RunbookState, RunbookView, StepEvent, StepOutcome, StepRecord,
-    StepState, StepView,
+    Change, CoordError, Coordinator, RunbookError, RunbookState, RunbookView, StepEvent,
+    StepOutcome, StepRecord, StepState, StepView,
 };
 
 /// The WatchRunbook response stream.
@@ -52,6 +52,16 @@ pub(super) async fn submit(
             revision,
         }),
         Err(crate::coord::SubmitError::Store(e)) => Err(coord_status(&e)),
+        Err(e @ crate::coord::SubmitError::Runbook(RunbookError::InputTooLarge { .. })) => {
+            Err(super::refusal::refuse(
+                coordinator.host(),
+                "SubmitRunbook",
+                caller,
+                crate::telemetry::Refusal::InputTooLarge,
+                e.kind(),
+                e.to_string(),
+            ))
+        }
         Err(e) => Err(status(e.kind(), e.to_string())),
     }
 }
