@@ -448,6 +448,12 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // An invalid runbook is the typed `invalid-request` (exit 11),
+        // as the server answers it.
+        Err(e) if e.downcast_ref::<chassis::coord::RunbookError>().is_some() => {
+            eprintln!("chassis: invalid-request: {e:#}");
+            exit_for(ErrorKind::InvalidRequest)
+        }
         Err(e) => {
             eprintln!("chassis: error: {e:#}");
             ExitCode::from(1)
@@ -944,6 +950,12 @@ fn init_logging(
 fn serve(args: ServeArgs) -> ExitCode {
     match serve_inner(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // An invalid runbook is the typed `invalid-request` (exit 11),
+        // as the server answers it.
+        Err(e) if e.downcast_ref::<chassis::coord::RunbookError>().is_some() => {
+            eprintln!("chassis: invalid-request: {e:#}");
+            exit_for(ErrorKind::InvalidRequest)
+        }
         Err(e) => {
             eprintln!("chassis: error: {e:#}");
             ExitCode::from(1)
@@ -1130,6 +1142,21 @@ pub(crate) async fn connect(
     )
 }
 
+/// Reports a refusal made on this side of the connection, as
+/// [`status_exit`] reports the server's.
+fn typed_exit(kind: ErrorKind, message: &str, json: bool) -> ExitCode {
+    let code = chassis::grpc::status::code_for(kind);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "code": format!("{code:?}"), "kind": kind.as_str(), "message": message })
+        );
+    } else {
+        eprintln!("chassis: {code:?} ({}): {message}", kind.as_str());
+    }
+    exit_for(kind)
+}
+
 pub(crate) fn status_exit(status: &tonic::Status, json: bool) -> ExitCode {
     let kind = chassis::grpc::status::kind_of(status).unwrap_or_else(|| "unknown".into());
     if json {
@@ -1158,8 +1185,15 @@ fn client(args: ClientArgs) -> Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
-        let mut client = connect(&args.remote).await?;
         let json = args.json;
+        // Ids name files and keys on the server: refuse a malformed one
+        // here, typed as the server would, before connecting.
+        if let ClientCall::Remove { id } | ClientCall::Run { id, .. } = &args.call
+            && let Err(e) = chassis::modules::check_id(id)
+        {
+            return Ok(typed_exit(ErrorKind::InvalidRequest, &e.to_string(), json));
+        }
+        let mut client = connect(&args.remote).await?;
         let world = |w: i32| match proto::World::try_from(w) {
             Ok(proto::World::Agent) => "agent",
             Ok(proto::World::Command) => "command",

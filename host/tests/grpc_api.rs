@@ -385,3 +385,144 @@ async fn health_and_reflection_are_served() {
         );
     }
 }
+
+/// Reads a served host's audit log (`chassis audit show --json`).
+fn audit_records(data: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["audit", "show", "--json", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The value of one series in a scrape.
+fn metric(text: &str, series: &str) -> f64 {
+    common::served::samples(text)
+        .into_iter()
+        .find(|(s, _)| s == series)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+}
+
+#[tokio::test]
+async fn malformed_module_ids_are_refused_and_delete_nothing() {
+    // The built binary with a real data dir: `RemoveModule{id: ""}` used to
+    // join to `modules/` itself and delete every cached artifact.
+    let served = common::served::Served::start("");
+    let mut client = chassis::grpc::proto::chassis_client::ChassisClient::connect(format!(
+        "http://{}",
+        served.addr
+    ))
+    .await
+    .unwrap();
+    let hello = register(&mut client, HELLO_COMPONENT).await;
+    let wc = register(&mut client, WORDCOUNT_COMPONENT).await;
+    let modules = served.data_dir().join("modules");
+    let artifacts = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            for file in std::fs::read_dir(entry.unwrap().path()).unwrap() {
+                found.push(file.unwrap().path());
+            }
+        }
+        found.sort();
+        found
+    };
+    let before = artifacts(&modules);
+    assert_eq!(before.len(), 2, "{before:?}");
+
+    let bad = [
+        String::new(),
+        hello.id[..63].to_string(),
+        hello.id.to_uppercase(),
+        "..".into(),
+        "/".into(),
+        format!("../{}", &hello.id[3..]),
+        format!("{}/..", &hello.id[..61]),
+    ];
+    for id in &bad {
+        let status = assert_status(
+            client
+                .remove_module(proto::RemoveModuleRequest { id: id.clone() })
+                .await,
+            Code::InvalidArgument,
+            "invalid-request",
+        );
+        assert!(
+            status.message().contains("64 lower-case hex digits"),
+            "{id:?}: {}",
+            status.message()
+        );
+        assert_status(
+            client.run(run_request(id, "", "x")).await,
+            Code::InvalidArgument,
+            "invalid-request",
+        );
+        assert_status(
+            client.run_stream(run_request(id, "", "x")).await,
+            Code::InvalidArgument,
+            "invalid-request",
+        );
+    }
+    // The CLI refuses them too, typed (exit 11), before connecting.
+    for id in ["", "..", "/"] {
+        let out = served.client(&["remove", id]);
+        assert_eq!(out.status.code(), Some(11), "{out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("invalid-request"));
+    }
+
+    // Nothing was deleted, and the host still serves both modules.
+    assert_eq!(artifacts(&modules), before);
+    let out = client
+        .run(run_request(&hello.id, "", "still here"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.output, b"Hello, still here!");
+    let out = client
+        .run(run_request(&wc.id, "", "a b\n"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.output, b"1 2 4\n");
+
+    // Each refusal was counted and audited with its caller.
+    let refused = (3 * bad.len()) as f64;
+    let text = served.scrape_until(|t| {
+        t.contains(&format!(
+            "if_chassis_requests_refused_total{{reason=\"module-id\"}} {refused}"
+        ))
+    });
+    assert_eq!(
+        metric(
+            &text,
+            "if_chassis_requests_refused_total{reason=\"module-id\"}"
+        ),
+        refused
+    );
+    let mut served = served;
+    served.sigterm();
+    assert!(served.child.wait().unwrap().success());
+    let records = audit_records(&served.data_dir());
+    let refusals: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["kind"] == "request.refused")
+        .collect();
+    assert_eq!(refusals.len(), 3 * bad.len(), "{refusals:?}");
+    for r in &refusals {
+        assert_eq!(r["fields"]["reason"], "module-id");
+        assert_eq!(r["fields"]["kind"], "invalid-request");
+        assert_eq!(r["fields"]["caller"], "local");
+    }
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r["fields"]["rpc"] == "RemoveModule")
+    );
+    assert!(!records.iter().any(|r| r["kind"] == "module.removed"));
+}

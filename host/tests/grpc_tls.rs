@@ -1,6 +1,8 @@
 //! TLS and mTLS with certificates generated here: the caller is the client
 //! certificate's SAN, checked against the policy's `callers`; a client
-//! without a certificate, or without TLS at all, is refused.
+//! without a certificate, or without TLS at all, is refused; no
+//! certificate can be `local` or `anonymous`; management calls and
+//! runbook reads check the caller against `server.admins`.
 
 mod common;
 
@@ -52,6 +54,22 @@ impl Pki {
         (cert_pem, key_pem)
     }
 
+    /// A leaf with DNS SANs `sans` (none at all when empty) and subject
+    /// CN `cn`.
+    fn leaf_with_cn(&self, file: &str, sans: &[&str], cn: &str) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(sans.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
+        std::fs::write(self.path(&format!("{file}.pem")), &cert_pem).unwrap();
+        std::fs::write(self.path(&format!("{file}.key")), &key_pem).unwrap();
+        (cert_pem, key_pem)
+    }
+
     fn path(&self, file: &str) -> std::path::PathBuf {
         self.dir.path().join(file)
     }
@@ -65,7 +83,9 @@ fn tls_config(pki: &Pki, require_client_cert: bool) -> Config {
         key_file: pki.path("server.key"),
         client_ca_file: Some(pki.path("ca.pem")),
         require_client_cert,
+        identity_from_cn: false,
     });
+    config.server.admins = vec!["ops.example".into()];
     config
 }
 
@@ -164,18 +184,176 @@ async fn a_plaintext_client_is_refused_on_a_tls_listener() {
 }
 
 #[tokio::test]
-async fn with_mtls_off_a_certless_loopback_caller_is_local() {
+async fn with_mtls_off_a_certless_caller_is_anonymous_even_on_loopback() {
     let pki = Pki::new();
-    let server = TestServer::start(tls_config(&pki, false), &[OPS_POLICY, "name = \"open\""]).await;
+    let anon = "name = \"anon\"\ncallers = [\"anonymous\"]\n";
+    let server = TestServer::start(tls_config(&pki, false), &[OPS_POLICY, anon]).await;
+    let ops = pki.leaf("ops", &["ops.example"]);
+    let hello = register(
+        &mut tls_client(&server, &pki, Some(ops)).await.unwrap(),
+        HELLO_COMPONENT,
+    )
+    .await;
     let mut client = tls_client(&server, &pki, None).await.unwrap();
-    let hello = register(&mut client, HELLO_COMPONENT).await;
-    // Over loopback without a certificate the caller is `local`, which every policy admits.
+    // Over TLS without a certificate the caller is `anonymous`, not
+    // `local`: only policies naming `anonymous` admit it.
+    let status = assert_status(
+        client.run(run_request(&hello.id, "ops", "tls")).await,
+        Code::PermissionDenied,
+        "policy-denied",
+    );
+    assert!(
+        status.message().contains("caller `anonymous`"),
+        "{}",
+        status.message()
+    );
     let out = client
-        .run(run_request(&hello.id, "ops", "tls"))
+        .run(run_request(&hello.id, "anon", "tls"))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(out.output, b"Hello, tls!");
+}
+
+/// A TLS server whose host writes an audit log in `data`.
+async fn audited_tls_server(
+    config: Config,
+    policies: &[&str],
+    data: &std::path::Path,
+) -> TestServer {
+    let audit =
+        chassis::audit::AuditLog::open(chassis::audit::AuditOptions::in_data_dir(data)).unwrap();
+    let host = chassis::Host::builder()
+        .caps(config.host_caps())
+        .pool_slots(4)
+        .audit(audit)
+        .build()
+        .unwrap();
+    TestServer::start_with_host(config, policies, host).await
+}
+
+/// Stops `server` (which closes its audit log) and returns the
+/// `request.refused` records in `data`.
+async fn refusals(mut server: TestServer, data: &std::path::Path) -> Vec<serde_json::Value> {
+    server.shutdown();
+    server.done.await.unwrap().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args([
+            "audit",
+            "show",
+            "--json",
+            "--kind",
+            "request.refused",
+            "--data-dir",
+        ])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn no_certificate_gets_the_privileges_of_local() {
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    let x_only = "name = \"x-only\"\ncallers = [\"x\"]\n";
+    let server = audited_tls_server(tls_config(&pki, true), &[x_only], data.path()).await;
+    let ops = pki.leaf("ops", &["ops.example"]);
+    let hello = register(
+        &mut tls_client(&server, &pki, Some(ops)).await.unwrap(),
+        HELLO_COMPONENT,
+    )
+    .await;
+
+    // CN = `local` and no SAN: without the CN fallback it is no identity,
+    // so the caller is `anonymous`, which `x-only` does not admit.
+    let cn_local = pki.leaf_with_cn("cn-local", &[], "local");
+    let mut client = tls_client(&server, &pki, Some(cn_local)).await.unwrap();
+    let status = assert_status(
+        client.run(run_request(&hello.id, "x-only", "")).await,
+        Code::PermissionDenied,
+        "policy-denied",
+    );
+    assert!(
+        status.message().contains("caller `anonymous`"),
+        "{status:?}"
+    );
+
+    // SAN = `local` (in any case): a reserved name, refused on every call.
+    for (file, san) in [("san-local", "local"), ("san-upper", "LOCAL")] {
+        let cert = pki.leaf_with_cn(file, &[san], "whatever");
+        let mut client = tls_client(&server, &pki, Some(cert)).await.unwrap();
+        let status = assert_status(
+            client.run(run_request(&hello.id, "x-only", "")).await,
+            Code::PermissionDenied,
+            "policy-denied",
+        );
+        assert!(status.message().contains("reserved identity"), "{status:?}");
+        assert_status(
+            client
+                .list_modules(chassis::grpc::proto::ListModulesRequest {})
+                .await,
+            Code::PermissionDenied,
+            "policy-denied",
+        );
+    }
+
+    // No SAN, CN = `x`: the CN is not an identity unless configured.
+    let cn_x = pki.leaf_with_cn("cn-x", &[], "x");
+    let mut client = tls_client(&server, &pki, Some(cn_x.clone())).await.unwrap();
+    assert_status(
+        client.run(run_request(&hello.id, "x-only", "")).await,
+        Code::PermissionDenied,
+        "policy-denied",
+    );
+    // The host still serves a real `x`.
+    let x = pki.leaf("x", &["x"]);
+    let mut client = tls_client(&server, &pki, Some(x)).await.unwrap();
+    let out = client
+        .run(run_request(&hello.id, "x-only", "x"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.output, b"Hello, x!");
+
+    let refused = refusals(server, data.path()).await;
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    for r in &refused {
+        assert_eq!(r["fields"]["reason"], "reserved-identity");
+        assert_eq!(r["fields"]["kind"], "policy-denied");
+    }
+    assert!(refused.iter().any(|r| r["fields"]["caller"] == "LOCAL"));
+
+    // With `identity_from_cn` on, CN = `x` is `x`, and CN = `local` is
+    // refused as reserved.
+    let mut config = tls_config(&pki, true);
+    config.server.tls.as_mut().unwrap().identity_from_cn = true;
+    let server = TestServer::start(config, &[x_only]).await;
+    let ops = pki.leaf("ops", &["ops.example"]);
+    let hello = register(
+        &mut tls_client(&server, &pki, Some(ops)).await.unwrap(),
+        HELLO_COMPONENT,
+    )
+    .await;
+    let mut client = tls_client(&server, &pki, Some(cn_x)).await.unwrap();
+    assert!(
+        client
+            .run(run_request(&hello.id, "x-only", ""))
+            .await
+            .is_ok()
+    );
+    let cn_local = pki.leaf_with_cn("cn-local", &[], "local");
+    let mut client = tls_client(&server, &pki, Some(cn_local)).await.unwrap();
+    let status = assert_status(
+        client.run(run_request(&hello.id, "x-only", "")).await,
+        Code::PermissionDenied,
+        "policy-denied",
+    );
+    assert!(status.message().contains("reserved identity"), "{status:?}");
 }
 
 #[test]
@@ -184,4 +362,161 @@ fn a_non_loopback_listener_refuses_to_start_without_tls() {
     config.server.listen = "0.0.0.0:50051".parse().unwrap();
     let err = config.validate("test").unwrap_err();
     assert!(err.to_string().contains("server.tls"), "{err}");
+}
+
+/// Asserts PERMISSION_DENIED with kind `policy-denied`.
+#[track_caller]
+fn denied<T>(result: Result<T, tonic::Status>) -> tonic::Status {
+    assert_status(result.map(|_| ()), Code::PermissionDenied, "policy-denied")
+}
+
+#[tokio::test]
+async fn management_calls_and_runbook_reads_check_the_caller() {
+    use chassis::grpc::proto;
+    let pki = Pki::new();
+    let data = tempfile::tempdir().unwrap();
+    // mTLS optional so `anonymous` can connect at all.
+    let mut config = tls_config(&pki, false);
+    config.server.admins = vec!["admin.example".into()];
+    let runs =
+        "name = \"runs\"\ncallers = [\"user.example\", \"other.example\", \"admin.example\"]\n";
+    let server = audited_tls_server(config, &[runs], data.path()).await;
+    let mut admin = tls_client(&server, &pki, Some(pki.leaf("admin", &["admin.example"])))
+        .await
+        .unwrap();
+    let mut user = tls_client(&server, &pki, Some(pki.leaf("user", &["user.example"])))
+        .await
+        .unwrap();
+    let mut other = tls_client(&server, &pki, Some(pki.leaf("other", &["other.example"])))
+        .await
+        .unwrap();
+    let mut anonymous = tls_client(&server, &pki, None).await.unwrap();
+    let wasm = std::fs::read(HELLO_COMPONENT).unwrap();
+    let chunks = || tokio_stream::iter(vec![proto::RegisterModuleChunk { data: wasm.clone() }]);
+
+    // RegisterModule: admins only.
+    let status = denied(user.register_module(chunks()).await);
+    assert!(status.message().contains("server.admins"), "{status:?}");
+    denied(anonymous.register_module(chunks()).await);
+    let hello = admin.register_module(chunks()).await.unwrap().into_inner();
+
+    // ListPolicies (secret paths, preopens): admins only.
+    denied(user.list_policies(proto::ListPoliciesRequest {}).await);
+    denied(anonymous.list_policies(proto::ListPoliciesRequest {}).await);
+    let policies = admin
+        .list_policies(proto::ListPoliciesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(policies.policies.len(), 1);
+
+    // ListModules (ids and worlds) and Run stay open to any caller the
+    // policy admits.
+    for client in [&mut user, &mut anonymous] {
+        let listed = client
+            .list_modules(proto::ListModulesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.modules.len(), 1);
+    }
+    let out = user
+        .run(run_request(&hello.id, "runs", "user"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.output, b"Hello, user!");
+
+    // SubmitRunbook: by reference for anyone with an identity; module
+    // files (a registration) for admins only; never for `anonymous`.
+    let text = format!(
+        "name = \"greet\"\n[steps.a]\nmodule = \"sha256:{}\"\npolicy = \"runs\"\ninput = \"rb\"\n",
+        hello.id
+    );
+    let by_ref = |id: &str| proto::SubmitRunbookRequest {
+        runbook: text.clone(),
+        file_name: "greet.toml".into(),
+        modules: Default::default(),
+        id: id.into(),
+    };
+    let with_file = proto::SubmitRunbookRequest {
+        runbook: "name = \"greet\"\n[steps.a]\nmodule = \"hello.wasm\"\n".into(),
+        file_name: "greet.toml".into(),
+        modules: [("hello.wasm".to_string(), wasm.clone())].into(),
+        id: String::new(),
+    };
+    let status = denied(user.submit_runbook(with_file.clone()).await);
+    assert!(status.message().contains("sha256:"), "{status:?}");
+    denied(anonymous.submit_runbook(by_ref("anon-rb")).await);
+    admin.submit_runbook(with_file).await.unwrap();
+    let mine = user
+        .submit_runbook(by_ref("user-rb"))
+        .await
+        .unwrap()
+        .into_inner()
+        .runbook_id;
+
+    // GetRunbook / WatchRunbook: the submitter and admins only.
+    let get = |id: &str| proto::GetRunbookRequest {
+        runbook_id: id.into(),
+    };
+    let watch = |id: &str| proto::WatchRunbookRequest {
+        runbook_id: id.into(),
+        from_revision: 0,
+    };
+    assert_eq!(
+        user.get_runbook(get(&mine))
+            .await
+            .unwrap()
+            .into_inner()
+            .runbook_id,
+        mine
+    );
+    admin.get_runbook(get(&mine)).await.unwrap();
+    let status = denied(other.get_runbook(get(&mine)).await);
+    assert!(status.message().contains("submitter"), "{status:?}");
+    denied(anonymous.get_runbook(get(&mine)).await);
+    user.watch_runbook(watch(&mine)).await.unwrap();
+    admin.watch_runbook(watch(&mine)).await.unwrap();
+    denied(other.watch_runbook(watch(&mine)).await);
+    denied(anonymous.watch_runbook(watch(&mine)).await);
+
+    // RemoveModule: admins only; then it is gone.
+    let remove = || proto::RemoveModuleRequest {
+        id: hello.id.clone(),
+    };
+    denied(user.remove_module(remove()).await);
+    denied(anonymous.remove_module(remove()).await);
+    admin.remove_module(remove()).await.unwrap();
+
+    let refused = refusals(server, data.path()).await;
+    let seen: Vec<(String, String, String)> = refused
+        .iter()
+        .map(|r| {
+            let f = &r["fields"];
+            (
+                f["rpc"].as_str().unwrap().to_string(),
+                f["caller"].as_str().unwrap().to_string(),
+                f["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = [
+        ("RegisterModule", "user.example", "not-admin"),
+        ("RegisterModule", "anonymous", "not-admin"),
+        ("ListPolicies", "user.example", "not-admin"),
+        ("ListPolicies", "anonymous", "not-admin"),
+        ("SubmitRunbook", "user.example", "not-admin"),
+        ("SubmitRunbook", "anonymous", "anonymous"),
+        ("GetRunbook", "other.example", "not-submitter"),
+        ("GetRunbook", "anonymous", "not-submitter"),
+        ("WatchRunbook", "other.example", "not-submitter"),
+        ("WatchRunbook", "anonymous", "not-submitter"),
+        ("RemoveModule", "user.example", "not-admin"),
+        ("RemoveModule", "anonymous", "not-admin"),
+    ]
+    .iter()
+    .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+    .collect();
+    assert_eq!(seen, want);
 }

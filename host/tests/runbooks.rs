@@ -421,3 +421,139 @@ fn the_cli_runs_checks_submits_and_watches_the_example_runbook() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn an_amplifying_runbook_is_refused_at_submit() {
+    // Step `b` splices a 400 KB output 100,000 times (~40 GB): the host
+    // that claimed it used to be OOM-killed, then the next, and so on.
+    let server = TestServer::start(Config::default(), &[]).await;
+    let mut client = server.client().await;
+    let text = format!(
+        "name = \"amplify\"\n[steps.a]\nmodule = \"echo.wasm\"\ninput = \"{}\"\n[steps.b]\nmodule = \"echo.wasm\"\ndepends_on = [\"a\"]\ninput = \"{}\"\n",
+        "x".repeat(400_000),
+        "{{a}}".repeat(100_000)
+    );
+    let status = assert_status(
+        client
+            .submit_runbook(submit(
+                &text,
+                modules(&[("echo.wasm", ECHO_COMPONENT)]),
+                "amp",
+            ))
+            .await,
+        Code::InvalidArgument,
+        "invalid-request",
+    );
+    assert!(
+        status
+            .message()
+            .contains("step `b`, field `input`: 100000 references"),
+        "{}",
+        status.message()
+    );
+    assert_status(
+        client
+            .get_runbook(proto::GetRunbookRequest {
+                runbook_id: "amp".into(),
+            })
+            .await,
+        Code::NotFound,
+        "not-found",
+    );
+    // `chassis runbook check` refuses it the same way.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(ECHO_COMPONENT, dir.path().join("echo.wasm")).unwrap();
+    let file = dir.path().join("amplify.toml");
+    std::fs::write(&file, &text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["runbook", "check"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(11), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("field `input`"));
+}
+
+#[tokio::test]
+async fn a_stored_step_that_renders_past_the_cap_fails_typed_and_is_not_retried() {
+    use chassis::coord::{Coordinator, CoordinatorOptions, MemoryStore, StepState};
+    // A spec that bypassed validation (stored by another version or
+    // another writer): `a` outputs 512 KiB, `b` splices it 40 times (20
+    // MiB, over the 16 MiB cap) and asks for retries.
+    let host = chassis::Host::builder().pool_slots(4).build().unwrap();
+    let echo = host
+        .modules()
+        .register(&chassis_tests::wasm(ECHO_COMPONENT))
+        .unwrap();
+    let store = std::sync::Arc::new(MemoryStore::new());
+    let mut options = CoordinatorOptions::new("test-host");
+    options.poll_interval = Duration::from_millis(50);
+    let coordinator = Coordinator::new(
+        store.clone(),
+        host,
+        std::sync::Arc::new(Default::default()),
+        options,
+    );
+    let task = coordinator.start();
+    let step = |input: String, depends_on: Vec<String>, retries| chassis::coord::StepSpec {
+        module: echo.id().to_string(),
+        policy: None,
+        input,
+        depends_on,
+        retries,
+        timeout_ms: None,
+    };
+    let spec = chassis::coord::RunbookSpec {
+        name: "amplify".into(),
+        description: String::new(),
+        caller: "local".into(),
+        traceparent: None,
+        steps: [
+            ("a".to_string(), step("y".repeat(512 * 1024), vec![], 0)),
+            (
+                "b".to_string(),
+                step("{{a}}".repeat(40), vec!["a".into()], 3),
+            ),
+        ]
+        .into(),
+    };
+    use chassis::coord::ClaimStore;
+    store.submit("amp", &spec, &[]).await.unwrap();
+    let view = tokio::time::timeout(
+        Duration::from_secs(60),
+        chassis::coord::wait_closed(store.as_ref(), "amp"),
+    )
+    .await
+    .expect("the runbook closes")
+    .unwrap();
+    assert_eq!(view.steps["a"].state(), StepState::Completed);
+    assert_eq!(view.steps["b"].state(), StepState::Failed);
+    let record = view.steps["b"].result.as_ref().unwrap();
+    assert_eq!(record.attempts, 1, "not retried: {record:?}");
+    assert_eq!(view.steps["b"].failures, 0);
+    match &record.outcome {
+        chassis::coord::StepOutcome::Failed { kind, error } => {
+            assert_eq!(kind, "invalid-request");
+            assert!(error.contains("would render 20971520 bytes"), "{error}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The host still runs steps.
+    let ok = chassis::coord::RunbookSpec {
+        name: "after".into(),
+        description: String::new(),
+        caller: "local".into(),
+        traceparent: None,
+        steps: [("a".to_string(), step("still here".into(), vec![], 0))].into(),
+    };
+    store.submit("after", &ok, &[]).await.unwrap();
+    let view = tokio::time::timeout(
+        Duration::from_secs(60),
+        chassis::coord::wait_closed(store.as_ref(), "after"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(view.steps["a"].state(), StepState::Completed);
+    task.stop(Duration::from_secs(5)).await;
+}

@@ -401,3 +401,146 @@ fn a_rw_preopen_on_the_data_dirs_filesystem_refuses_to_start() {
         "{err}"
     );
 }
+
+/// The value of one series in a scrape, or 0 when it is absent.
+fn series(text: &str, name: &str) -> f64 {
+    samples(text)
+        .into_iter()
+        .find(|(s, _)| s == name)
+        .map_or(0.0, |(_, v)| v)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_stream_client_that_never_reads_holds_neither_its_run_nor_the_host() {
+    use chassis::grpc::proto::{self, chassis_client::ChassisClient, run_event::Event};
+    use std::time::{Duration, Instant};
+
+    // One slot, so a run that kept it would refuse the next run.
+    let mut served = Served::start(
+        "    shutdown_grace_seconds: 2\n  sandbox_pool:\n    min_size: 1\n    max_size: 1\n    queue_timeout_ms: 500\n",
+    );
+    let flood = served.register(HOSTILE_STDOUT_FLOOD_COMPONENT);
+    let hello = served.register(HELLO_COMPONENT);
+    // HTTP/2's default windows (64 KiB), not hyper's 2 MiB: a client that
+    // does not read stops the server's sends after 64 KiB.
+    let connect = || async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.addr))
+            .unwrap()
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .connect()
+            .await
+            .unwrap();
+        ChassisClient::new(channel)
+    };
+    // The flood writes 8 MiB to each of stdout and stderr in 1 KiB lines;
+    // at 3% of a core it cannot finish within seconds, so it ends at its
+    // deadline with thousands of events captured on the way.
+    let chatty = |timeout_ms: u64| proto::RunRequest {
+        module_id: flood.clone(),
+        policy: String::new(),
+        input: Vec::new(),
+        limits: Some(proto::Limits {
+            fuel: 1_000_000_000_000,
+            timeout_ms,
+            cpu_percent: 3,
+            ..Default::default()
+        }),
+    };
+
+    // The stalled client: it takes the response and never reads the
+    // stream, so its HTTP/2 window closes after the first 64 KiB.
+    let mut stalled = connect().await;
+    let started = Instant::now();
+    let mut stream = stalled.run_stream(chatty(1500)).await.unwrap().into_inner();
+
+    // The run ends by its own deadline all the same.
+    let deadline_hit =
+        |t: &str| series(t, "if_chassis_runs_total{outcome=\"deadline-exceeded\"}") >= 1.0;
+    let text = tokio::task::block_in_place(|| served.scrape_until(deadline_hit));
+    let ended = started.elapsed();
+    assert!(
+        deadline_hit(&text),
+        "the run did not end by its deadline:\n{text}"
+    );
+    assert!(ended < Duration::from_secs(5), "ended after {ended:?}");
+    let text = tokio::task::block_in_place(|| {
+        served.scrape_until(|t| series(t, "if_chassis_stream_events_dropped_total") > 0.0)
+    });
+    let dropped = series(&text, "if_chassis_stream_events_dropped_total");
+    assert!(dropped > 0.0, "{text}");
+
+    // Its slot is free: the next run gets it at once.
+    let mut other = connect().await;
+    let out = other
+        .run(proto::RunRequest {
+            module_id: hello.clone(),
+            policy: String::new(),
+            input: b"next".to_vec(),
+            limits: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.output, b"Hello, next!");
+
+    // Read late, the stream still ends with the outcome, which says how
+    // many events the client missed.
+    let mut events = Vec::new();
+    let outcome = loop {
+        match stream.message().await.unwrap() {
+            Some(proto::RunEvent {
+                event: Some(Event::Outcome(o)),
+            }) => break o,
+            Some(proto::RunEvent { event: Some(e) }) => events.push(e),
+            other => panic!("the stream ended without an outcome: {other:?}"),
+        }
+    };
+    assert_eq!(outcome.kind, "deadline-exceeded");
+    // What the server buffered, what was in flight in a 64 KiB window,
+    // and the notice.
+    assert!(
+        events.len() > chassis::grpc::STREAM_BUFFER_EVENTS
+            && events.len() < chassis::grpc::STREAM_BUFFER_EVENTS + 400,
+        "{} events",
+        events.len()
+    );
+    let Some(Event::Log(notice)) = events.last() else {
+        panic!("no dropped-events notice: {:?}", events.last());
+    };
+    assert_eq!(
+        notice.fields[chassis::grpc::DROPPED_FIELD],
+        (dropped as u64).to_string(),
+        "{notice:?}"
+    );
+
+    // A second stalled client whose run outlives the grace period: SIGTERM
+    // interrupts the run and the server exits though the client never reads.
+    let mut stalled = connect().await;
+    let _held = stalled
+        .run_stream(chatty(60_000))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let term = Instant::now();
+    served.sigterm();
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            term.elapsed() < Duration::from_secs(8),
+            "the server did not exit within the grace period (2 s) and the force-close margin"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited = term.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(exited >= Duration::from_secs(2), "exited after {exited:?}");
+    assert!(exited < Duration::from_secs(5), "exited after {exited:?}");
+    eprintln!(
+        "run ended after {ended:?}; {} events read late, {dropped} dropped; server exited {exited:?} after SIGTERM",
+        events.len()
+    );
+}

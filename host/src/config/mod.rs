@@ -476,6 +476,11 @@ pub struct Tls {
     /// Require a client certificate (mTLS). On unless explicitly turned off.
     #[serde(default = "yes")]
     pub require_client_cert: bool,
+    /// Take a client certificate's subject CN as its identity when it has
+    /// no URI or DNS SAN. Off by default: a name-constrained sub-CA can
+    /// issue a SAN-less certificate with any CN.
+    #[serde(default)]
+    pub identity_from_cn: bool,
 }
 
 fn yes() -> bool {
@@ -494,6 +499,10 @@ pub struct Server {
     pub max_request_mb: u64,
     /// On SIGTERM, how long in-flight runs may finish before being interrupted.
     pub shutdown_grace_seconds: u64,
+    /// Caller identities allowed to register and remove modules, list
+    /// policies and read any runbook. The default, `local`, exists only on
+    /// a plaintext loopback listener, so a TLS host must name its admins.
+    pub admins: Vec<String>,
 }
 
 impl Default for Server {
@@ -503,6 +512,7 @@ impl Default for Server {
             tls: None,
             max_request_mb: 16,
             shutdown_grace_seconds: 30,
+            admins: vec![crate::policy::LOCAL_CALLER.to_string()],
         }
     }
 }
@@ -680,6 +690,23 @@ impl Config {
                  or set require_client_cert: false"
                     .into(),
             ));
+        }
+        for admin in &self.server.admins {
+            if admin.trim().is_empty() || admin == "*" {
+                return Err(bad(
+                    "server.admins",
+                    format!(
+                        "`{admin}` is not a caller identity; list each admin's certificate identity"
+                    ),
+                ));
+            }
+            if admin.eq_ignore_ascii_case(crate::policy::ANONYMOUS_CALLER) {
+                return Err(bad(
+                    "server.admins",
+                    "`anonymous` is every caller without a certificate; it cannot be an admin"
+                        .into(),
+                ));
+            }
         }
         if self.audit.batch_records == 0 {
             return Err(bad(

@@ -170,3 +170,21 @@ fn vault_keys_without_an_address_are_errors_naming_the_key() {
     let e = c.validate("c.yaml").unwrap_err().to_string();
     assert!(e.contains("credentials.local_file"), "{e}");
 }
+
+#[test]
+fn admins_default_to_local_and_refuse_anonymous_and_wildcards() {
+    let c = Config::parse(
+        "chassis:\n  server:\n    admins: [ops.example]\n",
+        Path::new("c.yaml"),
+    )
+    .unwrap();
+    c.validate("c.yaml").unwrap();
+    assert_eq!(c.server.admins, vec!["ops.example".to_string()]);
+    assert_eq!(Config::default().server.admins, vec!["local".to_string()]);
+    for bad in ["anonymous", "ANONYMOUS", "\"*\"", "\"\""] {
+        let text = format!("chassis:\n  server:\n    admins: [{bad}]\n");
+        let c = Config::parse(&text, Path::new("c.yaml")).unwrap();
+        let e = c.validate("c.yaml").unwrap_err().to_string();
+        assert!(e.contains("chassis.server.admins"), "{bad}: {e}");
+    }
+}

@@ -40,6 +40,14 @@ use crate::ErrorKind;
 pub const MAX_RETRIES: u32 = 10;
 /// Most steps in one runbook.
 pub const MAX_STEPS: usize = 1000;
+/// Largest rendered step input: what a `Run` request may carry by default
+/// (`server.max_request_mb`, 16 MiB). A template is refused at validation
+/// when its text plus every reference at [`MAX_STEP_OUTPUT`] could exceed
+/// it, and a rendering over it fails the step (`invalid-request`), so a
+/// runbook cannot make a host allocate without bound.
+pub const MAX_STEP_INPUT: usize = 16 * 1024 * 1024;
+
+use super::worker::MAX_STEP_OUTPUT;
 
 /// Why a runbook file was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -79,6 +87,26 @@ pub enum RunbookError {
         file: String,
         /// The steps on the cycle, first repeated at the end.
         cycle: Vec<String>,
+    },
+    /// A step's input template could render larger than [`MAX_STEP_INPUT`].
+    #[error(
+        "{file}:{line}:{column}: step `{step}`, field `input`: {references} references to dependency outputs of up to {MAX_STEP_OUTPUT} bytes each (plus {text} bytes of text) could render {bound} bytes, over the {MAX_STEP_INPUT} a step's input may be"
+    )]
+    InputTooLarge {
+        /// The file (or `<request>`).
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The step.
+        step: String,
+        /// `{{...}}` references in the template.
+        references: usize,
+        /// Bytes of literal text.
+        text: usize,
+        /// The most the template could render.
+        bound: u128,
     },
     /// The runbook as a whole is wrong (no steps, too many).
     #[error("{file}: {message}")]
@@ -194,12 +222,38 @@ impl StepSpec {
         self.timeout_ms.map(Duration::from_millis)
     }
 
+    /// How many bytes [`StepSpec::render_input`] would produce, without
+    /// producing them.
+    pub fn rendered_len(&self, outputs: &BTreeMap<String, Vec<u8>>) -> u128 {
+        template_parts(&self.input)
+            .iter()
+            .map(|part| match part {
+                Part::Text(t) => t.len() as u128,
+                Part::Ref(name, trim) => outputs.get(*name).map_or(0, |o| {
+                    (if *trim { o.trim_ascii() } else { o }).len() as u128
+                }),
+                Part::Bad(_) => 0,
+            })
+            .sum()
+    }
+
     /// The input with each `{{dependency}}` replaced by that step's output.
     /// A reference to a step missing from `outputs` renders as nothing;
     /// validation guarantees every reference is a dependency, and a step
     /// only runs once its dependencies completed.
-    pub fn render_input(&self, outputs: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.input.len());
+    ///
+    /// The size is computed before anything is allocated; over
+    /// [`MAX_STEP_INPUT`] is an error (validation refuses templates that
+    /// could get there; this guards specs stored by anything else).
+    pub fn render_input(
+        &self,
+        outputs: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<Vec<u8>, InputTooLarge> {
+        let size = self.rendered_len(outputs);
+        if size > MAX_STEP_INPUT as u128 {
+            return Err(InputTooLarge { size });
+        }
+        let mut out = Vec::with_capacity(size as usize);
         for part in template_parts(&self.input) {
             match part {
                 Part::Text(t) => out.extend_from_slice(t.as_bytes()),
@@ -211,8 +265,18 @@ impl StepSpec {
                 Part::Bad(_) => {}
             }
         }
-        out
+        Ok(out)
     }
+}
+
+/// A step's input rendered larger than [`MAX_STEP_INPUT`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "the step's input would render {size} bytes, over the {MAX_STEP_INPUT} a step's input may be"
+)]
+pub struct InputTooLarge {
+    /// The size it would have.
+    pub size: u128,
 }
 
 enum Part<'a> {
@@ -329,6 +393,11 @@ impl RunbookFile {
                     "is empty".into(),
                 ));
             }
+            if let Some(id) = raw_step.module.get_ref().strip_prefix("sha256:")
+                && let Err(e) = crate::modules::check_id(id)
+            {
+                return Err(at(raw_step.module.span(), step, "module", e.to_string()));
+            }
             let mut depends_on = Vec::new();
             for dep in &raw_step.depends_on {
                 let d = dep.get_ref().as_str();
@@ -386,6 +455,27 @@ impl RunbookFile {
                         }
                         _ => {}
                     }
+                }
+                let (references, literal) =
+                    template_parts(i.get_ref())
+                        .iter()
+                        .fold((0_usize, 0_usize), |(r, t), part| match part {
+                            Part::Ref(..) => (r + 1, t),
+                            Part::Text(x) => (r, t + x.len()),
+                            Part::Bad(_) => (r, t),
+                        });
+                let bound = references as u128 * MAX_STEP_OUTPUT as u128 + literal as u128;
+                if bound > MAX_STEP_INPUT as u128 {
+                    let (line, column) = crate::policy::line_column(text, i.span().start);
+                    return Err(RunbookError::InputTooLarge {
+                        file: file.to_string(),
+                        line,
+                        column,
+                        step: step.to_string(),
+                        references,
+                        text: literal,
+                        bound,
+                    });
                 }
             }
             let retries = match &raw_step.retries {
@@ -612,7 +702,7 @@ timeout = "5s"
         assert_eq!(spec.topological_order(), vec!["collect", "count"]);
         let outputs = BTreeMap::from([("collect".to_string(), b" a b\n".to_vec())]);
         assert_eq!(
-            spec.steps["count"].render_input(&outputs),
+            spec.steps["count"].render_input(&outputs).unwrap(),
             b"text:  a b\n! a b."
         );
     }
@@ -649,6 +739,80 @@ timeout = "5s"
 
         let e = err("name = \"x\"\n");
         assert!(e.to_string().contains("no steps"), "{e}");
+    }
+
+    #[test]
+    fn sha256_references_must_be_module_ids() {
+        let id = "ab".repeat(32);
+        let ok = GOOD.replace("\"echo.wasm\"", &format!("\"sha256:{id}\""));
+        RunbookFile::parse(&ok, "rb.toml").unwrap();
+        for bad in [
+            String::new(),
+            "abc".into(),
+            id.to_uppercase(),
+            "..".into(),
+            format!("../{}", &id[3..]),
+            format!("{}/", &id[1..]),
+        ] {
+            let text = GOOD.replace("\"echo.wasm\"", &format!("\"sha256:{bad}\""));
+            let e = err(&text).to_string();
+            assert!(
+                e.contains("step `collect`, field `module`") && e.contains("64 lower-case hex"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn templates_that_could_render_past_the_input_cap_are_refused() {
+        let with_input = |input: &str| {
+            GOOD.replace(
+                "\"text: {{collect}}! {{ collect|trim }}.\"",
+                &format!("\"{input}\""),
+            )
+        };
+        // 32 full outputs of 512 KiB are exactly 16 MiB: allowed.
+        let at_cap = "{{collect}}".repeat(MAX_STEP_INPUT / MAX_STEP_OUTPUT);
+        RunbookFile::parse(&with_input(&at_cap), "rb.toml").unwrap();
+        // One byte of text more is over; 100,000 references (~50 GiB) too.
+        for input in [format!("{at_cap}x"), "{{collect}}".repeat(100_000)] {
+            match err(&with_input(&input)) {
+                RunbookError::InputTooLarge {
+                    step, references, ..
+                } => {
+                    assert_eq!(step, "count");
+                    assert!(references >= 32);
+                }
+                other => panic!("{other}"),
+            }
+        }
+        let e = err(&with_input(&"{{collect}}".repeat(100_000))).to_string();
+        assert!(
+            e.contains("step `count`, field `input`") && e.contains("100000 references"),
+            "{e}"
+        );
+        assert_eq!(
+            err(&with_input(&"{{collect}}".repeat(33))).kind(),
+            ErrorKind::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn rendering_past_the_input_cap_fails_before_allocating() {
+        let step = StepSpec {
+            module: String::new(),
+            policy: None,
+            input: "{{a}}".repeat(200_000),
+            depends_on: vec!["a".into()],
+            retries: 0,
+            timeout_ms: None,
+        };
+        let outputs = BTreeMap::from([("a".to_string(), vec![b'x'; 512 * 1024])]);
+        let e = step.render_input(&outputs).unwrap_err();
+        assert_eq!(e.size, 200_000 * 512 * 1024);
+        // Small outputs render.
+        let outputs = BTreeMap::from([("a".to_string(), b"y".to_vec())]);
+        assert_eq!(step.render_input(&outputs).unwrap().len(), 200_000);
     }
 
     #[test]
@@ -710,7 +874,7 @@ depends_on = ["b"]
             retries: 0,
             timeout_ms: None,
         };
-        assert_eq!(step.render_input(&BTreeMap::new()), b"a {{ b");
+        assert_eq!(step.render_input(&BTreeMap::new()).unwrap(), b"a {{ b");
     }
 
     #[test]

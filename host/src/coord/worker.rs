@@ -166,6 +166,11 @@ impl Coordinator {
         }
     }
 
+    /// The host steps run on.
+    pub fn host(&self) -> &Host {
+        &self.inner.host
+    }
+
     /// The claim store.
     pub fn store(&self) -> &Arc<dyn ClaimStore> {
         &self.inner.store
@@ -532,7 +537,12 @@ impl Coordinator {
                 return;
             }
         };
-        let retry = matches!(outcome, StepOutcome::Failed { .. }) && claim.attempt <= step.retries;
+        // A step whose input cannot render fails the same way on every
+        // host: record it rather than retry it.
+        let renders = step.rendered_len(&outputs) <= super::runbook::MAX_STEP_INPUT as u128;
+        let retry = matches!(outcome, StepOutcome::Failed { .. })
+            && claim.attempt <= step.retries
+            && renders;
         let record = StepRecord {
             outcome,
             host: claim.holder.clone(),
@@ -703,7 +713,17 @@ impl Coordinator {
                 }
             },
         };
-        let request = RunRequest::new(step.render_input(outputs))
+        let input = match step.render_input(outputs) {
+            Ok(input) => input,
+            Err(e) => {
+                crate::telemetry::record_refused(crate::telemetry::Refusal::InputTooLarge);
+                return Ok((
+                    failed(ErrorKind::InvalidRequest, e.to_string()),
+                    String::new(),
+                ));
+            }
+        };
+        let request = RunRequest::new(input)
             .policy(policy)
             .caller(spec.caller.clone())
             .limits(LimitsRequest {

@@ -3,6 +3,7 @@
 
 pub mod identity;
 pub mod proto;
+mod refusal;
 mod runbooks;
 mod service;
 pub mod status;
@@ -17,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
-pub use service::ChassisService;
+pub use service::{ChassisService, DROPPED_FIELD, STREAM_BUFFER_EVENTS};
 
 use crate::Host;
 use crate::config::Config;
@@ -55,6 +56,10 @@ pub enum ServeError {
     #[error("coordinator: {0}")]
     Coordinator(#[from] crate::coord::CoordError),
 }
+
+/// How long after the shutdown grace period the server waits for the
+/// interrupted runs' answers before it stops waiting for connections.
+pub const FORCE_CLOSE_AFTER: Duration = Duration::from_secs(1);
 
 /// Opens the claim store the config names: etcd, or the in-process store.
 pub async fn open_claim_store(
@@ -169,8 +174,19 @@ pub async fn serve(
         config.sandbox_pool.max_size,
         Duration::from_millis(config.sandbox_pool.queue_timeout_ms),
         config.runtime.max_module_mb * 1024 * 1024,
-        interrupt_rx,
+        interrupt_rx.clone(),
         coordinator,
+    )
+    .with_identity(
+        identity::IdentityRules {
+            tls: config.server.tls.is_some(),
+            cn_fallback: config
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.identity_from_cn),
+        },
+        config.server.admins.clone(),
     );
     let max_message = (config.server.max_request_mb * 1024 * 1024) as usize;
     let chassis = ChassisServer::new(service)
@@ -238,7 +254,7 @@ pub async fn serve(
             let _ = interrupt_tx.send(true);
         });
     };
-    builder
+    let serving = builder
         .add_service(health)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -246,8 +262,25 @@ pub async fn serve(
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop,
-        )
-        .await?;
+        );
+    // tonic waits for every connection to close, and a client that stops
+    // reading (a zero HTTP/2 window) never lets its response finish. Once
+    // the grace period is over and the interrupted runs have had
+    // FORCE_CLOSE_AFTER to answer, stop waiting for such connections.
+    let mut interrupted = interrupt_rx;
+    let forced = async move {
+        if interrupted.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(FORCE_CLOSE_AFTER).await;
+    };
+    tokio::select! {
+        served = serving => served?,
+        () = forced => tracing::warn!(
+            after_grace_ms = FORCE_CLOSE_AFTER.as_millis() as u64,
+            "connections still open after the grace period (clients not reading their responses); closing them"
+        ),
+    }
     // Running steps record their results; claims left are dropped with the
     // session so other hosts take them over at once.
     claims.stop(grace).await;

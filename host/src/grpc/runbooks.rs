@@ -1,4 +1,5 @@
-//! The runbook RPCs: SubmitRunbook, GetRunbook, WatchRunbook.
+//! The runbook RPCs: SubmitRunbook, GetRunbook, WatchRunbook. Who may
+//! submit and read is checked by the service (`service.rs`).
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -10,8 +11,8 @@ use super::proto;
 use super::status::status;
 use crate::ErrorKind;
 use crate::coord::{
-    Change, CoordError, Coordinator, RunbookState, RunbookView, StepEvent, StepOutcome, StepRecord,
-    StepState, StepView,
+    Change, CoordError, Coordinator, RunbookError, RunbookState, RunbookView, StepEvent,
+    StepOutcome, StepRecord, StepState, StepView,
 };
 
 /// The WatchRunbook response stream.
@@ -51,23 +52,26 @@ pub(super) async fn submit(
             revision,
         }),
         Err(crate::coord::SubmitError::Store(e)) => Err(coord_status(&e)),
+        Err(e @ crate::coord::SubmitError::Runbook(RunbookError::InputTooLarge { .. })) => {
+            Err(super::refusal::refuse(
+                coordinator.host(),
+                "SubmitRunbook",
+                caller,
+                crate::telemetry::Refusal::InputTooLarge,
+                e.kind(),
+                e.to_string(),
+            ))
+        }
         Err(e) => Err(status(e.kind(), e.to_string())),
     }
 }
 
-/// GetRunbook.
-pub(super) async fn get(
-    coordinator: &Coordinator,
-    id: &str,
-) -> Result<proto::RunbookStatus, Status> {
+/// The runbook GetRunbook and WatchRunbook read; the caller checks who
+/// may see it.
+pub(super) async fn read(coordinator: &Coordinator, id: &str) -> Result<RunbookView, Status> {
     if id.is_empty() {
         return Err(status(ErrorKind::InvalidRequest, "runbook_id is required"));
     }
-    let view = read(coordinator, id).await?;
-    Ok(to_status(&view))
-}
-
-async fn read(coordinator: &Coordinator, id: &str) -> Result<RunbookView, Status> {
     coordinator
         .store()
         .runbook(id)
@@ -206,6 +210,7 @@ pub(super) async fn watch(
     id: &str,
     from_revision: i64,
     interrupt: tokio::sync::watch::Receiver<bool>,
+    authorize: impl FnOnce(&RunbookView) -> Result<(), Status>,
 ) -> Result<RunbookEventStream, Status> {
     if id.is_empty() {
         return Err(status(ErrorKind::InvalidRequest, "runbook_id is required"));
@@ -217,6 +222,7 @@ pub(super) async fn watch(
         ));
     }
     let view = read(coordinator, id).await?;
+    authorize(&view)?;
     let mut snapshot = Vec::new();
     let start = if from_revision == 0 {
         for step in to_status(&view).steps {

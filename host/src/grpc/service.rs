@@ -9,13 +9,15 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::identity::caller_identity;
+use super::identity::{ANONYMOUS_CALLER, IdentityRules, caller_identity};
 use super::proto::{self, chassis_server::Chassis};
+use super::refusal::{check_module_id, refuse};
 use super::status::{not_found, status};
 use crate::coord::Coordinator;
 use crate::modules::{Module, World};
 use crate::policy::{Policy, PolicySet};
 use crate::sandbox::{FuelRequest, LimitsRequest, RunError, RunReport, TapEvent};
+use crate::telemetry::Refusal;
 use crate::{ErrorKind, Host, RunRequest};
 
 /// Serves runs with at most `max_size` sandboxes at once.
@@ -30,6 +32,8 @@ pub struct ChassisService {
     max_module_bytes: u64,
     interrupt: watch::Receiver<bool>,
     coordinator: Coordinator,
+    identity: IdentityRules,
+    admins: Arc<Vec<String>>,
 }
 
 impl ChassisService {
@@ -55,7 +59,80 @@ impl ChassisService {
             queue_timeout,
             max_module_bytes,
             interrupt,
+            identity: IdentityRules::default(),
+            admins: Arc::new(vec![crate::policy::LOCAL_CALLER.to_string()]),
         }
+    }
+
+    /// Derive callers by `rules` (TLS or not, CN fallback) and let
+    /// `admins` manage modules, read policies and read every runbook.
+    pub fn with_identity(mut self, rules: IdentityRules, admins: Vec<String>) -> Self {
+        self.identity = rules;
+        self.admins = Arc::new(admins);
+        self
+    }
+
+    /// The caller of `request`; a certificate naming a reserved identity
+    /// is refused (PERMISSION_DENIED, `policy-denied`).
+    fn caller<T>(&self, rpc: &'static str, request: &Request<T>) -> Result<String, Status> {
+        caller_identity(
+            self.identity,
+            request.remote_addr(),
+            request.peer_certs().as_deref().map(|c| c.as_slice()),
+        )
+        .map_err(|e| {
+            refuse(
+                &self.host,
+                rpc,
+                &e.0,
+                Refusal::ReservedIdentity,
+                ErrorKind::PolicyDenied,
+                e.to_string(),
+            )
+        })
+    }
+
+    fn is_admin(&self, caller: &str) -> bool {
+        self.admins.iter().any(|a| a == caller)
+    }
+
+    /// Refuses `caller` unless it is in `server.admins`.
+    fn require_admin(&self, rpc: &'static str, caller: &str) -> Result<(), Status> {
+        if self.is_admin(caller) {
+            return Ok(());
+        }
+        Err(refuse(
+            &self.host,
+            rpc,
+            caller,
+            Refusal::NotAdmin,
+            ErrorKind::PolicyDenied,
+            format!("{rpc} is for admins; caller `{caller}` is not in server.admins"),
+        ))
+    }
+
+    /// Refuses `caller` reading runbook `view` unless it submitted it or is
+    /// an admin. `anonymous` is nobody in particular, so it owns nothing.
+    fn may_read(
+        &self,
+        rpc: &'static str,
+        caller: &str,
+        view: &crate::coord::RunbookView,
+    ) -> Result<(), Status> {
+        if self.is_admin(caller) || (caller == view.spec.caller && caller != ANONYMOUS_CALLER) {
+            return Ok(());
+        }
+        Err(refuse(
+            &self.host,
+            rpc,
+            caller,
+            Refusal::NotSubmitter,
+            ErrorKind::PolicyDenied,
+            format!(
+                "runbook `{}` may be read only by its submitter or an admin; caller `{caller}` is neither",
+                view.id
+            ),
+        ))
     }
 
     async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
@@ -78,17 +155,13 @@ impl ChassisService {
     /// Resolves the module, the policy, the caller and the limits of a request.
     fn prepare(
         &self,
+        rpc: &'static str,
         request: &Request<proto::RunRequest>,
     ) -> Result<(Arc<Module>, RunRequest), Status> {
-        let caller = caller_identity(
-            request.remote_addr(),
-            request.peer_certs().as_deref().map(|c| c.as_slice()),
-        );
+        let caller = self.caller(rpc, request)?;
         let deadline = grpc_timeout(request.metadata());
         let body = request.get_ref();
-        if body.module_id.is_empty() {
-            return Err(status(ErrorKind::InvalidRequest, "module_id is required"));
-        }
+        check_module_id(&self.host, rpc, &caller, &body.module_id)?;
         let module = self
             .host
             .modules()
@@ -232,6 +305,36 @@ fn world(w: World) -> i32 {
     }
 }
 
+/// Events a RunStream buffers for a client that reads slower than its
+/// run writes; the rest are dropped and counted (the outcome says how many).
+pub const STREAM_BUFFER_EVENTS: usize = 256;
+
+/// The field of the host's log record, sent just before the outcome, that
+/// counts the events a slow RunStream client missed.
+pub const DROPPED_FIELD: &str = "chassis.events_dropped";
+
+/// Queues `event` for the client without waiting: a full buffer drops it
+/// and counts it. False when the client has gone.
+fn forward(
+    events: &mpsc::Sender<Result<proto::RunEvent, Status>>,
+    event: TapEvent,
+    dropped: &mut u64,
+) -> bool {
+    let event = match event {
+        TapEvent::Stdout(b) => proto::run_event::Event::Stdout(b),
+        TapEvent::Stderr(b) => proto::run_event::Event::Stderr(b),
+        TapEvent::Log(r) => proto::run_event::Event::Log(log_record(&r)),
+    };
+    match events.try_send(Ok(proto::RunEvent { event: Some(event) })) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            *dropped += 1;
+            true
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::RunEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -240,10 +343,8 @@ impl Chassis for ChassisService {
         &self,
         request: Request<Streaming<proto::RegisterModuleChunk>>,
     ) -> Result<Response<proto::ModuleInfo>, Status> {
-        let caller = caller_identity(
-            request.remote_addr(),
-            request.peer_certs().as_deref().map(|c| c.as_slice()),
-        );
+        let caller = self.caller("RegisterModule", &request)?;
+        self.require_admin("RegisterModule", &caller)?;
         let mut chunks = request.into_inner();
         let mut bytes = Vec::new();
         while let Some(chunk) = chunks.message().await? {
@@ -289,8 +390,9 @@ impl Chassis for ChassisService {
 
     async fn list_modules(
         &self,
-        _request: Request<proto::ListModulesRequest>,
+        request: Request<proto::ListModulesRequest>,
     ) -> Result<Response<proto::ListModulesResponse>, Status> {
+        self.caller("ListModules", &request)?;
         let modules = self
             .host
             .modules()
@@ -309,11 +411,10 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::RemoveModuleRequest>,
     ) -> Result<Response<proto::RemoveModuleResponse>, Status> {
-        let caller = caller_identity(
-            request.remote_addr(),
-            request.peer_certs().as_deref().map(|c| c.as_slice()),
-        );
+        let caller = self.caller("RemoveModule", &request)?;
+        self.require_admin("RemoveModule", &caller)?;
         let id = &request.get_ref().id;
+        check_module_id(&self.host, "RemoveModule", &caller, id)?;
         match self.host.modules().remove(id) {
             Ok(true) => {
                 tracing::info!(module = %id, %caller, "module removed");
@@ -332,8 +433,11 @@ impl Chassis for ChassisService {
 
     async fn list_policies(
         &self,
-        _request: Request<proto::ListPoliciesRequest>,
+        request: Request<proto::ListPoliciesRequest>,
     ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
+        // Policies show secret paths and preopens.
+        let caller = self.caller("ListPolicies", &request)?;
+        self.require_admin("ListPolicies", &caller)?;
         let policies = self
             .policies
             .iter()
@@ -351,7 +455,7 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::RunRequest>,
     ) -> Result<Response<proto::RunResponse>, Status> {
-        let (module, run) = self.prepare(&request)?;
+        let (module, run) = self.prepare("Run", &request)?;
         let _slot = self.slot().await?;
         let report = self.run_guarded(&module, run).await?;
         match &report.result {
@@ -374,10 +478,29 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::SubmitRunbookRequest>,
     ) -> Result<Response<proto::SubmitRunbookResponse>, Status> {
-        let caller = caller_identity(
-            request.remote_addr(),
-            request.peer_certs().as_deref().map(|c| c.as_slice()),
-        );
+        let caller = self.caller("SubmitRunbook", &request)?;
+        if caller == ANONYMOUS_CALLER {
+            return Err(refuse(
+                &self.host,
+                "SubmitRunbook",
+                &caller,
+                Refusal::Anonymous,
+                ErrorKind::PolicyDenied,
+                "a runbook's steps run as its submitter and only it may read it back; present a client certificate",
+            ));
+        }
+        if !request.get_ref().modules.is_empty() && !self.is_admin(&caller) {
+            return Err(refuse(
+                &self.host,
+                "SubmitRunbook",
+                &caller,
+                Refusal::NotAdmin,
+                ErrorKind::PolicyDenied,
+                format!(
+                    "module files sent with a runbook are registered, which is for admins; caller `{caller}` is not in server.admins: refer to registered modules as sha256:<id>"
+                ),
+            ));
+        }
         super::runbooks::submit(&self.coordinator, request.into_inner(), &caller)
             .await
             .map(Response::new)
@@ -387,21 +510,24 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::GetRunbookRequest>,
     ) -> Result<Response<proto::RunbookStatus>, Status> {
-        super::runbooks::get(&self.coordinator, &request.get_ref().runbook_id)
-            .await
-            .map(Response::new)
+        let caller = self.caller("GetRunbook", &request)?;
+        let view = super::runbooks::read(&self.coordinator, &request.get_ref().runbook_id).await?;
+        self.may_read("GetRunbook", &caller, &view)?;
+        Ok(Response::new(super::runbooks::to_status(&view)))
     }
 
     async fn watch_runbook(
         &self,
         request: Request<proto::WatchRunbookRequest>,
     ) -> Result<Response<Self::WatchRunbookStream>, Status> {
+        let caller = self.caller("WatchRunbook", &request)?;
         let body = request.into_inner();
         super::runbooks::watch(
             &self.coordinator,
             &body.runbook_id,
             body.from_revision,
             self.interrupt.clone(),
+            |view| self.may_read("WatchRunbook", &caller, view),
         )
         .await
         .map(Response::new)
@@ -413,30 +539,33 @@ impl Chassis for ChassisService {
         &self,
         request: Request<proto::RunRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let (module, run) = self.prepare(&request)?;
+        let (module, run) = self.prepare("RunStream", &request)?;
         let slot = self.slot().await?;
-        let (events, rx) = mpsc::channel::<Result<proto::RunEvent, Status>>(64);
+        // Two slots more than the events may fill: they are reserved for
+        // the dropped-events notice and the outcome, so those are delivered
+        // however far behind the client is.
+        let (events, rx) =
+            mpsc::channel::<Result<proto::RunEvent, Status>>(STREAM_BUFFER_EVENTS + 2);
         let (tap, mut taps) = mpsc::unbounded_channel::<TapEvent>();
         let service = self.clone();
-        let to_event = |event: TapEvent| {
-            let event = match event {
-                TapEvent::Stdout(b) => proto::run_event::Event::Stdout(b),
-                TapEvent::Stderr(b) => proto::run_event::Event::Stderr(b),
-                TapEvent::Log(r) => proto::run_event::Event::Log(log_record(&r)),
-            };
-            Ok(proto::RunEvent { event: Some(event) })
-        };
         tokio::spawn(async move {
-            let _slot = slot;
-            let run = service.run_guarded(&module, run.tap(tap));
-            tokio::pin!(run);
-            // Forward live events while the run goes; a caller that hangs up
+            let (Ok(notice), Ok(outcome)) = (
+                events.clone().reserve_owned().await,
+                events.clone().reserve_owned().await,
+            ) else {
+                return;
+            };
+            let mut dropped = 0_u64;
+            let mut run = Box::pin(service.run_guarded(&module, run.tap(tap)));
+            // Forward live events while the run goes, never waiting for the
+            // client: the run, its deadline and the shutdown interrupt are
+            // polled whatever the client reads. A caller that hangs up
             // cancels its run.
             let report = loop {
                 tokio::select! {
                     biased;
                     Some(event) = taps.recv() => {
-                        if events.send(to_event(event)).await.is_err() {
+                        if !forward(&events, event, &mut dropped) {
                             return;
                         }
                     }
@@ -444,11 +573,31 @@ impl Chassis for ChassisService {
                     () = events.closed() => return,
                 }
             };
-            // The run is over and its tap dropped: send what is left, in order.
+            // The run is over: its tap is dropped with it and its slot is free.
+            drop(run);
+            drop(slot);
             while let Some(event) = taps.recv().await {
-                if events.send(to_event(event)).await.is_err() {
+                if !forward(&events, event, &mut dropped) {
                     return;
                 }
+            }
+            if dropped > 0 {
+                metrics::counter!(crate::telemetry::STREAM_EVENTS_DROPPED).increment(dropped);
+                tracing::warn!(
+                    dropped,
+                    buffer = STREAM_BUFFER_EVENTS,
+                    "RunStream client fell behind; events beyond its buffer were dropped"
+                );
+                notice.send(Ok(proto::RunEvent {
+                    event: Some(proto::run_event::Event::Log(proto::LogRecord {
+                        at_ms: 0,
+                        level: "warn".into(),
+                        message: format!(
+                            "chassis: the client read slower than the run wrote; {dropped} events beyond the stream's buffer of {STREAM_BUFFER_EVENTS} were dropped"
+                        ),
+                        fields: [(DROPPED_FIELD.to_string(), dropped.to_string())].into(),
+                    })),
+                }));
             }
             let last = match report {
                 Ok(report) => {
@@ -466,9 +615,14 @@ impl Chassis for ChassisService {
                         })),
                     })
                 }
-                Err(status) => Err(status),
+                Err(mut status) => {
+                    if let Ok(v) = dropped.to_string().parse() {
+                        status.metadata_mut().insert("chassis-events-dropped", v);
+                    }
+                    Err(status)
+                }
             };
-            let _ = events.send(last).await;
+            outcome.send(last);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

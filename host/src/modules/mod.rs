@@ -91,6 +91,30 @@ pub enum ModuleError {
     /// wasmtime could not serialize the compiled module.
     #[error("serializing the compiled module: {0}")]
     Serialize(String),
+    /// A module id that is not 64 lower-case hex digits (a sha256).
+    #[error("{0}")]
+    InvalidId(#[from] InvalidModuleId),
+}
+
+/// A module id that is not a sha256 in lower-case hex. Ids name
+/// directories in the data dir and keys in the claim store, so anything
+/// else (empty, `..`, `/`, upper case) is refused before it is used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("module id `{shown}` is not a sha256: ids are 64 lower-case hex digits")]
+pub struct InvalidModuleId {
+    /// The id as given, clipped to 80 characters and with control
+    /// characters escaped, so it is safe to log.
+    pub shown: String,
+}
+
+/// Checks that `id` is a module id: exactly 64 lower-case hex digits.
+pub fn check_id(id: &str) -> Result<&str, InvalidModuleId> {
+    if id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(id)
+    } else {
+        let shown: String = id.chars().take(80).flat_map(char::escape_debug).collect();
+        Err(InvalidModuleId { shown })
+    }
 }
 
 impl ModuleError {
@@ -101,7 +125,7 @@ impl ModuleError {
             ModuleError::Io { .. } | ModuleError::Key(_) | ModuleError::Serialize(_) => {
                 ErrorKind::Internal
             }
-            ModuleError::TooLarge { .. } => ErrorKind::InvalidRequest,
+            ModuleError::TooLarge { .. } | ModuleError::InvalidId(_) => ErrorKind::InvalidRequest,
             _ => ErrorKind::InvalidModule,
         }
     }
@@ -345,8 +369,11 @@ impl ModuleStore {
         all
     }
 
-    /// Forgets a module and deletes its artifacts. Returns whether it was known.
+    /// Forgets a module and deletes its artifacts. Returns whether it was
+    /// known. An `id` that is not a sha256 is refused before it touches
+    /// the data dir (an empty id would otherwise name `modules/` itself).
     pub fn remove(&self, id: &str) -> Result<bool, ModuleError> {
+        check_id(id)?;
         let known = self
             .modules
             .write()
@@ -355,7 +382,7 @@ impl ModuleStore {
             .is_some();
         if let Some(dir) = &self.dir {
             let path = dir.join(id);
-            if path.is_dir() && !id.contains(['/', '.']) {
+            if path.is_dir() {
                 std::fs::remove_dir_all(&path).map_err(|source| ModuleError::Io {
                     action: "removing",
                     path,
@@ -469,5 +496,53 @@ impl ModuleStore {
             })?;
         }
         Ok(component)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_64_lower_case_hex_digits_are_ids() {
+        let good = module_id(b"x");
+        assert_eq!(check_id(&good), Ok(good.as_str()));
+        for bad in [
+            String::new(),
+            good[..63].to_string(),
+            format!("{good}0"),
+            good.to_uppercase(),
+            "..".into(),
+            "/".into(),
+            format!("../{}", &good[3..]),
+            format!("{}/", &good[1..]),
+            "g".repeat(64),
+        ] {
+            let e = check_id(&bad).unwrap_err();
+            assert!(e.to_string().contains("64 lower-case hex digits"), "{e}");
+        }
+        // What an error shows is clipped and escaped.
+        let e = check_id(&format!("{}\n", "x".repeat(200))).unwrap_err();
+        assert_eq!(e.shown.len(), 80);
+        assert!(!check_id("a\nb").unwrap_err().shown.contains('\n'));
+    }
+
+    #[test]
+    fn removing_a_bad_id_touches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = crate::Host::builder().data_dir(dir.path()).build().unwrap();
+        let modules = dir.path().join("modules");
+        let kept = modules.join(module_id(b"kept"));
+        std::fs::create_dir_all(&kept).unwrap();
+        std::fs::write(kept.join("a.cwasm"), b"sealed").unwrap();
+        for bad in ["", ".", "..", "/", "A"] {
+            let e = host.modules().remove(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidRequest, "{bad:?}: {e}");
+        }
+        assert!(kept.join("a.cwasm").is_file());
+        // A well-formed id of an unknown module deletes its directory only.
+        assert!(!host.modules().remove(&module_id(b"kept")).unwrap());
+        assert!(!kept.exists());
+        assert!(modules.is_dir());
     }
 }

@@ -142,8 +142,13 @@ pub struct Policy {
     pub secrets: BTreeMap<String, SecretGrant>,
 }
 
-/// The caller identity of runs started on this machine (CLI, loopback).
+/// The caller identity of runs started on this machine (CLI, plaintext
+/// loopback). Reserved: only the transport grants it, never a certificate.
 pub const LOCAL_CALLER: &str = "local";
+
+/// The caller identity of a request without a usable client certificate
+/// on a listener that is not plaintext loopback. Reserved like `local`.
+pub const ANONYMOUS_CALLER: &str = "anonymous";
 
 /// Why a policy could not be loaded.
 #[derive(Debug, Error)]

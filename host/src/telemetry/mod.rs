@@ -29,6 +29,8 @@
 //! | `if_chassis_secret_reads_total{result}` | counter | secret reads: `granted`, `denied`, `error` |
 //! | `if_chassis_secret_revoke_failures_total` | counter | dynamic-secret lease revocations that failed (they are retried) |
 //! | `if_chassis_secret_leases_pending` | gauge | leases whose revocation is still being retried |
+//! | `if_chassis_requests_refused_total{reason}` | counter | requests refused before they ran, by [`Refusal`] reason |
+//! | `if_chassis_stream_events_dropped_total` | counter | RunStream events dropped because the client did not read them |
 //! | `if_chassis_audit_records_total`, `if_chassis_audit_write_failures_total` | counter | see [`crate::audit`] |
 
 pub mod health;
@@ -86,6 +88,59 @@ pub const SECRET_REVOKE_FAILURES: &str = "if_chassis_secret_revoke_failures_tota
 /// Leases whose revocation is being retried.
 pub const SECRET_LEASES_PENDING: &str = "if_chassis_secret_leases_pending";
 
+/// Requests refused before they ran, by reason.
+pub const REQUESTS_REFUSED_TOTAL: &str = "if_chassis_requests_refused_total";
+/// RunStream events dropped because the client did not read them.
+pub const STREAM_EVENTS_DROPPED: &str = "if_chassis_stream_events_dropped_total";
+
+/// Why a request was refused before it ran: the `reason` label of
+/// `if_chassis_requests_refused_total`, and the `reason` field of the
+/// `request.refused` audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A module id that is not 64 lower-case hex digits.
+    ModuleId,
+    /// A client certificate naming a reserved identity (`local`, `anonymous`).
+    ReservedIdentity,
+    /// A management call from a caller not in `server.admins`.
+    NotAdmin,
+    /// A runbook read by a caller who neither submitted it nor is an admin.
+    NotSubmitter,
+    /// A runbook step whose rendered input could exceed the request cap.
+    InputTooLarge,
+    /// A call that needs an identity (SubmitRunbook) from `anonymous`.
+    Anonymous,
+}
+
+impl Refusal {
+    /// Every reason, for registering the series at zero.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::ModuleId,
+        Refusal::ReservedIdentity,
+        Refusal::NotAdmin,
+        Refusal::NotSubmitter,
+        Refusal::InputTooLarge,
+        Refusal::Anonymous,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::ModuleId => "module-id",
+            Refusal::ReservedIdentity => "reserved-identity",
+            Refusal::NotAdmin => "not-admin",
+            Refusal::NotSubmitter => "not-submitter",
+            Refusal::InputTooLarge => "input-too-large",
+            Refusal::Anonymous => "anonymous",
+        }
+    }
+}
+
+/// Counts one refused request.
+pub fn record_refused(reason: Refusal) {
+    metrics::counter!(REQUESTS_REFUSED_TOTAL, "reason" => reason.as_str()).increment(1);
+}
+
 /// Every metric name chassis exports, for dashboards and alert tests.
 pub const ALL_METRICS: &[&str] = &[
     MODULE_FUEL,
@@ -98,6 +153,8 @@ pub const ALL_METRICS: &[&str] = &[
     SECRET_READS_TOTAL,
     SECRET_REVOKE_FAILURES,
     SECRET_LEASES_PENDING,
+    REQUESTS_REFUSED_TOTAL,
+    STREAM_EVENTS_DROPPED,
     crate::audit::RECORDS_TOTAL,
     crate::audit::WRITE_FAILURES_TOTAL,
     crate::disk::AUDIT_FREE_BYTES,
@@ -233,6 +290,18 @@ pub fn install_prometheus(
         SECRET_LEASES_PENDING,
         "Leases whose revocation is still being retried"
     );
+    metrics::describe_counter!(
+        REQUESTS_REFUSED_TOTAL,
+        "Requests refused before they ran, by reason"
+    );
+    metrics::describe_counter!(
+        STREAM_EVENTS_DROPPED,
+        "RunStream events dropped because the client did not read them"
+    );
+    for reason in Refusal::ALL {
+        metrics::counter!(REQUESTS_REFUSED_TOTAL, "reason" => reason.as_str()).absolute(0);
+    }
+    metrics::counter!(STREAM_EVENTS_DROPPED).absolute(0);
     for result in ["acquired", "contended", "error"] {
         metrics::counter!(CLAIMS_TOTAL, "result" => result).absolute(0);
     }
