@@ -1,7 +1,8 @@
 //! Unary `Run` of the trivial `echo` agent over loopback, at concurrency 1
 #![allow(missing_docs, reason = "a bench binary")]
 //! and 64, next to a bare tonic server answering the same RPC with an echo
-//! in the same process and run. Writes target/bench-results/grpc.json for
+//! in the same process and run, and `Run` at concurrency 1 again while 8
+//! registrations of a large module compile. Writes target/bench-results/grpc.json for
 //! `cargo xtask bench`; latency percentiles need every sample, which
 //! criterion does not keep, so this bench measures them itself.
 
@@ -89,7 +90,11 @@ async fn start_chassis() -> SocketAddr {
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.sandbox_pool.max_size = 128;
     config.slo.target_latency_p95_ms = 10;
-    let host = chassis::Host::builder().pool_slots(128).build().unwrap();
+    let host = chassis::Host::builder()
+        .pool_slots(128)
+        .compile_limits(config.compile_limits())
+        .build()
+        .unwrap();
     let listener = chassis::grpc::bind(&config).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -218,6 +223,33 @@ fn main() {
         for concurrency in [1, 64] {
             figures.push(measure("chassis", chassis_addr, &module.id, concurrency, duration).await);
             figures.push(measure("bare", bare_addr, &module.id, concurrency, duration).await);
+        }
+        // The same runs while 8 callers' registrations of a large module
+        // keep the compile queue full.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut compiling = Vec::new();
+        for caller in 0..8_u32 {
+            let mut client = client.clone();
+            let stop = stop.clone();
+            compiling.push(tokio::spawn(async move {
+                let mut tag = caller * 1_000_000;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    tag += 1;
+                    let wasm = chassis_tests::slow_to_compile(2000, tag);
+                    // Refused as no world after the compile: that is the point.
+                    let _ = client
+                        .register_module(tokio_stream::iter(vec![RegisterModuleChunk {
+                            data: wasm,
+                        }]))
+                        .await;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        figures.push(measure("chassis-compiling", chassis_addr, &module.id, 1, duration).await);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in compiling {
+            task.abort();
         }
         figures
     });

@@ -56,6 +56,7 @@ pub struct HostBuilder {
     lease_retry_backoff: std::time::Duration,
     resolver: Option<Arc<dyn crate::sandbox::NameResolver>>,
     audit_floor: Option<Arc<FreeSpaceFloor>>,
+    compile_limits: Option<crate::modules::CompileLimits>,
 }
 
 impl Default for HostBuilder {
@@ -71,6 +72,7 @@ impl Default for HostBuilder {
             lease_retry_backoff: LEASE_RETRY_BACKOFF,
             resolver: None,
             audit_floor: None,
+            compile_limits: None,
         }
     }
 }
@@ -140,6 +142,15 @@ impl HostBuilder {
         self
     }
 
+    /// Bound compiles for remote callers
+    /// ([`ModuleStore::register_for`](crate::modules::ModuleStore::register_for))
+    /// to `limits`, on compile threads of their own, as a server must; by
+    /// default a compile spreads over every core.
+    pub fn compile_limits(mut self, limits: crate::modules::CompileLimits) -> Self {
+        self.compile_limits = Some(limits);
+        self
+    }
+
     /// Keep compiled artifacts and keys under `dir` instead of in memory.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
@@ -156,10 +167,13 @@ impl HostBuilder {
         if let Some(resolver) = self.resolver {
             runner = runner.with_name_resolver(resolver);
         }
-        let modules = match &self.data_dir {
+        let mut modules = match &self.data_dir {
             Some(dir) => ModuleStore::open(engine, runner.linker(), dir)?,
             None => ModuleStore::in_memory(engine, runner.linker())?,
         };
+        if let Some(limits) = self.compile_limits {
+            modules = modules.with_compile_limits(limits)?;
+        }
         let leases = self.secrets.as_ref().map(|provider| {
             LeaseRegistry::new(
                 provider.clone(),
@@ -407,7 +421,7 @@ impl Host {
     }
 
     /// The module store.
-    pub fn modules(&self) -> &ModuleStore {
+    pub fn modules(&self) -> &Arc<ModuleStore> {
         &self.modules
     }
 

@@ -21,6 +21,7 @@ pub mod modules;
 pub mod policy;
 pub mod sandbox;
 pub mod secrets;
+pub mod slots;
 pub mod telemetry;
 
 pub use error::ErrorKind;

@@ -1035,6 +1035,7 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
         })
         .slo_target(Duration::from_millis(config.slo.target_latency_p95_ms))
         .max_module_bytes(config.runtime.max_module_mb * 1024 * 1024)
+        .compile_limits(config.compile_limits())
         .data_dir(&config.data_dir)
         .build()
         .with_context(|| format!("starting the host (data dir {})", config.data_dir.display()))?;

@@ -1,6 +1,7 @@
 //! Coordination against a real `etcd`: the conformance suite, fencing of a
 //! stale host, three `chassis serve` processes sharing a 50-step runbook
-//! while one is SIGKILLed, a three-member cluster losing a member, and etcd
+//! while one is SIGKILLed, a host SIGSTOPped past its lease cancelling its
+//! step when it thaws, a three-member cluster losing a member, and etcd
 //! going away and coming back mid-runbook.
 
 mod common;
@@ -264,31 +265,53 @@ impl HostProcess {
 
     /// Every audit record of `kind`, as (runbook, step, fence).
     fn audited(&self, kind: &str) -> Vec<(String, String, i64)> {
+        self.audit_fields(kind)
+            .iter()
+            .map(|f| {
+                (
+                    f["runbook"].as_str().unwrap_or_default().into(),
+                    f["step"].as_str().unwrap_or_default().into(),
+                    f["fence"].as_i64().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// The fields of every audit record of `kind`, oldest first.
+    fn audit_fields(&self, kind: &str) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
         let Ok(entries) = std::fs::read_dir(self.data.join("audit")) else {
             return out;
         };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_none_or(|e| e != "jsonl") {
-                continue;
-            }
+        let mut files: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect();
+        files.sort();
+        for path in files {
             for line in std::fs::read_to_string(&path).unwrap().lines() {
                 // A SIGKILLed writer may leave a torn last line.
                 let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
                     continue;
                 };
                 if record["kind"] == kind {
-                    let f = &record["fields"];
-                    out.push((
-                        f["runbook"].as_str().unwrap_or_default().into(),
-                        f["step"].as_str().unwrap_or_default().into(),
-                        f["fence"].as_i64().unwrap_or_default(),
-                    ));
+                    out.push(record["fields"].clone());
                 }
             }
         }
         out
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let sent = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
     }
 }
 
@@ -608,4 +631,109 @@ async fn health_on_the_metrics_port_follows_etcd_down_and_back() {
     etcd.members[0].restart();
     let body = wait_for(200);
     assert_eq!(body["etcd"], "connected", "{body}");
+}
+
+/// A host frozen past its lease (SIGSTOP) while running a step must not
+/// finish that step once it thaws: another host took the step when the
+/// lease lapsed, and two runs of a step at once is what the lease exists to
+/// prevent. On SIGCONT the frozen host cancels its run (audited `cancelled`,
+/// `step.abandoned`), its hand-back is refused by the fence (`step.fenced`),
+/// the step's one result is the other host's, and the thawed host serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_frozen_past_its_lease_cancels_its_step_when_it_thaws() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().unwrap();
+    let ttl_s = 2;
+    let frozen = HostProcess::start(dir.path(), "frozen", &etcd.endpoints(), ttl_s);
+    let store = connect(&etcd).await;
+    let mut client = frozen.client().await;
+    let runbook = "name = \"migrate\"\ndescription = \"one long step\"\n\n[steps.migrate]\nmodule = \"sleeper.wasm\"\ninput = \"8000\"\ntimeout = \"30s\"\n";
+    client
+        .submit_runbook(proto::SubmitRunbookRequest {
+            runbook: runbook.into(),
+            file_name: "migrate.toml".into(),
+            modules: sleeper().into_iter().collect(),
+            id: "migrate".into(),
+        })
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let fence = loop {
+        let view = store.runbook("migrate").await.unwrap().unwrap();
+        let claim = view.steps["migrate"].claim.clone();
+        if let Some(c) = claim.filter(|c| c.holder == "frozen")
+            && !frozen.audit_fields("run.started").is_empty()
+        {
+            break c.fence;
+        }
+        assert!(std::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    frozen.signal("STOP");
+
+    // The lease lapses in etcd and a second host takes the step over.
+    let other = HostProcess::start(dir.path(), "other", &etcd.endpoints(), ttl_s);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let taken = loop {
+        let view = store.runbook("migrate").await.unwrap().unwrap();
+        if let Some(c) = view.steps["migrate"]
+            .claim
+            .clone()
+            .filter(|c| c.holder == "other")
+        {
+            break c.fence;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other host never took the step"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(taken > fence);
+    frozen.signal("CONT");
+
+    // The thawed host gives the step up without finishing it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while frozen.audited("step.abandoned").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the thawed host never abandoned its step: {}",
+            std::fs::read_to_string(&frozen.log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        frozen.audited("step.abandoned"),
+        vec![("migrate".to_string(), "migrate".to_string(), fence)]
+    );
+    let ended = frozen.audit_fields("run.ended");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0]["outcome"], "cancelled", "{ended:?}");
+    assert!(frozen.audited("step.finished").is_empty());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while frozen.audited("step.fenced").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fence never refused the thawed host's hand-back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The step has one result, the other host's.
+    let view = tokio::time::timeout(Duration::from_secs(60), wait_closed(&*store, "migrate"))
+        .await
+        .expect("the runbook finished")
+        .unwrap();
+    let result = view.steps["migrate"].result.as_ref().unwrap();
+    assert_eq!(result.host, "other");
+    assert_eq!(result.fence, taken);
+    assert_eq!(result_versions(&etcd, "migrate").await["migrate"], 1);
+    assert_eq!(other.audited("step.finished").len(), 1);
+
+    // And the thawed host still serves.
+    let listed = client
+        .list_modules(proto::ListModulesRequest {})
+        .await
+        .expect("the thawed host answers");
+    assert!(!listed.into_inner().modules.is_empty());
 }

@@ -1,5 +1,7 @@
 //! More requests than `sandbox_pool.max_size`: the extra ones wait a bounded
-//! time, then get RESOURCE_EXHAUSTED, and the server keeps serving.
+//! time, then get RESOURCE_EXHAUSTED, and the server keeps serving. More
+//! compiles than `runtime.max_concurrent_compiles`: the same, while runs go
+//! on.
 
 mod common;
 
@@ -120,4 +122,66 @@ async fn shutdown_drains_runs_and_interrupts_them_after_the_grace_period() {
             .is_err()
     );
     let _ = hello;
+}
+
+/// A caller registering module after module cannot take the machine: its
+/// second compile waits for its turn (one compile per caller, one compile
+/// slot here) and is refused RESOURCE_EXHAUSTED after
+/// `compile_queue_timeout_ms`, runs go on while the compile is in flight,
+/// and once it is done registering works again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiles_wait_their_turn_and_runs_go_on_meanwhile() {
+    let mut config = Config::default();
+    config.runtime.max_concurrent_compiles = 1;
+    config.runtime.compile_queue_timeout_ms = 100;
+    let server = TestServer::start(config, &[]).await;
+    let mut client = server.client().await;
+    let hello = register(&mut client, HELLO_COMPONENT).await;
+    let (first, second) = (
+        chassis_tests::slow_to_compile(4000, 1),
+        chassis_tests::slow_to_compile(4000, 2),
+    );
+
+    let compiling = tokio::spawn({
+        let mut client = client.clone();
+        async move { register_bytes(&mut client, &first).await }
+    });
+    // Give the first request time to reach its compile slot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = assert_status(
+        register_bytes(&mut client, &second).await,
+        Code::ResourceExhausted,
+        "overloaded",
+    );
+    assert!(
+        status.message().contains("compile slots"),
+        "{}",
+        status.message()
+    );
+    // Runs are served while the compile holds its thread.
+    let out = client
+        .run(run_request(&hello.id, "", "meanwhile"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.output, b"Hello, meanwhile!");
+    assert!(
+        !compiling.is_finished(),
+        "the compile finished too fast to show anything; make the module bigger"
+    );
+
+    // The first compile ran to its (refused: no world) end, and the queue
+    // is open again.
+    assert_status(
+        compiling.await.unwrap(),
+        Code::InvalidArgument,
+        "invalid-module",
+    );
+    let again = chassis_tests::slow_to_compile(10, 3);
+    assert_status(
+        register_bytes(&mut client, &again).await,
+        Code::InvalidArgument,
+        "invalid-module",
+    );
+    register(&mut client, HELLO_COMPONENT).await;
 }

@@ -2,9 +2,12 @@
 //! certificate's SAN, checked against the policy's `callers`; a client
 //! without a certificate, or without TLS at all, is refused; no
 //! certificate can be `local` or `anonymous`; management calls and
-//! runbook reads check the caller against `server.admins`.
+//! runbook reads check the caller against `server.admins`; one caller
+//! flooding the pool cannot starve another.
 
 mod common;
+
+use std::time::Duration;
 
 use chassis::config::{Config, Tls};
 use chassis::grpc::proto::chassis_client::ChassisClient;
@@ -519,4 +522,71 @@ async fn management_calls_and_runbook_reads_check_the_caller() {
     .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
     .collect();
     assert_eq!(seen, want);
+}
+
+/// One caller flooding the pool cannot starve another: with 2 slots, A
+/// keeps 20 spinning runs (1 s each) queued, and every one of B's runs is
+/// served at the next slot turnover instead of behind A's backlog (which
+/// would take ~9 turnovers, past the 2.5 s queue timeout, and be refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_caller_does_not_starve_another() {
+    let pki = Pki::new();
+    let mut config = tls_config(&pki, true);
+    config.sandbox_pool.max_size = 2;
+    config.sandbox_pool.min_size = 0;
+    config.sandbox_pool.queue_timeout_ms = 2500;
+    config.runtime.max_fuel = None;
+    let tenants = "name = \"tenants\"\ncallers = [\"a.example\", \"b.example\"]\n";
+    let server = TestServer::start(config, &[tenants]).await;
+    let mut ops = tls_client(&server, &pki, Some(pki.leaf("ops", &["ops.example"])))
+        .await
+        .unwrap();
+    let spin = register(&mut ops, HOSTILE_SPIN_COMPONENT).await;
+    let hello = register(&mut ops, HELLO_COMPONENT).await;
+    let a = tls_client(&server, &pki, Some(pki.leaf("a", &["a.example"])))
+        .await
+        .unwrap();
+    let mut b = tls_client(&server, &pki, Some(pki.leaf("b", &["b.example"])))
+        .await
+        .unwrap();
+
+    let mut flood = Vec::new();
+    for _ in 0..20 {
+        let mut a = a.clone();
+        let mut request = run_request(&spin.id, "tenants", "");
+        request.limits = Some(chassis::grpc::proto::Limits {
+            timeout_ms: 1000,
+            cpu_percent: 10,
+            ..Default::default()
+        });
+        flood.push(tokio::spawn(async move { a.run(request).await }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut waits = Vec::new();
+    for i in 0..4 {
+        let started = std::time::Instant::now();
+        let out = b
+            .run(run_request(&hello.id, "tenants", &format!("b{i}")))
+            .await
+            .unwrap_or_else(|s| panic!("B's run {i} was refused: {s:?}"))
+            .into_inner();
+        assert_eq!(out.output, format!("Hello, b{i}!").as_bytes());
+        waits.push(started.elapsed());
+    }
+    eprintln!("B's runs while A floods: {waits:?}");
+
+    // A's runs each ended by their deadline or waited out the queue; none
+    // failed any other way.
+    let (mut ran, mut refused) = (0, 0);
+    for run in flood {
+        match run.await.unwrap() {
+            Err(s) if s.code() == Code::DeadlineExceeded => ran += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => refused += 1,
+            other => panic!("unexpected outcome of A's run: {other:?}"),
+        }
+    }
+    assert_eq!(ran + refused, 20);
+    assert!(ran >= 2, "A's runs got slots too ({ran} ran)");
+    assert!(refused > 0, "A's backlog outlasted the queue timeout");
 }

@@ -16,3 +16,27 @@ pub fn wasm(path: &str) -> Vec<u8> {
 }
 
 pub mod vault_double;
+
+/// A component that takes cranelift a long time to compile (`functions`
+/// functions of straight-line arithmetic each) and does nothing else: it
+/// implements no world chassis runs, so registering it compiles it and is
+/// then refused `invalid-module`. `tag` makes distinct bytes, so each copy
+/// is compiled afresh. For exercising how compiles share the machine.
+pub fn slow_to_compile(functions: usize, tag: u32) -> Vec<u8> {
+    let mut text = String::from("(component (core module\n");
+    for f in 0..functions {
+        text.push_str(&format!(
+            "(func (export \"f{f}\") (param i32) (result i32) local.get 0\n"
+        ));
+        for i in 0..64 {
+            text.push_str(&format!(
+                "i32.const {} i32.add i32.const {} i32.mul\n",
+                i + tag,
+                f + 3
+            ));
+        }
+        text.push_str(")\n");
+    }
+    text.push_str("))");
+    wat::parse_str(&text).expect("generated WAT parses")
+}

@@ -285,6 +285,13 @@ pub struct Runtime {
     /// can then fill the disk the audit log needs and stop every run on
     /// the host; off by default, so such a policy refuses to start.
     pub allow_shared_filesystem: bool,
+    /// Modules compiled at once for callers (RegisterModule, runbook module
+    /// files, steps fetching a module), and compile threads they share; 0
+    /// means half the cores, at least one, so compiles never take every
+    /// core from running sandboxes.
+    pub max_concurrent_compiles: u32,
+    /// How long a compile waits for its turn before RESOURCE_EXHAUSTED.
+    pub compile_queue_timeout_ms: u64,
 }
 
 impl Default for Runtime {
@@ -297,6 +304,8 @@ impl Default for Runtime {
             max_fuel: None,
             max_module_mb: 64,
             allow_shared_filesystem: false,
+            max_concurrent_compiles: 0,
+            compile_queue_timeout_ms: 60_000,
         }
     }
 }
@@ -450,6 +459,10 @@ pub struct SandboxPool {
     pub max_size: u32,
     /// How long a request waits for a slot before RESOURCE_EXHAUSTED.
     pub queue_timeout_ms: u64,
+    /// Sandboxes one caller may hold at once; 0 means `max_size`. Callers
+    /// waiting for a slot are served in turn either way, so one caller's
+    /// backlog never queues the others behind it.
+    pub per_caller_max_size: u32,
 }
 
 impl Default for SandboxPool {
@@ -459,6 +472,7 @@ impl Default for SandboxPool {
             min_size: 10,
             max_size: 100,
             queue_timeout_ms: 1000,
+            per_caller_max_size: 0,
         }
     }
 }
@@ -596,6 +610,27 @@ impl Config {
             return Err(bad(
                 "sandbox_pool.max_size",
                 "must be from 1 to 100000".into(),
+            ));
+        }
+        if self.runtime.max_concurrent_compiles > 1024 {
+            return Err(bad(
+                "runtime.max_concurrent_compiles",
+                "must be from 0 (half the cores) to 1024".into(),
+            ));
+        }
+        if self.runtime.compile_queue_timeout_ms == 0 {
+            return Err(bad(
+                "runtime.compile_queue_timeout_ms",
+                "must be greater than zero".into(),
+            ));
+        }
+        if self.sandbox_pool.per_caller_max_size > self.sandbox_pool.max_size {
+            return Err(bad(
+                "sandbox_pool.per_caller_max_size",
+                format!(
+                    "{} is above max_size ({}); 0 means max_size",
+                    self.sandbox_pool.per_caller_max_size, self.sandbox_pool.max_size
+                ),
             ));
         }
         if self.sandbox_pool.min_size > self.sandbox_pool.max_size {
@@ -838,6 +873,18 @@ impl Config {
             n => n as usize,
         };
         options
+    }
+
+    /// How compiles for callers are bounded (`runtime.max_concurrent_compiles`,
+    /// `runtime.compile_queue_timeout_ms`).
+    pub fn compile_limits(&self) -> crate::modules::CompileLimits {
+        crate::modules::CompileLimits {
+            concurrency: match self.runtime.max_concurrent_compiles {
+                0 => crate::modules::default_compile_concurrency(),
+                n => n as usize,
+            },
+            queue_timeout: Duration::from_millis(self.runtime.compile_queue_timeout_ms),
+        }
     }
 
     /// Sandboxes all running at once could use this much linear memory: the

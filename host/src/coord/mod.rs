@@ -11,6 +11,7 @@
 
 pub mod conformance;
 mod etcd;
+mod lease;
 mod memory;
 pub mod runbook;
 mod store;

@@ -12,6 +12,9 @@
 //!
 //! When the store cannot be reached the loop stops claiming, lets running
 //! steps finish, and reconnects with backoff; `coordinator_up` says so.
+//! A running step is cancelled the moment this host's session lease lapses
+//! by its own reckoning ([`super::lease`]): by then the store may have
+//! handed the step to another host.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -23,14 +26,17 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_stream::StreamExt;
 
+use super::lease::LeaseClock;
 use super::runbook::{RunbookError, RunbookFile, RunbookSpec};
 use super::store::{
     Change, Claim, ClaimStore, CoordError, RunbookView, Session, StepOutcome, StepRecord, StepState,
 };
+use crate::modules::ModuleError;
 use crate::policy::{Policy, PolicySet};
 use crate::sandbox::LimitsRequest;
 use crate::telemetry::{
     CLAIM_DURATION, CLAIMS_TOTAL, COORDINATOR_UP, FENCE_REJECTIONS, RUNBOOK_STEPS_TOTAL,
+    STEPS_ABANDONED,
 };
 use crate::{ErrorKind, Host, RunRequest};
 
@@ -75,6 +81,18 @@ pub fn default_holder() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// Why a claimed step did not run, through no fault of its own; it is
+/// handed back without counting an attempt.
+#[derive(Debug, Error)]
+enum NotRun {
+    /// The claim store could not hand over the step's module.
+    #[error("fetching the step's module: {0}")]
+    Store(CoordError),
+    /// Every compile slot stayed busy.
+    #[error("compiling the step's module: {0}")]
+    Compile(ModuleError),
+}
+
 /// Why a runbook submission was refused.
 #[derive(Debug, Error)]
 pub enum SubmitError {
@@ -84,6 +102,9 @@ pub enum SubmitError {
     /// The claim store refused or could not be reached.
     #[error(transparent)]
     Store(#[from] CoordError),
+    /// A module file could not be compiled now (every compile slot busy).
+    #[error(transparent)]
+    Module(#[from] ModuleError),
 }
 
 impl SubmitError {
@@ -92,6 +113,7 @@ impl SubmitError {
         match self {
             Self::Runbook(e) => e.kind(),
             Self::Store(e) => e.kind(),
+            Self::Module(e) => e.kind(),
         }
     }
 }
@@ -104,6 +126,7 @@ struct Inner {
     slots: Arc<Semaphore>,
     wake: Notify,
     up: AtomicBool,
+    lease: LeaseClock,
 }
 
 /// A host's coordinator. Clones share one loop.
@@ -162,6 +185,7 @@ impl Coordinator {
                 slots,
                 wake: Notify::new(),
                 up: AtomicBool::new(true),
+                lease: LeaseClock::new(),
             }),
         }
     }
@@ -201,11 +225,33 @@ impl Coordinator {
         let parsed = RunbookFile::parse(text, file)?;
         let mut to_store: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut known_in_store: BTreeMap<String, bool> = BTreeMap::new();
+        // Module files are registered (compiled) first, off the async
+        // workers and in turn with other compiles; validation below only
+        // looks the results up.
+        let mut registered: BTreeMap<String, Result<String, String>> = BTreeMap::new();
         for reference in parsed.steps.values().map(|s| s.module.as_str()) {
             if let Some(id) = reference.strip_prefix("sha256:") {
                 let known = self.inner.host.modules().get(id).is_some()
                     || self.inner.store.module(id).await?.is_some();
                 known_in_store.insert(reference.to_string(), known);
+            } else if let Some(bytes) = modules.get(reference)
+                && !registered.contains_key(reference)
+            {
+                let result = match self
+                    .inner
+                    .host
+                    .modules()
+                    .register_for(bytes.clone(), caller)
+                    .await
+                {
+                    Ok(module) => {
+                        to_store.insert(module.id().to_string(), bytes.clone());
+                        Ok(module.id().to_string())
+                    }
+                    Err(e @ ModuleError::Busy(_)) => return Err(e.into()),
+                    Err(e) => Err(format!("`{reference}` is not a usable module: {e}")),
+                };
+                registered.insert(reference.to_string(), result);
             }
         }
         let spec = parsed.resolve(
@@ -220,17 +266,11 @@ impl Coordinator {
                         ))
                     };
                 }
-                let bytes = modules.get(reference).ok_or_else(|| {
-                    format!("module file `{reference}` was not sent with the runbook")
-                })?;
-                let module = self
-                    .inner
-                    .host
-                    .modules()
-                    .register(bytes)
-                    .map_err(|e| format!("`{reference}` is not a usable module: {e}"))?;
-                to_store.insert(module.id().to_string(), bytes.clone());
-                Ok(module.id().to_string())
+                registered.get(reference).cloned().unwrap_or_else(|| {
+                    Err(format!(
+                        "module file `{reference}` was not sent with the runbook"
+                    ))
+                })
             },
             |name| match self.inner.policies.get(name) {
                 None => Err(format!("no policy `{name}` on this host")),
@@ -315,6 +355,7 @@ impl Coordinator {
             while running.try_join_next().is_some() {}
             let mut failed = false;
             if session.is_none() {
+                let sent = tokio::time::Instant::now();
                 match inner
                     .store
                     .join(&inner.options.holder, inner.options.claim_ttl)
@@ -322,6 +363,7 @@ impl Coordinator {
                 {
                     Ok(s) => {
                         tracing::info!(holder = %s.holder, lease = s.lease, ttl_s = s.ttl.as_secs(), store = inner.store.backend(), "joined the claim store");
+                        inner.lease.renewed(s.lease, sent, s.ttl);
                         session = Some(s);
                         last_renewal = Instant::now();
                     }
@@ -334,13 +376,18 @@ impl Coordinator {
             if let Some(s) = &session
                 && last_renewal.elapsed() >= renew_every
             {
+                let sent = tokio::time::Instant::now();
                 match inner.store.keep_alive(s).await {
-                    Ok(()) => last_renewal = Instant::now(),
+                    Ok(()) => {
+                        last_renewal = Instant::now();
+                        inner.lease.renewed(s.lease, sent, s.ttl);
+                    }
                     Err(CoordError::SessionLost(lease)) => {
                         tracing::warn!(
                             lease,
                             "session lease expired: claims on it are gone; joining again"
                         );
+                        inner.lease.lost();
                         session = None;
                     }
                     Err(e) => {
@@ -361,7 +408,10 @@ impl Coordinator {
             if !failed && let Some(s) = session.clone() {
                 match self.scan(&s, &mut running).await {
                     Ok(()) => {}
-                    Err(CoordError::SessionLost(_)) => session = None,
+                    Err(CoordError::SessionLost(_)) => {
+                        inner.lease.lost();
+                        session = None;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "scanning runbooks");
                         failed = true;
@@ -401,6 +451,7 @@ impl Coordinator {
         {
             tracing::warn!(error = %e, "leaving the claim store; claims end with the lease TTL");
         }
+        inner.lease.lost();
     }
 
     /// One pass over the active runbooks.
@@ -456,6 +507,11 @@ impl Coordinator {
                 {
                     continue;
                 }
+                if inner.lease.remaining(session.lease) < session.ttl / 2 {
+                    // Renewals are overdue: a step started now could outlive
+                    // the lease. The loop renews (or rejoins) first.
+                    return Ok(());
+                }
                 let Ok(permit) = inner.slots.clone().try_acquire_owned() else {
                     return Ok(()); // every slot busy; the next wake-up continues
                 };
@@ -485,8 +541,9 @@ impl Coordinator {
                 let this = self.clone();
                 let spec = view.spec.clone();
                 let outputs = outputs.clone();
+                let lease = session.lease;
                 running.spawn(async move {
-                    this.run_step(claim, spec, outputs).await;
+                    this.run_step(claim, lease, spec, outputs).await;
                     drop(permit);
                 });
             }
@@ -494,8 +551,15 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Runs one claimed step and records what happened under its fence.
-    async fn run_step(&self, claim: Claim, spec: RunbookSpec, outputs: BTreeMap<String, Vec<u8>>) {
+    /// Runs one claimed step, held under session `lease`, and records what
+    /// happened under its fence.
+    async fn run_step(
+        &self,
+        claim: Claim,
+        lease: i64,
+        spec: RunbookSpec,
+        outputs: BTreeMap<String, Vec<u8>>,
+    ) {
         // The step joins the trace of the runbook's submission, whichever
         // host submitted it.
         let span = tracing::info_span!(
@@ -509,12 +573,14 @@ impl Coordinator {
         if let Some(traceparent) = &spec.traceparent {
             crate::telemetry::traces::continue_from_traceparent(&span, traceparent);
         }
-        tracing::Instrument::instrument(self.run_step_traced(claim, spec, outputs), span).await
+        tracing::Instrument::instrument(self.run_step_traced(claim, lease, spec, outputs), span)
+            .await
     }
 
     async fn run_step_traced(
         &self,
         claim: Claim,
+        lease: i64,
         spec: RunbookSpec,
         outputs: BTreeMap<String, Vec<u8>>,
     ) {
@@ -527,12 +593,36 @@ impl Coordinator {
             })
         });
         tracing::info!(runbook = %claim.runbook, step = %claim.step, fence = claim.fence, attempt = claim.attempt, "step claimed");
-        let (outcome, run_id) = match self.execute(&spec, &claim.step, &outputs).await {
+        let ran = tokio::select! {
+            // Checked first: a host resumed after a stop finds both ready,
+            // and the lapsed lease must win over a result it may not keep.
+            biased;
+            () = inner.lease.lapsed(lease) => None,
+            ran = self.execute(&spec, &claim.step, &outputs) => Some(ran),
+        };
+        let Some(ran) = ran else {
+            // Dropping `execute` dropped the run: its sandbox is gone and the
+            // host audited the run as `cancelled`.
+            metrics::counter!(STEPS_ABANDONED).increment(1);
+            tracing::warn!(runbook = %claim.runbook, step = %claim.step, fence = claim.fence, lease, "session lease lapsed mid-step: run cancelled, another host may hold the step now");
+            let _ = inner.host.audit_event("step.abandoned", || {
+                serde_json::json!({
+                    "runbook": claim.runbook, "step": claim.step, "fence": claim.fence,
+                    "attempt": claim.attempt, "holder": claim.holder,
+                    "reason": "the session lease lapsed before the step finished",
+                })
+            });
+            // Hand it back uncounted; if another host claimed it meanwhile
+            // the fence refuses this and `step.fenced` is audited.
+            self.record(&claim, None, claim.attempt - 1).await;
+            return;
+        };
+        let (outcome, run_id) = match ran {
             Ok(ran) => ran,
             Err(e) => {
-                // The claim store failed us, not the step: hand the step
-                // back without counting an attempt.
-                tracing::warn!(error = %e, runbook = %claim.runbook, step = %claim.step, "could not fetch the step's module; releasing it");
+                // The claim store or a full compile queue failed us, not the
+                // step: hand the step back without counting an attempt.
+                tracing::warn!(error = %e, runbook = %claim.runbook, step = %claim.step, "could not start the step; releasing it");
                 self.record(&claim, None, claim.attempt - 1).await;
                 return;
             }
@@ -654,13 +744,14 @@ impl Coordinator {
     }
 
     /// Runs a step's module. A failing step is an outcome; only the claim
-    /// store failing to hand over the module is an error.
+    /// store failing to hand over the module, or no compile slot, is an
+    /// error.
     async fn execute(
         &self,
         spec: &RunbookSpec,
         name: &str,
         outputs: &BTreeMap<String, Vec<u8>>,
-    ) -> Result<(StepOutcome, String), CoordError> {
+    ) -> Result<(StepOutcome, String), NotRun> {
         let inner = &self.inner;
         let step = &spec.steps[name];
         let failed = |kind: ErrorKind, error: String| StepOutcome::Failed {
@@ -670,19 +761,22 @@ impl Coordinator {
         let module = match inner.host.modules().get(&step.module) {
             Some(m) => m,
             None => match inner.store.module(&step.module).await {
-                Ok(Some(bytes)) => match inner.host.modules().register(&bytes) {
-                    Ok(m) if m.id() == step.module => m,
-                    Ok(m) => {
-                        return Ok((
-                            failed(
-                                ErrorKind::InvalidModule,
-                                format!("stored module {} hashes to {}", step.module, m.id()),
-                            ),
-                            String::new(),
-                        ));
+                Ok(Some(bytes)) => {
+                    match inner.host.modules().register_for(bytes, &spec.caller).await {
+                        Ok(m) if m.id() == step.module => m,
+                        Ok(m) => {
+                            return Ok((
+                                failed(
+                                    ErrorKind::InvalidModule,
+                                    format!("stored module {} hashes to {}", step.module, m.id()),
+                                ),
+                                String::new(),
+                            ));
+                        }
+                        Err(e @ ModuleError::Busy(_)) => return Err(NotRun::Compile(e)),
+                        Err(e) => return Ok((failed(e.kind(), e.to_string()), String::new())),
                     }
-                    Err(e) => return Ok((failed(e.kind(), e.to_string()), String::new())),
-                },
+                }
                 Ok(None) => {
                     return Ok((
                         failed(
@@ -695,7 +789,7 @@ impl Coordinator {
                         String::new(),
                     ));
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(NotRun::Store(e)),
             },
         };
         let policy = match &step.policy {

@@ -187,7 +187,8 @@ pub async fn serve(
                 .is_some_and(|t| t.identity_from_cn),
         },
         config.server.admins.clone(),
-    );
+    )
+    .with_caller_quota(config.sandbox_pool.per_caller_max_size);
     let max_message = (config.server.max_request_mb * 1024 * 1024) as usize;
     let chassis = ChassisServer::new(service)
         .max_decoding_message_size(max_message)

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -17,17 +17,20 @@ use crate::coord::Coordinator;
 use crate::modules::{Module, World};
 use crate::policy::{Policy, PolicySet};
 use crate::sandbox::{FuelRequest, LimitsRequest, RunError, RunReport, TapEvent};
+use crate::slots::{FairSlots, Slot};
 use crate::telemetry::Refusal;
 use crate::{ErrorKind, Host, RunRequest};
 
-/// Serves runs with at most `max_size` sandboxes at once.
+const QUOTA_SETTING: &str = "sandbox_pool.per_caller_max_size";
+
+/// Serves runs with at most `max_size` sandboxes at once, shared fairly
+/// among callers ([`crate::slots`]).
 #[derive(Debug, Clone)]
 pub struct ChassisService {
     host: Host,
     policies: Arc<PolicySet>,
     default_policy: Arc<Policy>,
-    slots: Arc<Semaphore>,
-    max_size: u32,
+    slots: FairSlots,
     queue_timeout: Duration,
     max_module_bytes: u64,
     interrupt: watch::Receiver<bool>,
@@ -54,14 +57,27 @@ impl ChassisService {
             coordinator,
             policies,
             default_policy: Arc::new(Policy::deny_all()),
-            slots: Arc::new(Semaphore::new(max_size as usize)),
-            max_size,
+            slots: FairSlots::new(
+                "sandbox",
+                max_size as usize,
+                max_size as usize,
+                QUOTA_SETTING,
+            ),
             queue_timeout,
             max_module_bytes,
             interrupt,
             identity: IdentityRules::default(),
             admins: Arc::new(vec![crate::policy::LOCAL_CALLER.to_string()]),
         }
+    }
+
+    /// Holds each caller to at most `quota` sandboxes at once (0: no quota
+    /// below `max_size`).
+    pub fn with_caller_quota(mut self, quota: u32) -> Self {
+        let capacity = self.slots.capacity();
+        let quota = if quota == 0 { capacity } else { quota as usize };
+        self.slots = FairSlots::new("sandbox", capacity, quota, QUOTA_SETTING);
+        self
     }
 
     /// Derive callers by `rules` (TLS or not, CN fallback) and let
@@ -135,21 +151,16 @@ impl ChassisService {
         ))
     }
 
-    async fn slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
-        match tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            _ => {
+    /// A sandbox slot for `caller`, waiting at most `queue_timeout` in its
+    /// turn among the callers waiting.
+    async fn slot(&self, caller: &str) -> Result<Slot, Status> {
+        self.slots
+            .acquire(caller, self.queue_timeout)
+            .await
+            .map_err(|busy| {
                 crate::telemetry::record_overloaded();
-                Err(status(
-                    ErrorKind::Overloaded,
-                    format!(
-                        "all {} sandbox slots stayed busy for {} ms; retry later",
-                        self.max_size,
-                        self.queue_timeout.as_millis()
-                    ),
-                ))
-            }
-        }
+                status(ErrorKind::Overloaded, busy.to_string())
+            })
     }
 
     /// Resolves the module, the policy, the caller and the limits of a request.
@@ -365,11 +376,17 @@ impl Chassis for ChassisService {
                 "no module bytes were sent",
             ));
         }
-        let host = self.host.clone();
-        let module = tokio::task::spawn_blocking(move || host.modules().register(&bytes))
+        let module = self
+            .host
+            .modules()
+            .register_for(bytes, &caller)
             .await
-            .map_err(|e| status(ErrorKind::Internal, format!("compiling task failed: {e}")))?
-            .map_err(|e| status(e.kind(), e.to_string()))?;
+            .map_err(|e| {
+                if e.kind() == ErrorKind::Overloaded {
+                    crate::telemetry::record_overloaded();
+                }
+                status(e.kind(), e.to_string())
+            })?;
         tracing::info!(module = %module.id(), world = %module.world(), %caller, "module registered");
         self.host
             .audit_event("module.registered", || {
@@ -456,7 +473,7 @@ impl Chassis for ChassisService {
         request: Request<proto::RunRequest>,
     ) -> Result<Response<proto::RunResponse>, Status> {
         let (module, run) = self.prepare("Run", &request)?;
-        let _slot = self.slot().await?;
+        let _slot = self.slot(&run.caller).await?;
         let report = self.run_guarded(&module, run).await?;
         match &report.result {
             Ok(output) => Ok(Response::new(proto::RunResponse {
@@ -540,7 +557,7 @@ impl Chassis for ChassisService {
         request: Request<proto::RunRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let (module, run) = self.prepare("RunStream", &request)?;
-        let slot = self.slot().await?;
+        let slot = self.slot(&run.caller).await?;
         // Two slots more than the events may fill: they are reserved for
         // the dropped-events notice and the outcome, so those are delivered
         // however far behind the client is.

@@ -6,6 +6,7 @@
 //! the pre-instantiated form in memory so a run only pays for instantiation.
 
 pub mod artifact;
+mod compiles;
 mod world;
 
 use std::collections::HashMap;
@@ -18,12 +19,15 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use wasmtime::component::{Component, Linker};
 
+pub use compiles::{CompileLimits, default_concurrency as default_compile_concurrency};
 pub use world::{ACCEPTED_WORLDS, Prepared, World};
 
 use crate::engine::Engine;
 use crate::error::ErrorKind;
 use crate::sandbox::SandboxState;
+use crate::slots::SlotsBusy;
 use artifact::SealKey;
+use compiles::Compiles;
 
 /// Why a module could not be registered or loaded.
 #[derive(Debug, Error)]
@@ -94,6 +98,12 @@ pub enum ModuleError {
     /// A module id that is not 64 lower-case hex digits (a sha256).
     #[error("{0}")]
     InvalidId(#[from] InvalidModuleId),
+    /// Every compile slot stayed busy for the queue timeout.
+    #[error("not compiling now: {0}")]
+    Busy(#[from] SlotsBusy),
+    /// The compile thread died (a bug in the compiler).
+    #[error("the compile was lost: {0}")]
+    Lost(String),
 }
 
 /// A module id that is not a sha256 in lower-case hex. Ids name
@@ -122,9 +132,11 @@ impl ModuleError {
     /// `internal` for the host's own storage.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ModuleError::Io { .. } | ModuleError::Key(_) | ModuleError::Serialize(_) => {
-                ErrorKind::Internal
-            }
+            ModuleError::Io { .. }
+            | ModuleError::Key(_)
+            | ModuleError::Serialize(_)
+            | ModuleError::Lost(_) => ErrorKind::Internal,
+            ModuleError::Busy(_) => ErrorKind::Overloaded,
             ModuleError::TooLarge { .. } | ModuleError::InvalidId(_) => ErrorKind::InvalidRequest,
             _ => ErrorKind::InvalidModule,
         }
@@ -203,6 +215,7 @@ pub struct ModuleStore {
     max_module_bytes: u64,
     modules: RwLock<HashMap<String, Arc<Module>>>,
     stats: StoreStats,
+    compiles: Compiles,
 }
 
 impl std::fmt::Debug for ModuleStore {
@@ -266,7 +279,17 @@ impl ModuleStore {
             max_module_bytes: DEFAULT_MAX_MODULE_BYTES,
             modules: RwLock::new(HashMap::new()),
             stats: StoreStats::default(),
+            compiles: Compiles::new(CompileLimits::default()),
         }
+    }
+
+    /// Bounds compiles made through [`ModuleStore::register_for`]: at most
+    /// `limits.concurrency` at once, on that many threads of their own,
+    /// each waiting at most `limits.queue_timeout` for its turn. Without
+    /// this, compiles spread over every core (what the CLI wants).
+    pub fn with_compile_limits(mut self, limits: CompileLimits) -> Result<Self, ModuleError> {
+        self.compiles = Compiles::bounded(limits).map_err(ModuleError::Lost)?;
+        Ok(self)
     }
 
     /// Sets the largest `.wasm` the store accepts.
@@ -292,6 +315,44 @@ impl ModuleStore {
     /// bytes again returns the same module without compiling.
     pub fn register(&self, wasm: &[u8]) -> Result<Arc<Module>, ModuleError> {
         let _span = tracing::info_span!("module.register", size_bytes = wasm.len()).entered();
+        self.check_size(wasm)?;
+        let digest: [u8; 32] = Sha256::digest(wasm).into();
+        self.register_digested(wasm, digest)
+    }
+
+    /// [`ModuleStore::register`] for a remote `caller`, from async code: the
+    /// hash, any compile and any artifact load run on blocking threads, and
+    /// a compile waits for a compile slot in turn (see
+    /// [`ModuleStore::with_compile_limits`]); `Busy` (`overloaded`) when
+    /// none came within the queue timeout. Known modules return at once.
+    pub async fn register_for(
+        self: &Arc<Self>,
+        wasm: Vec<u8>,
+        caller: &str,
+    ) -> Result<Arc<Module>, ModuleError> {
+        self.check_size(&wasm)?;
+        let lost = |e: tokio::task::JoinError| ModuleError::Lost(e.to_string());
+        let (digest, wasm) = tokio::task::spawn_blocking(move || {
+            let digest: [u8; 32] = Sha256::digest(&wasm).into();
+            (digest, wasm)
+        })
+        .await
+        .map_err(lost)?;
+        if let Some(module) = self.get(&hex::encode(digest)) {
+            return Ok(module);
+        }
+        let _slot = self.compiles.slot(caller).await?;
+        let store = self.clone();
+        let span = tracing::info_span!("module.register", size_bytes = wasm.len(), %caller);
+        tokio::task::spawn_blocking(move || {
+            let _span = span.entered();
+            store.register_digested(&wasm, digest)
+        })
+        .await
+        .map_err(lost)?
+    }
+
+    fn check_size(&self, wasm: &[u8]) -> Result<(), ModuleError> {
         let size = wasm.len() as u64;
         if size > self.max_module_bytes {
             return Err(ModuleError::TooLarge {
@@ -299,7 +360,10 @@ impl ModuleStore {
                 limit: self.max_module_bytes,
             });
         }
-        let digest: [u8; 32] = Sha256::digest(wasm).into();
+        Ok(())
+    }
+
+    fn register_digested(&self, wasm: &[u8], digest: [u8; 32]) -> Result<Arc<Module>, ModuleError> {
         let id = hex::encode(digest);
         if let Some(module) = self.get(&id) {
             return Ok(module);
@@ -308,7 +372,7 @@ impl ModuleStore {
             Some(component) => component,
             None => self.compile_and_store(&digest, wasm)?,
         };
-        self.insert(id, size, component)
+        self.insert(id, wasm.len() as u64, component)
     }
 
     /// Loads a sealed artifact written by [`ModuleStore::compile_to`] (with
@@ -473,9 +537,11 @@ impl ModuleStore {
             return Err(ModuleError::CoreModule);
         }
         self.stats.compiled.fetch_add(1, Ordering::Relaxed);
-        Component::new(self.engine.wasmtime(), wasm).map_err(|e| ModuleError::Malformed {
-            reason: format!("{e:#}"),
-        })
+        self.compiles
+            .run(|| Component::new(self.engine.wasmtime(), wasm))
+            .map_err(|e| ModuleError::Malformed {
+                reason: format!("{e:#}"),
+            })
     }
 
     fn seal(&self, digest: &[u8; 32], component: &Component) -> Result<Vec<u8>, ModuleError> {

@@ -77,6 +77,8 @@ pub const CLAIM_DURATION: &str = "if_chassis_claim_duration_seconds";
 pub const CLAIMS_TOTAL: &str = "if_chassis_claims_total";
 /// Step results refused by fencing.
 pub const FENCE_REJECTIONS: &str = "if_chassis_fence_rejections_total";
+/// Step runs cancelled because this host's session lease lapsed mid-run.
+pub const STEPS_ABANDONED: &str = "if_chassis_steps_abandoned_total";
 /// Runbook step transitions by state.
 pub const RUNBOOK_STEPS_TOTAL: &str = "if_chassis_runbook_steps_total";
 /// Whether the claim store answers.
@@ -148,6 +150,7 @@ pub const ALL_METRICS: &[&str] = &[
     CLAIM_DURATION,
     CLAIMS_TOTAL,
     FENCE_REJECTIONS,
+    STEPS_ABANDONED,
     RUNBOOK_STEPS_TOTAL,
     COORDINATOR_UP,
     SECRET_READS_TOTAL,
@@ -279,6 +282,10 @@ pub fn install_prometheus(
         FENCE_REJECTIONS,
         "Step results refused because the claim's fence no longer held"
     );
+    metrics::describe_counter!(
+        STEPS_ABANDONED,
+        "Step runs cancelled because this host's session lease lapsed before they finished"
+    );
     metrics::describe_counter!(RUNBOOK_STEPS_TOTAL, "Runbook step transitions by state");
     metrics::describe_gauge!(COORDINATOR_UP, "1 while the claim store answers");
     metrics::describe_counter!(SECRET_READS_TOTAL, "Secret reads by result");
@@ -312,6 +319,7 @@ pub fn install_prometheus(
         metrics::counter!(SECRET_READS_TOTAL, "result" => result).absolute(0);
     }
     metrics::counter!(FENCE_REJECTIONS).absolute(0);
+    metrics::counter!(STEPS_ABANDONED).absolute(0);
     metrics::counter!(SECRET_REVOKE_FAILURES).absolute(0);
     metrics::gauge!(SECRET_LEASES_PENDING).set(0.0);
     metrics::gauge!(COORDINATOR_UP).set(1.0);

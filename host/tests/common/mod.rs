@@ -32,6 +32,7 @@ impl TestServer {
         let host = Host::builder()
             .caps(config.host_caps())
             .pool_slots(config.sandbox_pool.max_size.max(2))
+            .compile_limits(config.compile_limits())
             .build()
             .unwrap();
         Self::start_with_host(config, policies, host).await
@@ -88,6 +89,21 @@ pub async fn register(client: &mut ChassisClient<Channel>, path: &str) -> proto:
         .await
         .expect("module registers")
         .into_inner()
+}
+
+/// RegisterModule of `bytes`, as the server answers it.
+pub async fn register_bytes(
+    client: &mut ChassisClient<Channel>,
+    bytes: &[u8],
+) -> Result<proto::ModuleInfo, tonic::Status> {
+    let chunks: Vec<RegisterModuleChunk> = bytes
+        .chunks(1024 * 1024)
+        .map(|c| RegisterModuleChunk { data: c.to_vec() })
+        .collect();
+    client
+        .register_module(tokio_stream::iter(chunks))
+        .await
+        .map(|r| r.into_inner())
 }
 
 pub fn run_request(module_id: &str, policy: &str, input: &str) -> proto::RunRequest {
