@@ -1629,6 +1629,11 @@ fn load(args: LoadArgs) -> Result<ExitCode> {
                 max_memory_bytes: args.memory_mb * 1024 * 1024,
                 ..Default::default()
             };
+            if let Some(warning) = chassis::engine::maps::max_map_count().and_then(|limit| {
+                chassis::engine::maps::pool_warning(args.concurrency.max(1) as u64, limit)
+            }) {
+                eprintln!("chassis load: warning: {warning}");
+            }
             let host = Host::builder()
                 .caps(caps)
                 .pool_slots(u32::try_from(args.concurrency.max(1)).unwrap_or(u32::MAX))

@@ -1,5 +1,6 @@
 //! `chassis load` with small numbers: it runs, the report adds up, errors
-//! are counted by kind, `--json` parses, `--plot` draws, `--remote` works.
+//! are counted by kind, `--json` parses, `--plot` draws, `--remote` works,
+//! and runs past the kernel's mapping limit are `overloaded`, not `trap`.
 
 mod common;
 
@@ -220,4 +221,49 @@ fn a_denial_flood_keeps_the_json_report_small() {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(r["denials"].as_array().unwrap().len(), 100);
     assert_eq!(r["denials_dropped"], 1900);
+}
+
+/// More live sandboxes than the kernel's mapping limit (`vm.max_map_count`)
+/// allows: the runs past it are the host's failure, so they end
+/// `overloaded` naming the setting, never `trap` (which would blame the
+/// guest), the others complete, and the load warned at start.
+#[test]
+fn sandboxes_past_the_mapping_limit_are_overloaded_not_trapped() {
+    let Some(limit) = chassis::engine::maps::max_map_count() else {
+        panic!("this test needs /proc/sys/vm/max_map_count");
+    };
+    let ceiling = chassis::engine::maps::live_sandbox_ceiling(limit);
+    if ceiling > 15_000 {
+        // 40% past the ceiling would need more memory than a test may take.
+        eprintln!("skipped: vm.max_map_count is {limit} here (about {ceiling} live sandboxes fit)");
+        return;
+    }
+    let concurrency = (ceiling * 14 / 10).to_string();
+    let (r, out) = load(&[
+        "--module",
+        SLEEPER_COMPONENT,
+        "--concurrency",
+        &concurrency,
+        "--runs",
+        &concurrency,
+        "--input",
+        "15000",
+        "--memory-mb",
+        "16",
+    ]);
+    let outcomes = r["outcomes"].as_object().unwrap();
+    assert!(!outcomes.contains_key("trap"), "{outcomes:?}");
+    assert!(outcomes["overloaded"].as_u64().unwrap() > 0, "{outcomes:?}");
+    assert!(outcomes["ok"].as_u64().unwrap() > 0, "{outcomes:?}");
+    assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+    let message = r["first_errors"]["overloaded"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("vm.max_map_count is {limit}")),
+        "{message}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning:") && stderr.contains("sysctl -w vm.max_map_count="),
+        "{stderr}"
+    );
 }

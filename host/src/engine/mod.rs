@@ -5,6 +5,7 @@
 //! runtime), fuel metering, epoch interruption driven by one ticker thread,
 //! and the pooling instance allocator sized from the host limits.
 
+pub mod maps;
 mod ticker;
 
 use std::time::Duration;
@@ -164,6 +165,22 @@ pub enum EngineError {
         #[source]
         source: wasmtime::Error,
     },
+    /// The kernel refused the pool's mappings: too many slots for
+    /// `vm.max_map_count` (or for the address space).
+    #[error(
+        "creating the wasmtime engine ({slots} pool slots of {memory_mb} MiB): the kernel refused the mappings ({source}); {hint}"
+    )]
+    OutOfMappings {
+        /// Pool slots asked for.
+        slots: u32,
+        /// Per-slot memory in MiB.
+        memory_mb: u64,
+        /// What to raise or lower.
+        hint: String,
+        /// wasmtime's reason.
+        #[source]
+        source: wasmtime::Error,
+    },
     /// The epoch ticker thread could not be started.
     #[error("starting the epoch ticker thread: {0}")]
     Ticker(#[source] std::io::Error),
@@ -181,13 +198,39 @@ impl Engine {
     /// Creates the engine and starts its epoch ticker thread. The ticker stops
     /// when the last clone of the engine is dropped.
     pub fn new(config: EngineConfig) -> Result<Self, EngineError> {
+        let memory_mb = config.max_memory_bytes / (1024 * 1024);
         let inner = wasmtime::Engine::new(&config.wasmtime_config()).map_err(|source| {
-            EngineError::Create {
-                slots: config.pool_slots,
-                memory_mb: config.max_memory_bytes / (1024 * 1024),
-                source,
+            if maps::is_out_of_mappings(&source) {
+                let slots = u64::from(config.pool_slots);
+                let hint = match maps::max_map_count() {
+                    Some(limit) if maps::needed_for(slots) > limit => {
+                        maps::raise_hint(slots, limit)
+                    }
+                    Some(limit) => format!(
+                        "vm.max_map_count is {limit}, enough for the pool: the address space may be limited (ulimit -v)"
+                    ),
+                    None => "check vm.max_map_count and ulimit -v".into(),
+                };
+                EngineError::OutOfMappings {
+                    slots: config.pool_slots,
+                    memory_mb,
+                    hint,
+                    source,
+                }
+            } else {
+                EngineError::Create {
+                    slots: config.pool_slots,
+                    memory_mb,
+                    source,
+                }
             }
         })?;
+        if config.pooling
+            && let Some(warning) = maps::max_map_count()
+                .and_then(|limit| maps::pool_warning(u64::from(config.pool_slots), limit))
+        {
+            tracing::warn!("{warning}");
+        }
         let ticker =
             EpochTicker::start(inner.clone(), config.epoch_tick).map_err(EngineError::Ticker)?;
         Ok(Self {

@@ -56,6 +56,16 @@ pub(crate) struct Sample {
     pub(crate) outcome: String,
     pub(crate) fuel: Option<u64>,
     pub(crate) peak_memory: Option<u64>,
+    /// The error's message, kept only for the first error of its kind.
+    pub(crate) message: Option<String>,
+}
+
+/// One run's result as the load sees it.
+struct Ran {
+    outcome: String,
+    fuel: Option<u64>,
+    peak_memory: Option<u64>,
+    message: Option<String>,
 }
 
 /// Live counters a caller can watch (for a progress bar).
@@ -98,35 +108,47 @@ fn usage_from_metadata(status: &tonic::Status) -> (Option<u64>, Option<u64>) {
 }
 
 impl Target {
-    async fn run_once(&self) -> (String, Option<u64>, Option<u64>) {
+    async fn run_once(&self) -> Ran {
         match self {
             Target::Local {
                 host,
                 module,
                 request,
             } => match host.run(module, request.clone()).await {
-                Ok(report) => (
-                    report.outcome_name().to_string(),
-                    Some(report.usage.fuel_consumed),
-                    Some(report.usage.peak_memory_bytes),
-                ),
-                Err(e) => (e.kind().as_str().to_string(), None, None),
+                Ok(report) => Ran {
+                    outcome: report.outcome_name().to_string(),
+                    fuel: Some(report.usage.fuel_consumed),
+                    peak_memory: Some(report.usage.peak_memory_bytes),
+                    message: report.result.as_ref().err().map(|e| e.to_string()),
+                },
+                Err(e) => Ran {
+                    outcome: e.kind().as_str().to_string(),
+                    fuel: None,
+                    peak_memory: None,
+                    message: Some(e.to_string()),
+                },
             },
             Target::Remote { client, request } => match client.clone().run(request.clone()).await {
                 Ok(response) => {
                     let usage = response.into_inner().usage.unwrap_or_default();
-                    (
-                        "ok".into(),
-                        Some(usage.fuel_consumed),
-                        Some(usage.peak_memory_bytes),
-                    )
+                    Ran {
+                        outcome: "ok".into(),
+                        fuel: Some(usage.fuel_consumed),
+                        peak_memory: Some(usage.peak_memory_bytes),
+                        message: None,
+                    }
                 }
                 Err(status) => {
                     let kind = crate::grpc::status::kind_of(&status).unwrap_or_else(|| {
                         format!("grpc-{:?}", status.code()).to_ascii_lowercase()
                     });
-                    let (fuel, memory) = usage_from_metadata(&status);
-                    (kind, fuel, memory)
+                    let (fuel, peak_memory) = usage_from_metadata(&status);
+                    Ran {
+                        outcome: kind,
+                        fuel,
+                        peak_memory,
+                        message: Some(status.message().to_string()),
+                    }
                 }
             },
         }
@@ -163,6 +185,9 @@ pub async fn run(
         let progress = progress.clone();
         workers.push(tokio::spawn(async move {
             let mut samples = Vec::new();
+            // Messages are kept for a worker's first error of each kind
+            // only, so a load of a million failing runs holds a handful.
+            let mut seen: Vec<String> = Vec::new();
             loop {
                 let go = match stop {
                     Stop::Runs(n) => tickets.fetch_add(1, Ordering::Relaxed) < n,
@@ -174,19 +199,27 @@ pub async fn run(
                 let live = progress.live.fetch_add(1, Ordering::Relaxed) + 1;
                 progress.peak_live.fetch_max(live, Ordering::Relaxed);
                 let began = Instant::now();
-                let (outcome, fuel, peak_memory) = target.run_once().await;
+                let ran = target.run_once().await;
                 let latency = began.elapsed();
                 progress.live.fetch_sub(1, Ordering::Relaxed);
                 progress.done.fetch_add(1, Ordering::Relaxed);
-                if outcome != "ok" {
+                if ran.outcome != "ok" {
                     progress.errors.fetch_add(1, Ordering::Relaxed);
                 }
+                let message = match ran.message {
+                    Some(m) if !seen.contains(&ran.outcome) => {
+                        seen.push(ran.outcome.clone());
+                        Some(m)
+                    }
+                    _ => None,
+                };
                 samples.push(Sample {
                     at: start.elapsed(),
                     latency,
-                    outcome,
-                    fuel,
-                    peak_memory,
+                    outcome: ran.outcome,
+                    fuel: ran.fuel,
+                    peak_memory: ran.peak_memory,
+                    message,
                 });
             }
             samples

@@ -18,6 +18,10 @@ pub struct Distribution {
     pub p95: f64,
     /// 99th percentile.
     pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Values over ten times the median: the tail a percentile hides.
+    pub over_10x_p50: u64,
     /// Largest.
     pub max: f64,
     /// Mean.
@@ -33,11 +37,14 @@ impl Distribution {
         values.sort_by(|a, b| a.total_cmp(b));
         let at =
             |p: f64| values[((values.len() as f64 * p).ceil() as usize).clamp(1, values.len()) - 1];
+        let p50 = at(0.50);
         Self {
             min: values[0],
-            p50: at(0.50),
+            p50,
             p95: at(0.95),
             p99: at(0.99),
+            p999: at(0.999),
+            over_10x_p50: values.iter().filter(|v| **v > p50 * 10.0).count() as u64,
             max: values[values.len() - 1],
             mean: values.iter().sum::<f64>() / values.len() as f64,
         }
@@ -61,6 +68,9 @@ pub struct LoadReport {
     pub outcomes: BTreeMap<String, u64>,
     /// Runs that did not end `ok`.
     pub errors: u64,
+    /// The first error message seen for each error kind, so a surprising
+    /// kind can be read rather than guessed at.
+    pub first_errors: BTreeMap<String, String>,
     /// RSS before the load, bytes.
     pub baseline_rss_bytes: u64,
     /// Largest RSS seen, bytes.
@@ -94,6 +104,14 @@ impl LoadReport {
             *outcomes.entry(s.outcome.clone()).or_insert(0) += 1;
         }
         let errors = samples.iter().filter(|s| s.outcome != "ok").count() as u64;
+        let mut first_errors = BTreeMap::new();
+        for s in samples {
+            if let Some(message) = &s.message {
+                first_errors
+                    .entry(s.outcome.clone())
+                    .or_insert_with(|| message.clone());
+            }
+        }
         let seconds = elapsed.as_secs() as usize + 1;
         let mut by_second = vec![0u64; seconds];
         for s in samples {
@@ -112,6 +130,7 @@ impl LoadReport {
             latency_us: Distribution::of(latencies.clone()),
             outcomes,
             errors,
+            first_errors,
             baseline_rss_bytes: baseline_rss,
             peak_rss_bytes: peak_rss,
             peak_live_sandboxes: peak_live,
@@ -150,8 +169,8 @@ impl LoadReport {
         let _ = writeln!(out, "throughput      {:.0} runs/s", self.throughput_per_s);
         let _ = writeln!(
             out,
-            "latency         p50 {:.0} µs | p95 {:.0} µs | p99 {:.0} µs | max {:.0} µs",
-            l.p50, l.p95, l.p99, l.max
+            "latency         p50 {:.0} µs | p95 {:.0} µs | p99 {:.0} µs | p99.9 {:.0} µs | max {:.0} µs | {} runs over 10x p50",
+            l.p50, l.p95, l.p99, l.p999, l.max, l.over_10x_p50
         );
         let outcomes: Vec<String> = self
             .outcomes
@@ -159,6 +178,9 @@ impl LoadReport {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(out, "outcomes        {}", outcomes.join(" | "));
+        for (kind, message) in &self.first_errors {
+            let _ = writeln!(out, "first {kind:<10} {message}");
+        }
         let _ = writeln!(
             out,
             "memory          peak RSS {:.1} MiB (baseline {:.1} MiB) | peak live sandboxes {} | RSS per live sandbox {:.0} KiB",
@@ -194,6 +216,10 @@ mod tests {
             (d.min, d.p50, d.p95, d.p99, d.max),
             (1.0, 50.0, 95.0, 99.0, 100.0)
         );
+        let mut tail: Vec<f64> = vec![10.0; 998];
+        tail.extend([101.0, 5000.0]);
+        let d = Distribution::of(tail);
+        assert_eq!((d.p999, d.over_10x_p50, d.max), (101.0, 2, 5000.0));
         assert_eq!(Distribution::of(vec![]), Distribution::default());
     }
 
@@ -210,12 +236,24 @@ mod tests {
                 },
                 fuel: Some(1000),
                 peak_memory: Some(65536),
+                message: (i % 5 == 0).then(|| format!("out of fuel in run {i}")),
             })
             .collect();
         let r = LoadReport::build(&samples, Duration::from_millis(1500), 2, 1000, 3000, 4);
         assert_eq!(r.runs, 10);
         assert_eq!(r.errors, 2);
         assert_eq!(r.outcomes["ok"], 8);
+        assert_eq!(
+            r.first_errors,
+            BTreeMap::from([(
+                "out-of-fuel".to_string(),
+                "out of fuel in run 0".to_string()
+            )])
+        );
+        assert!(
+            r.render()
+                .contains("first out-of-fuel out of fuel in run 0")
+        );
         assert_eq!(r.throughput_by_second.iter().sum::<u64>(), 10);
         assert_eq!(r.rss_per_live_sandbox_bytes, 500);
     }

@@ -121,6 +121,9 @@ impl RunError {
         if let Some(pool) = err.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
             return RunError::Overloaded(pool.to_string());
         }
+        if crate::engine::maps::is_out_of_mappings(&err) {
+            return RunError::Overloaded(crate::engine::maps::out_of_mappings_message());
+        }
         if let Some(detail) = host_limit(&err) {
             return RunError::MemoryLimit { detail };
         }
