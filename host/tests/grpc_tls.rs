@@ -590,3 +590,62 @@ async fn a_flooding_caller_does_not_starve_another() {
     assert!(ran >= 2, "A's runs got slots too ({ran} ran)");
     assert!(refused > 0, "A's backlog outlasted the queue timeout");
 }
+
+/// `sandbox_pool.per_caller_max_size` holds one caller to its quota while
+/// slots stay free for others: A's second run waits out the queue and is
+/// refused naming the quota, and B runs at once meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_is_held_to_its_quota_while_others_run() {
+    let pki = Pki::new();
+    let mut config = tls_config(&pki, true);
+    config.sandbox_pool.max_size = 4;
+    config.sandbox_pool.min_size = 0;
+    config.sandbox_pool.per_caller_max_size = 1;
+    config.sandbox_pool.queue_timeout_ms = 300;
+    config.runtime.max_fuel = None;
+    let tenants = "name = \"tenants\"\ncallers = [\"a.example\", \"b.example\"]\n";
+    let server = TestServer::start(config, &[tenants]).await;
+    let mut ops = tls_client(&server, &pki, Some(pki.leaf("ops", &["ops.example"])))
+        .await
+        .unwrap();
+    let spin = register(&mut ops, HOSTILE_SPIN_COMPONENT).await;
+    let hello = register(&mut ops, HELLO_COMPONENT).await;
+    let mut a = tls_client(&server, &pki, Some(pki.leaf("a", &["a.example"])))
+        .await
+        .unwrap();
+    let mut b = tls_client(&server, &pki, Some(pki.leaf("b", &["b.example"])))
+        .await
+        .unwrap();
+    let mut long = run_request(&spin.id, "tenants", "");
+    long.limits = Some(chassis::grpc::proto::Limits {
+        timeout_ms: 1500,
+        cpu_percent: 10,
+        ..Default::default()
+    });
+    let holding = tokio::spawn({
+        let mut a = a.clone();
+        let long = long.clone();
+        async move { a.run(long).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = assert_status(a.run(long).await, Code::ResourceExhausted, "overloaded");
+    assert!(
+        status.message().contains("caller `a.example`")
+            && status
+                .message()
+                .contains("sandbox_pool.per_caller_max_size"),
+        "{}",
+        status.message()
+    );
+    let out = b
+        .run(run_request(&hello.id, "tenants", "b"))
+        .await
+        .expect("B is not held to A's quota")
+        .into_inner();
+    assert_eq!(out.output, b"Hello, b!");
+    assert_status(
+        holding.await.unwrap(),
+        Code::DeadlineExceeded,
+        "deadline-exceeded",
+    );
+}

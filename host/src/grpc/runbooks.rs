@@ -62,6 +62,17 @@ pub(super) async fn submit(
                 e.to_string(),
             ))
         }
+        Err(e @ crate::coord::SubmitError::Module(_)) => {
+            crate::telemetry::record_overloaded();
+            Err(super::refusal::refuse(
+                coordinator.host(),
+                "SubmitRunbook",
+                caller,
+                crate::telemetry::Refusal::CompileBusy,
+                e.kind(),
+                e.to_string(),
+            ))
+        }
         Err(e) => Err(status(e.kind(), e.to_string())),
     }
 }

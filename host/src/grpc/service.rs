@@ -17,7 +17,7 @@ use crate::coord::Coordinator;
 use crate::modules::{Module, World};
 use crate::policy::{Policy, PolicySet};
 use crate::sandbox::{FuelRequest, LimitsRequest, RunError, RunReport, TapEvent};
-use crate::slots::{FairSlots, Slot};
+use crate::slots::{FairSlots, Slot, SlotsBusy};
 use crate::telemetry::Refusal;
 use crate::{ErrorKind, Host, RunRequest};
 
@@ -153,13 +153,26 @@ impl ChassisService {
 
     /// A sandbox slot for `caller`, waiting at most `queue_timeout` in its
     /// turn among the callers waiting.
-    async fn slot(&self, caller: &str) -> Result<Slot, Status> {
+    /// A caller held to its quota is refused (audited, `caller-quota`); a
+    /// full pool is counted in `if_chassis_overloaded_total` only, since
+    /// auditing every shed request would let load fill the audit log.
+    async fn slot(&self, rpc: &'static str, caller: &str) -> Result<Slot, Status> {
         self.slots
             .acquire(caller, self.queue_timeout)
             .await
             .map_err(|busy| {
                 crate::telemetry::record_overloaded();
-                status(ErrorKind::Overloaded, busy.to_string())
+                match busy {
+                    SlotsBusy::Quota { .. } => refuse(
+                        &self.host,
+                        rpc,
+                        caller,
+                        Refusal::CallerQuota,
+                        ErrorKind::Overloaded,
+                        busy.to_string(),
+                    ),
+                    SlotsBusy::Full { .. } => status(ErrorKind::Overloaded, busy.to_string()),
+                }
             })
     }
 
@@ -381,11 +394,19 @@ impl Chassis for ChassisService {
             .modules()
             .register_for(bytes, &caller)
             .await
-            .map_err(|e| {
-                if e.kind() == ErrorKind::Overloaded {
+            .map_err(|e| match e {
+                crate::modules::ModuleError::Busy(_) => {
                     crate::telemetry::record_overloaded();
+                    refuse(
+                        &self.host,
+                        "RegisterModule",
+                        &caller,
+                        Refusal::CompileBusy,
+                        e.kind(),
+                        e.to_string(),
+                    )
                 }
-                status(e.kind(), e.to_string())
+                e => status(e.kind(), e.to_string()),
             })?;
         tracing::info!(module = %module.id(), world = %module.world(), %caller, "module registered");
         self.host
@@ -473,7 +494,7 @@ impl Chassis for ChassisService {
         request: Request<proto::RunRequest>,
     ) -> Result<Response<proto::RunResponse>, Status> {
         let (module, run) = self.prepare("Run", &request)?;
-        let _slot = self.slot(&run.caller).await?;
+        let _slot = self.slot("Run", &run.caller).await?;
         let report = self.run_guarded(&module, run).await?;
         match &report.result {
             Ok(output) => Ok(Response::new(proto::RunResponse {
@@ -557,7 +578,7 @@ impl Chassis for ChassisService {
         request: Request<proto::RunRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let (module, run) = self.prepare("RunStream", &request)?;
-        let slot = self.slot(&run.caller).await?;
+        let slot = self.slot("RunStream", &run.caller).await?;
         // Two slots more than the events may fill: they are reserved for
         // the dropped-events notice and the outcome, so those are delivered
         // however far behind the client is.

@@ -112,17 +112,25 @@ pub enum Refusal {
     InputTooLarge,
     /// A call that needs an identity (SubmitRunbook) from `anonymous`.
     Anonymous,
+    /// A compile (RegisterModule, module files with SubmitRunbook) that
+    /// waited out `runtime.compile_queue_timeout_ms` for its turn.
+    CompileBusy,
+    /// A run from a caller holding its whole `sandbox_pool.per_caller_max_size`
+    /// for the queue timeout.
+    CallerQuota,
 }
 
 impl Refusal {
     /// Every reason, for registering the series at zero.
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::ModuleId,
         Refusal::ReservedIdentity,
         Refusal::NotAdmin,
         Refusal::NotSubmitter,
         Refusal::InputTooLarge,
         Refusal::Anonymous,
+        Refusal::CompileBusy,
+        Refusal::CallerQuota,
     ];
 
     /// The label value.
@@ -134,6 +142,8 @@ impl Refusal {
             Refusal::NotSubmitter => "not-submitter",
             Refusal::InputTooLarge => "input-too-large",
             Refusal::Anonymous => "anonymous",
+            Refusal::CompileBusy => "compile-busy",
+            Refusal::CallerQuota => "caller-quota",
         }
     }
 }
