@@ -185,3 +185,58 @@ async fn compiles_wait_their_turn_and_runs_go_on_meanwhile() {
     );
     register(&mut client, HELLO_COMPONENT).await;
 }
+
+/// A policy's `[limits] concurrent_runs` caps the runs under it, whoever
+/// asks, while runs under other policies go on: the second run under a
+/// one-at-a-time policy waits out the queue and is refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_caps_its_concurrent_runs() {
+    let mut config = Config::default();
+    config.sandbox_pool.max_size = 4;
+    config.sandbox_pool.min_size = 0;
+    config.sandbox_pool.queue_timeout_ms = 200;
+    config.runtime.max_fuel = None;
+    let batch =
+        "name = \"batch\"\n[limits]\nconcurrent_runs = 1\ntimeout = \"1500ms\"\ncpu_percent = 10\n";
+    let server = TestServer::start(config, &[batch]).await;
+    let mut client = server.client().await;
+    let spin = register(&mut client, HOSTILE_SPIN_COMPONENT).await;
+    let hello = register(&mut client, HELLO_COMPONENT).await;
+
+    let holding = tokio::spawn({
+        let mut client = client.clone();
+        let request = run_request(&spin.id, "batch", "");
+        async move { client.run(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = assert_status(
+        client.run(run_request(&hello.id, "batch", "second")).await,
+        Code::ResourceExhausted,
+        "overloaded",
+    );
+    assert!(
+        status
+            .message()
+            .contains("policy `batch` allows 1 runs at once (limits.concurrent_runs)"),
+        "{}",
+        status.message()
+    );
+    let out = client
+        .run(run_request(&hello.id, "", "other"))
+        .await
+        .expect("another policy's runs are not held")
+        .into_inner();
+    assert_eq!(out.output, b"Hello, other!");
+    assert_status(
+        holding.await.unwrap(),
+        Code::DeadlineExceeded,
+        "deadline-exceeded",
+    );
+    // Its slot is back.
+    let out = client
+        .run(run_request(&hello.id, "batch", "again"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.output, b"Hello, again!");
+}

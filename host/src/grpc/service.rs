@@ -31,6 +31,8 @@ pub struct ChassisService {
     policies: Arc<PolicySet>,
     default_policy: Arc<Policy>,
     slots: FairSlots,
+    /// Slots of the policies with `limits.concurrent_runs`, by name.
+    policy_slots: Arc<std::collections::HashMap<String, FairSlots>>,
     queue_timeout: Duration,
     max_module_bytes: u64,
     interrupt: watch::Receiver<bool>,
@@ -52,10 +54,21 @@ impl ChassisService {
         interrupt: watch::Receiver<bool>,
         coordinator: Coordinator,
     ) -> Self {
+        let policy_slots = policies
+            .iter()
+            .filter_map(|p| {
+                let n = p.limits.concurrent_runs? as usize;
+                Some((
+                    p.name.clone(),
+                    FairSlots::new("policy", n, n, "limits.concurrent_runs"),
+                ))
+            })
+            .collect();
         Self {
             host,
             coordinator,
             policies,
+            policy_slots: Arc::new(policy_slots),
             default_policy: Arc::new(Policy::deny_all()),
             slots: FairSlots::new(
                 "sandbox",
@@ -153,6 +166,38 @@ impl ChassisService {
 
     /// A sandbox slot for `caller`, waiting at most `queue_timeout` in its
     /// turn among the callers waiting.
+    /// A slot of `policy`'s own, if it limits its concurrent runs: waits in
+    /// turn among the policy's callers, then is refused (`policy-quota`).
+    async fn policy_slot(
+        &self,
+        rpc: &'static str,
+        caller: &str,
+        policy: &Policy,
+    ) -> Result<Option<Slot>, Status> {
+        let Some(slots) = self.policy_slots.get(&policy.name) else {
+            return Ok(None);
+        };
+        slots
+            .acquire(caller, self.queue_timeout)
+            .await
+            .map(Some)
+            .map_err(|busy| {
+                crate::telemetry::record_overloaded();
+                refuse(
+                    &self.host,
+                    rpc,
+                    caller,
+                    Refusal::PolicyQuota,
+                    ErrorKind::Overloaded,
+                    format!(
+                        "policy `{}` allows {} runs at once (limits.concurrent_runs): {busy}",
+                        policy.name,
+                        slots.capacity()
+                    ),
+                )
+            })
+    }
+
     /// A caller held to its quota is refused (audited, `caller-quota`); a
     /// full pool is counted in `if_chassis_overloaded_total` only, since
     /// auditing every shed request would let load fill the audit log.
@@ -494,6 +539,7 @@ impl Chassis for ChassisService {
         request: Request<proto::RunRequest>,
     ) -> Result<Response<proto::RunResponse>, Status> {
         let (module, run) = self.prepare("Run", &request)?;
+        let _policy_slot = self.policy_slot("Run", &run.caller, &run.policy).await?;
         let _slot = self.slot("Run", &run.caller).await?;
         let report = self.run_guarded(&module, run).await?;
         match &report.result {
@@ -578,6 +624,9 @@ impl Chassis for ChassisService {
         request: Request<proto::RunRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let (module, run) = self.prepare("RunStream", &request)?;
+        let policy_slot = self
+            .policy_slot("RunStream", &run.caller, &run.policy)
+            .await?;
         let slot = self.slot("RunStream", &run.caller).await?;
         // Two slots more than the events may fill: they are reserved for
         // the dropped-events notice and the outcome, so those are delivered
@@ -614,6 +663,7 @@ impl Chassis for ChassisService {
             // The run is over: its tap is dropped with it and its slot is free.
             drop(run);
             drop(slot);
+            drop(policy_slot);
             while let Some(event) = taps.recv().await {
                 if !forward(&events, event, &mut dropped) {
                     return;

@@ -360,6 +360,12 @@ pub fn diff(old: &Policy, new: &Policy) -> Vec<Change> {
     );
     limit(&mut out, "cpu_percent", o.cpu_percent, n.cpu_percent);
     limit(&mut out, "output_kb", o.output_kb, n.output_kb);
+    limit(
+        &mut out,
+        "concurrent_runs",
+        o.concurrent_runs.map(u64::from),
+        n.concurrent_runs.map(u64::from),
+    );
     out.sort_by_key(|c| std::cmp::Reverse(c.risk));
     out
 }

@@ -160,5 +160,10 @@ pub fn explain(policy: &Policy) -> String {
         l.cpu_percent.map(|p| format!("{p}% of one core")),
     );
     line(&mut out, "output", l.output_kb.map(|k| format!("{k} KiB")));
+    line(
+        &mut out,
+        "runs at once",
+        l.concurrent_runs.map(|n| format!("{n} on each server")),
+    );
     out
 }

@@ -42,6 +42,7 @@ struct RawLimits {
     timeout: Option<Spanned<String>>,
     cpu_percent: Option<Spanned<u64>>,
     output_kb: Option<Spanned<u64>>,
+    concurrent_runs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -327,6 +328,8 @@ impl RawLimits {
             timeout,
             cpu_percent: positive("cpu_percent", &self.cpu_percent, 100)?.map(|p| p as u8),
             output_kb: positive("output_kb", &self.output_kb, 1 << 30)?,
+            concurrent_runs: positive("concurrent_runs", &self.concurrent_runs, 100_000)?
+                .map(|n| n as u32),
         })
     }
 }

@@ -103,6 +103,9 @@ pub struct PolicyLimits {
     pub cpu_percent: Option<u8>,
     /// Output and captured stream cap in KiB.
     pub output_kb: Option<u64>,
+    /// Runs under this policy at once on one server, whoever the callers;
+    /// more wait their turn for `sandbox_pool.queue_timeout_ms`.
+    pub concurrent_runs: Option<u32>,
 }
 
 fn serialize_opt_duration<S: serde::Serializer>(

@@ -118,11 +118,14 @@ pub enum Refusal {
     /// A run from a caller holding its whole `sandbox_pool.per_caller_max_size`
     /// for the queue timeout.
     CallerQuota,
+    /// A run under a policy whose `limits.concurrent_runs` stayed busy for
+    /// the queue timeout.
+    PolicyQuota,
 }
 
 impl Refusal {
     /// Every reason, for registering the series at zero.
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::ModuleId,
         Refusal::ReservedIdentity,
         Refusal::NotAdmin,
@@ -131,6 +134,7 @@ impl Refusal {
         Refusal::Anonymous,
         Refusal::CompileBusy,
         Refusal::CallerQuota,
+        Refusal::PolicyQuota,
     ];
 
     /// The label value.
@@ -144,6 +148,7 @@ impl Refusal {
             Refusal::Anonymous => "anonymous",
             Refusal::CompileBusy => "compile-busy",
             Refusal::CallerQuota => "caller-quota",
+            Refusal::PolicyQuota => "policy-quota",
         }
     }
 }
