@@ -212,6 +212,16 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         grpc_args.push("--quick");
     }
     crate::cargo(&grpc_args)?;
+    let mut fair_args = vec![
+        "bench",
+        "-p",
+        "chassis-benches",
+        "--bench",
+        "fairness",
+        "--",
+    ];
+    fair_args.push(if quick { "--quick" } else { "--bench" });
+    crate::cargo(&fair_args)?;
     crate::setup::debian_tools(&[("etcd", "etcd-server")])?;
     let mut claims_args = vec!["bench", "-p", "chassis-benches", "--bench", "claims", "--"];
     if quick {
@@ -405,6 +415,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             )?;
         }
     }
+    fairness_section(&root, &mut md, &mut misses)?;
     claims_section(&root, &mut md, &mut misses)?;
     writeln!(
         md,
@@ -503,6 +514,65 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     )?;
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
     println!("wrote {}", root.join("BENCHMARKS.md").display());
+    Ok(())
+}
+
+/// Caller B's latency alone and under caller A's flood, from
+/// target/bench-results/fairness.json.
+fn fairness_section(root: &Path, md: &mut String, misses: &mut Vec<String>) -> Result<()> {
+    let path = root.join("target/bench-results/fairness.json");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    let case = |name: &str| {
+        json.as_array()
+            .and_then(|a| a.iter().find(|f| f["case"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (idle, flooded) = (case("idle"), case("flooded"));
+    let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let deadline = f(&flooded, "a_deadline_us");
+    writeln!(
+        md,
+        "\n## One caller flooding, another served (mTLS, 4 slots; `benches/benches/fairness.rs`)\n"
+    )?;
+    writeln!(
+        md,
+        "Caller A keeps 40 runs of a spinning guest in flight (each ends at its {:.0} ms deadline); \
+         caller B issues `echo` runs one after another. The pool serves the waiting caller holding the \
+         fewest slots first, so B should wait at most one of A's runs.\n",
+        deadline / 1000.0
+    )?;
+    writeln!(
+        md,
+        "| what | B under A's flood | B alone | ratio | target | met |"
+    )?;
+    writeln!(md, "|---|---|---|---|---|---|")?;
+    let met = f(&flooded, "p99_us") <= deadline;
+    writeln!(
+        md,
+        "| B's p99 | {:.0} µs | {:.0} µs | {:.1}x | ≤ one A deadline ({:.0} µs) | {} |",
+        f(&flooded, "p99_us"),
+        f(&idle, "p99_us"),
+        f(&flooded, "p99_us") / f(&idle, "p99_us").max(1.0),
+        deadline,
+        if met { "yes" } else { "**no**" }
+    )?;
+    writeln!(
+        md,
+        "| B's p50 | {:.0} µs | {:.0} µs | {:.1}x | reported | — |",
+        f(&flooded, "p50_us"),
+        f(&idle, "p50_us"),
+        f(&flooded, "p50_us") / f(&idle, "p50_us").max(1.0)
+    )?;
+    if !met {
+        misses.push(format!(
+            "- B's p99 under A's flood: {:.0} µs against one A deadline ({deadline:.0} µs): B waited longer \
+             than one slot turnover.",
+            f(&flooded, "p99_us")
+        ));
+    }
     Ok(())
 }
 
