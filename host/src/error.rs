@@ -35,11 +35,13 @@ pub enum ErrorKind {
     Overloaded,
     /// The guest's result was larger than the run's output limit.
     OutputLimit,
+    /// The module, policy or runbook named is not on this host.
+    NotFound,
 }
 
 impl ErrorKind {
     /// Every kind, in exit-code order.
-    pub const ALL: [ErrorKind; 12] = [
+    pub const ALL: [ErrorKind; 13] = [
         ErrorKind::InvalidModule,
         ErrorKind::InvalidRequest,
         ErrorKind::PolicyDenied,
@@ -52,6 +54,7 @@ impl ErrorKind {
         ErrorKind::Internal,
         ErrorKind::Overloaded,
         ErrorKind::OutputLimit,
+        ErrorKind::NotFound,
     ];
 
     /// The kebab-case name used in JSON, logs, metrics and gRPC details.
@@ -69,6 +72,7 @@ impl ErrorKind {
             ErrorKind::Internal => "internal",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::OutputLimit => "output-limit",
+            ErrorKind::NotFound => "not-found",
         }
     }
 
@@ -88,7 +92,25 @@ impl ErrorKind {
             ErrorKind::Internal => 19,
             ErrorKind::Overloaded => 20,
             ErrorKind::OutputLimit => 21,
+            ErrorKind::NotFound => 22,
         }
+    }
+}
+
+/// A name that is no [`ErrorKind`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not an error kind")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for ErrorKind {
+    type Err = UnknownKind;
+
+    /// Parses the kebab-case name [`ErrorKind::as_str`] gives.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == name)
+            .ok_or_else(|| UnknownKind(name.to_string()))
     }
 }
 
@@ -109,6 +131,17 @@ mod tests {
         codes.dedup();
         assert_eq!(codes.len(), ErrorKind::ALL.len());
         assert!(codes.iter().all(|&c| c > 2 && c < 126));
+    }
+
+    #[test]
+    fn kind_names_parse_back() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(kind.as_str().parse::<ErrorKind>(), Ok(kind));
+        }
+        assert_eq!(
+            "ok".parse::<ErrorKind>(),
+            Err(UnknownKind("ok".to_string()))
+        );
     }
 
     #[test]

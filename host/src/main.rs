@@ -1172,10 +1172,8 @@ pub(crate) fn status_exit(status: &tonic::Status, json: bool) -> ExitCode {
             status.message()
         );
     }
-    ErrorKind::ALL
-        .iter()
-        .find(|k| k.as_str() == kind)
-        .map(|k| exit_for(*k))
+    kind.parse::<ErrorKind>()
+        .map(exit_for)
         .unwrap_or(ExitCode::from(1))
 }
 
@@ -1300,10 +1298,10 @@ fn client(args: ClientArgs) -> Result<ExitCode> {
                                         return Ok(ExitCode::SUCCESS);
                                     }
                                     eprintln!("chassis: {}: {}", o.kind, o.message);
-                                    return Ok(ErrorKind::ALL
-                                        .iter()
-                                        .find(|k| k.as_str() == o.kind)
-                                        .map(|k| exit_for(*k))
+                                    return Ok(o
+                                        .kind
+                                        .parse::<ErrorKind>()
+                                        .map(exit_for)
                                         .unwrap_or(ExitCode::from(1)));
                                 }
                                 None => {}

@@ -306,7 +306,7 @@ fn print_view(view: &RunbookView, json: bool) -> Result<()> {
                     match &r.outcome {
                         StepOutcome::Completed { output } => o["output"] = text_of(output).into(),
                         StepOutcome::Failed { kind, error } => {
-                            o["error_kind"] = kind.clone().into();
+                            o["error_kind"] = kind.as_str().into();
                             o["error"] = error.clone().into();
                         }
                         StepOutcome::Skipped { because } => {

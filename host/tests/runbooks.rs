@@ -533,7 +533,7 @@ async fn a_stored_step_that_renders_past_the_cap_fails_typed_and_is_not_retried(
     assert_eq!(view.steps["b"].failures, 0);
     match &record.outcome {
         chassis::coord::StepOutcome::Failed { kind, error } => {
-            assert_eq!(kind, "invalid-request");
+            assert_eq!(*kind, chassis::ErrorKind::InvalidRequest);
             assert!(error.contains("would render 20971520 bytes"), "{error}");
         }
         other => panic!("{other:?}"),

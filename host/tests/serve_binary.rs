@@ -22,6 +22,14 @@ fn metrics_are_exported_with_the_seed_names_and_move_with_runs() {
             .status
             .success()
     );
+    // A module the host does not have is `not-found`, exit 22.
+    let out = served.client(&["run", &"0".repeat(64)]);
+    assert_eq!(
+        out.status.code(),
+        Some(22),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = served.client(&["run", &spin, "--fuel", "100000"]);
     assert_eq!(
         out.status.code(),

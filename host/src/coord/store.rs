@@ -122,7 +122,7 @@ pub enum StepOutcome {
     /// Every attempt failed.
     Failed {
         /// The error kind of the last attempt.
-        kind: String,
+        kind: ErrorKind,
         /// The last attempt's error.
         error: String,
     },

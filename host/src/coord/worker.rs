@@ -717,7 +717,7 @@ impl Coordinator {
                         Some(r) if r.outcome.state() != StepState::Failed => {
                             let failed = StepRecord {
                                 outcome: StepOutcome::Failed {
-                                    kind: ErrorKind::Internal.as_str().into(),
+                                    kind: ErrorKind::Internal,
                                     error: format!(
                                         "the claim store refused the step's result: {e}"
                                     ),
@@ -754,10 +754,7 @@ impl Coordinator {
     ) -> Result<(StepOutcome, String), NotRun> {
         let inner = &self.inner;
         let step = &spec.steps[name];
-        let failed = |kind: ErrorKind, error: String| StepOutcome::Failed {
-            kind: kind.as_str().to_string(),
-            error,
-        };
+        let failed = |kind: ErrorKind, error: String| StepOutcome::Failed { kind, error };
         let module = match inner.host.modules().get(&step.module) {
             Some(m) => m,
             None => match inner.store.module(&step.module).await {

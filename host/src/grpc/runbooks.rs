@@ -113,7 +113,9 @@ fn runbook_state(s: RunbookState) -> proto::RunbookState {
 fn record_parts(record: &StepRecord) -> (Vec<u8>, String, String) {
     match &record.outcome {
         StepOutcome::Completed { output } => (output.clone(), String::new(), String::new()),
-        StepOutcome::Failed { kind, error } => (Vec::new(), kind.clone(), error.clone()),
+        StepOutcome::Failed { kind, error } => {
+            (Vec::new(), kind.as_str().to_string(), error.clone())
+        }
         StepOutcome::Skipped { because } => (
             Vec::new(),
             "skipped".into(),

@@ -24,6 +24,7 @@ pub fn code_for(kind: ErrorKind) -> Code {
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Trap | ErrorKind::GuestError => Code::Aborted,
         ErrorKind::Internal => Code::Internal,
+        ErrorKind::NotFound => Code::NotFound,
     }
 }
 
@@ -38,11 +39,10 @@ pub fn status(kind: ErrorKind, message: impl Into<String>) -> Status {
 
 /// NOT_FOUND for a module or policy the host does not have.
 pub fn not_found(what: &str, name: &str) -> Status {
-    let mut status = Status::not_found(format!("no {what} `{name}` on this host"));
-    if let Ok(value) = "not-found".parse() {
-        status.metadata_mut().insert(KIND_HEADER, value);
-    }
-    status
+    status(
+        ErrorKind::NotFound,
+        format!("no {what} `{name}` on this host"),
+    )
 }
 
 /// The kind a status carries, if any (for clients).
