@@ -934,7 +934,7 @@ async fn openbao_killed_mid_run_refuses_granted_runs_and_its_leases_are_revoked_
     );
     assert_eq!(
         real.pg().roles_starting_with(DB_USER_PREFIX),
-        [credential.username.clone()]
+        std::slice::from_ref(&credential.username)
     );
 
     real.bao.restart();
