@@ -1075,17 +1075,12 @@ fn serve_inner(args: ServeArgs) -> Result<()> {
                         PartState::down("unreachable")
                     }
                 });
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_secs(15));
-                    loop {
-                        tick.tick().await;
-                        let result = provider.keep_alive().await;
-                        reachable.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
-                        if let Err(e) = result {
-                            tracing::warn!(error = %e, "secret provider keep-alive");
-                        }
+                tokio::spawn(chassis::secrets::keep_alive(provider, move |result| {
+                    reachable.store(result.is_ok(), std::sync::atomic::Ordering::Relaxed);
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "secret provider keep-alive");
                     }
-                });
+                }));
             }
             None => health::register("secrets", || PartState::up("none")),
         }

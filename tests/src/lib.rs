@@ -3,7 +3,9 @@
 //! script and named by constant.
 
 pub mod etcd;
+pub mod openbao;
 pub mod otlp;
+pub mod postgres;
 
 /// Paths of the built guests, one constant per guest.
 pub mod programs {

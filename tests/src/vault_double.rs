@@ -1,13 +1,18 @@
-//! A TEST DOUBLE of HashiCorp Vault's HTTP API, for chassis's secret tests.
+//! A TEST DOUBLE of HashiCorp Vault's HTTP API, for the secret tests a real
+//! server cannot stage.
 //!
-//! It is not Vault and not a mock of one: it implements only the endpoints
-//! chassis uses, with Vault's JSON shapes, on a loopback port per test:
+//! Most secret tests run against a real OpenBao server
+//! ([`crate::openbao`]). This double stays for the faults no real server
+//! can be told to produce: answering slowly, and failing revocations with
+//! a 5xx while everything else works. It is not Vault and not a mock of
+//! one: it implements only the endpoints chassis uses, with Vault's JSON
+//! shapes, on a loopback port per test:
 //!
 //! - `GET /v1/<mount>/data/<path>`: KV v2 read
 //! - `GET /v1/auth/token/lookup-self`, `POST /v1/auth/token/renew-self`
 //! - `POST /v1/auth/approle/login`
 //! - `GET /v1/database/creds/<role>`: dynamic credentials with a fresh lease
-//! - `PUT /v1/sys/leases/renew`, `PUT /v1/sys/leases/revoke`
+//! - `PUT /v1/sys/leases/renew/<lease id>`, `PUT /v1/sys/leases/revoke/<lease id>`
 //!
 //! Tests steer it: put KV secrets, refuse a path with 403, answer slowly,
 //! expire every token (forcing a re-login), fail revocations, or stop
@@ -400,11 +405,8 @@ fn answer(state: &mut State, request: &Request) -> (u16, Option<Value>) {
                 )),
             )
         }
-        ("POST" | "PUT", "sys/leases/renew") => {
-            let id = request.body["lease_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+        ("POST" | "PUT", p) if p.starts_with("sys/leases/renew/") => {
+            let id = p["sys/leases/renew/".len()..].to_string();
             let increment = request.body["increment"]
                 .as_u64()
                 .unwrap_or(state.creds_ttl_s);
@@ -418,14 +420,11 @@ fn answer(state: &mut State, request: &Request) -> (u16, Option<Value>) {
                 Some(json!({ "lease_id": id, "lease_duration": increment, "renewable": true })),
             )
         }
-        ("POST" | "PUT", "sys/leases/revoke") => {
+        ("POST" | "PUT", p) if p.starts_with("sys/leases/revoke/") => {
             if state.fail_revokes {
                 return errors(503, "the double was told to fail revocations");
             }
-            let id = request.body["lease_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
+            let id = p["sys/leases/revoke/".len()..].to_string();
             state.revoked.push(id);
             (204, None)
         }
@@ -459,45 +458,4 @@ fn answer(state: &mut State, request: &Request) -> (u16, Option<Value>) {
         },
         _ => errors(404, "the double does not implement this endpoint"),
     }
-}
-
-/// One request to a Vault at `addr` (`http://` only, as `vault server -dev`
-/// serves): how the real-Vault runs of the secret tests set up their KV
-/// secrets, policies and tokens without a Vault client in the test crate.
-pub async fn vault_api(
-    addr: &str,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let hostport = addr
-        .strip_prefix("http://")
-        .expect("the real-Vault tests speak plain http, as `vault server -dev` does")
-        .trim_end_matches('/');
-    let mut stream = TcpStream::connect(hostport)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to vault at {addr}: {e}"));
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let request = format!(
-        "{method} /v1/{path} HTTP/1.1\r\nHost: {hostport}\r\nX-Vault-Token: {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    // Vault may answer chunked; the JSON object is between the outer braces.
-    let json = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if b > a => serde_json::from_str(&body[a..=b]).unwrap_or(Value::Null),
-        _ => Value::Null,
-    };
-    (status, json)
 }

