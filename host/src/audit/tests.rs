@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::record::{CHECKPOINT_KIND, GENESIS_KIND, Record};
 use super::verify::{Checkpoint, Reason, VerifyOptions, verify};
@@ -524,4 +525,55 @@ fn contexts_are_defined_again_in_each_file_and_after_a_restart_continue() {
         assert!(defined <= 1, "{}: {defined} contexts", file.display());
     }
     check(dir.path(), &files).unwrap();
+}
+
+#[test]
+fn a_pruning_record_vouches_for_a_missing_start_only_once_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.max_file_bytes = 2048;
+    let log = AuditLog::open(o.clone()).unwrap();
+    for i in 0..60 {
+        log.record("run.ended", serde_json::json!({ "i": i }))
+            .unwrap();
+    }
+    log.close().unwrap();
+    drop(log);
+    let before = log_files(&dir.path().join("audit")).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(10 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&before[0])
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    o.retain = Some(Duration::from_secs(86_400));
+    AuditLog::open(o).unwrap().close().unwrap();
+    let files = log_files(&dir.path().join("audit")).unwrap();
+    assert_eq!(files.len(), before.len() - 1, "the old file was pruned");
+    let ok = check(dir.path(), &files).unwrap();
+    let pruned = ok.pruned.expect("verify names the pruning");
+    assert_eq!(pruned.from, 0);
+    assert_eq!(ok.first_seq, pruned.to + 1);
+    assert_eq!(pruned.files, ["audit-000001.jsonl"]);
+
+    // Cut right after the pruning record, before the checkpoint that signs it.
+    let last = files.last().unwrap();
+    let text = std::fs::read_to_string(last).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    let at = kept
+        .iter()
+        .position(|l| l.contains(r#""kind":"log.pruned""#))
+        .unwrap();
+    std::fs::write(last, kept[..=at].join("\n") + "\n").unwrap();
+    let keys = trusted(dir.path());
+    let problem = verify(
+        &files,
+        &VerifyOptions {
+            trusted: &keys,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(problem.reason, Reason::BadPruning(_)), "{problem}");
 }
