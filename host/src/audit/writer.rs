@@ -181,6 +181,9 @@ pub(super) struct Writer {
     /// Runs whose `run.started` is held back, with their context and when
     /// they started.
     deferred: HashMap<String, (Value, Instant)>,
+    /// The held-back runs in the order they started (entries of runs
+    /// written since are skipped when they come up).
+    deferred_order: VecDeque<(Instant, String)>,
     /// Hold `run.started` back at all (not with `fsync: every`).
     defer: bool,
     /// Contexts defined in the current file.
@@ -304,6 +307,7 @@ impl Writer {
             last_checkpoint: Instant::now(),
             pending: VecDeque::new(),
             deferred: HashMap::new(),
+            deferred_order: VecDeque::new(),
             defer: options.fsync != FsyncPolicy::Every,
             contexts: Interner::continuing(&tail.contexts),
             retain: options.retain,
@@ -459,8 +463,9 @@ impl Writer {
                 self.write_record(kind, |_, _, _| fields.clone())
             }
             Pending::Started { run_id, context } if self.defer => {
-                self.deferred
-                    .insert(run_id.clone(), (context.clone(), Instant::now()));
+                let now = Instant::now();
+                self.deferred.insert(run_id.clone(), (context.clone(), now));
+                self.deferred_order.push_back((now, run_id.clone()));
                 Ok(())
             }
             Pending::Started { run_id, context } => self.write_start(run_id, context),
@@ -474,19 +479,21 @@ impl Writer {
 
     /// Writes the `run.started` of held-back runs: those held for a batch
     /// interval, or all of them.
+    /// Oldest first; only the front of the queue is looked at, so this
+    /// costs nothing per run in flight.
     fn write_held_starts(&mut self, all: bool) -> Result<(), String> {
         let interval = self.checkpoint_every.1;
-        let mut due: Vec<(Instant, String)> = self
-            .deferred
-            .iter()
-            .filter(|(_, (_, at))| all || at.elapsed() >= interval)
-            .map(|(id, (_, at))| (*at, id.clone()))
-            .collect();
-        due.sort();
-        for (_, run_id) in due {
-            if let Some((context, _)) = self.deferred.get(&run_id).cloned() {
-                self.write_start(&run_id, &context)?;
+        while let Some((at, run_id)) = self.deferred_order.front().cloned() {
+            let Some((context, _)) = self.deferred.get(&run_id).cloned() else {
+                // Ended (or written) since.
+                self.deferred_order.pop_front();
+                continue;
+            };
+            if !all && at.elapsed() < interval {
+                break;
             }
+            self.write_start(&run_id, &context)?;
+            self.deferred_order.pop_front();
         }
         Ok(())
     }
@@ -494,10 +501,9 @@ impl Writer {
     /// When the oldest held-back start is due.
     fn next_held_start(&self) -> Option<Duration> {
         let interval = self.checkpoint_every.1;
-        self.deferred
-            .values()
-            .map(|(_, at)| interval.saturating_sub(at.elapsed()))
-            .min()
+        self.deferred_order
+            .front()
+            .map(|(at, _)| interval.saturating_sub(at.elapsed()))
     }
 
     /// Appends one record at `next_seq`, its fields built from its seq, time
