@@ -151,8 +151,10 @@ fn sandbox(c: &mut Criterion) {
     // without and with the audit log at its shipped settings (batch fsync,
     // 64 MiB files, retention), to price auditing alone.
     let audit_dir = tempfile::tempdir().unwrap();
-    let mut config = chassis::config::Config::default();
-    config.data_dir = audit_dir.path().to_path_buf();
+    let config = chassis::config::Config {
+        data_dir: audit_dir.path().to_path_buf(),
+        ..Default::default()
+    };
     let audit = chassis::audit::AuditLog::open(config.audit_options().unwrap()).unwrap();
     let audited = Host::builder()
         .pool_slots(16)

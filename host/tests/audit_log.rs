@@ -801,8 +801,10 @@ fn a_plain_echo_run_takes_at_most_400_bytes_of_log() {
     const RUNS: usize = 400;
     let data = tempfile::tempdir().unwrap();
     // The shipped audit settings.
-    let mut config = chassis::config::Config::default();
-    config.data_dir = data.path().to_path_buf();
+    let config = chassis::config::Config {
+        data_dir: data.path().to_path_buf(),
+        ..Default::default()
+    };
     let log = AuditLog::open(config.audit_options().unwrap()).unwrap();
     let host = chassis::Host::builder()
         .pool_slots(8)
