@@ -148,11 +148,14 @@ fn sandbox(c: &mut Criterion) {
         b.iter(|| runtime.block_on(raw_run(&engine, &pre, &input, true)))
     });
     // Through `Host::run` (policy checks, run id, metrics, tracing span),
-    // without and with the audit log, to price auditing alone.
+    // without and with the audit log at its shipped settings (batch fsync,
+    // 64 MiB files, retention), to price auditing alone.
     let audit_dir = tempfile::tempdir().unwrap();
-    let mut options = chassis::audit::AuditOptions::in_data_dir(audit_dir.path());
-    options.max_file_bytes = 1 << 30;
-    let audit = chassis::audit::AuditLog::open(options).unwrap();
+    let config = chassis::config::Config {
+        data_dir: audit_dir.path().to_path_buf(),
+        ..Default::default()
+    };
+    let audit = chassis::audit::AuditLog::open(config.audit_options().unwrap()).unwrap();
     let audited = Host::builder()
         .pool_slots(16)
         .audit(audit.clone())

@@ -221,23 +221,28 @@ const OUTCOME_INTERRUPTED: &str = "interrupted";
 struct RunEnd<'a> {
     host: &'a Host,
     run_id: &'a str,
-    module: &'a str,
-    policy: &'a str,
-    caller: &'a str,
+    /// The run's static fields ([`crate::audit::context`]); `None` when the
+    /// host keeps no audit log.
+    context: Option<serde_json::Value>,
     denials: DenialLog,
     ended: bool,
 }
 
 impl RunEnd<'_> {
+    /// Audits the end of the run with `fields` (outcome, error, usage,
+    /// denials).
+    fn end(&self, fields: impl FnOnce() -> serde_json::Value) -> Result<(), AuditError> {
+        match (self.host.audit_ready()?, &self.context) {
+            (Some(log), Some(context)) => log.run_ended(self.run_id, context.clone(), fields()),
+            _ => Ok(()),
+        }
+    }
+
     /// Audits the end of a run that did not reach the sandbox.
     fn refused(&mut self, error: &StartError) -> Result<(), AuditError> {
         self.ended = true;
-        self.host.audit_event("run.ended", || {
+        self.end(|| {
             serde_json::json!({
-                "run_id": self.run_id,
-                "module": self.module,
-                "policy": self.policy,
-                "caller": self.caller,
                 "outcome": error.kind().as_str(),
                 "error": error.to_string(),
             })
@@ -257,19 +262,27 @@ impl RunEnd<'_> {
                 })
             })?;
         }
-        self.host.audit_event("run.ended", || {
+        self.end(|| {
+            let denials = report.denials.len() as u64 + report.denials_dropped;
             serde_json::json!({
-                "run_id": self.run_id,
-                "module": self.module,
-                "policy": self.policy,
-                "caller": self.caller,
                 "outcome": report.outcome_name(),
                 "error": report.result.as_ref().err().map(|e| e.to_string()),
-                "usage": report.usage,
-                "denials": report.denials.len() as u64 + report.denials_dropped,
+                "usage": audit_usage(&report.usage),
+                "denials": (denials > 0).then_some(denials),
             })
         })
     }
+}
+
+/// A run's usage as the audit log keeps it: short names, one per figure
+/// (`fuel` units, peak linear memory `mem` in bytes, `wall_us`, `cpu_us`).
+fn audit_usage(usage: &crate::sandbox::Usage) -> serde_json::Value {
+    serde_json::json!({
+        "fuel": usage.fuel_consumed,
+        "mem": usage.peak_memory_bytes,
+        "wall_us": usage.wall_time_us,
+        "cpu_us": usage.cpu_time_us,
+    })
 }
 
 impl Drop for RunEnd<'_> {
@@ -298,12 +311,8 @@ impl Drop for RunEnd<'_> {
             outcome,
             "run dropped before it finished"
         );
-        let _ = self.host.audit_event("run.ended", || {
+        let _ = self.end(|| {
             serde_json::json!({
-                "run_id": self.run_id,
-                "module": self.module,
-                "policy": self.policy,
-                "caller": self.caller,
                 "outcome": outcome,
                 "error": "the run was dropped before it finished",
                 "denials": denials.len() as u64 + dropped,
@@ -549,15 +558,21 @@ impl Host {
         kind: &'static str,
         fields: impl FnOnce() -> serde_json::Value,
     ) -> Result<(), AuditError> {
-        match &self.audit {
-            Some(log) => {
-                if let Some(floor) = &self.audit_floor {
-                    floor.check()?;
-                }
-                log.record(kind, fields())
-            }
+        match self.audit_ready()? {
+            Some(log) => log.record(kind, fields()),
             None => Ok(()),
         }
+    }
+
+    /// The audit log, once the free-space floor admits a record; `None`
+    /// when this host keeps no log.
+    fn audit_ready(&self) -> Result<Option<&Arc<AuditLog>>, AuditError> {
+        if self.audit.is_some()
+            && let Some(floor) = &self.audit_floor
+        {
+            floor.check()?;
+        }
+        Ok(self.audit.as_ref())
     }
 
     /// From now on, runs dropped mid-flight are audited as `interrupted`
@@ -597,9 +612,10 @@ impl Host {
         }
         let limits = self.limits_for(&request)?;
         let run_id = new_run_id();
-        let started = self.audit_event("run.started", || {
+        // What every record of this run shares, written once per log file
+        // and referenced by number (see `audit::context`).
+        let context = self.audit.as_ref().map(|_| {
             serde_json::json!({
-                "run_id": run_id,
                 "module": module.id(),
                 "world": module.world(),
                 "policy": policy.name,
@@ -608,15 +624,15 @@ impl Host {
                 "limits": limits,
             })
         });
-        started?;
-        // From here on, exactly one run.ended is written, even if this
-        // future is dropped before the run finishes.
+        if let (Some(log), Some(context)) = (self.audit_ready()?, &context) {
+            log.run_started(&run_id, context.clone())?;
+        }
+        // From here on, exactly one end is recorded, even if this future is
+        // dropped before the run finishes.
         let mut end = RunEnd {
             host: self,
             run_id: &run_id,
-            module: module.id(),
-            policy: &policy.name,
-            caller: &request.caller,
+            context,
             // Replaced once the secrets are read, by one that redacts them.
             denials: self.runner.denial_log(Default::default()),
             ended: false,
@@ -730,9 +746,7 @@ mod tests {
             let end = RunEnd {
                 host: &host,
                 run_id: if interrupted { "r2" } else { "r1" },
-                module: "m",
-                policy: "p",
-                caller: "c",
+                context: Some(serde_json::json!({"module": "m", "caller": "c"})),
                 denials: host.runner.denial_log(Default::default()),
                 ended: false,
             };

@@ -156,7 +156,10 @@ enum AuditCommand {
         #[command(flatten)]
         data_dir: DataDirArg,
     },
-    /// Print records, filtered.
+    /// Print records, filtered. A run's records name their context (module,
+    /// policy, caller, limits) by number; it is shown filled in from the
+    /// file's `run.context` record, also with --json (the files keep the
+    /// compact lines the chain hashes).
     Show {
         /// Log files in order [default: every audit-*.jsonl in <data-dir>/audit].
         files: Vec<PathBuf>,
@@ -1435,7 +1438,21 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
                                 "; no checkpoint file given, truncation at the end not checked"
                             }
                         );
-                        if ok.first_seq > 0 {
+                        if let Some(pruned) = &ok.pruned {
+                            println!(
+                                "starts at record {}: records {} to {} ({}) were pruned by retention (log.pruned, record {}, signed){}",
+                                ok.first_seq,
+                                pruned.from,
+                                pruned.to,
+                                pruned.files.join(", "),
+                                pruned.at,
+                                if pruned.from > 0 {
+                                    "; earlier prunings removed the records before them"
+                                } else {
+                                    ""
+                                }
+                            );
+                        } else if ok.first_seq > 0 {
                             println!(
                                 "starts after checkpoint {} (--from-checkpoint)",
                                 ok.first_seq - 1
@@ -1502,7 +1519,9 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
         } => {
             let files = audit_files(files, &data_dir.resolve())?;
             let mut out = std::io::stdout().lock();
+            let mut contexts = chassis::audit::context::Contexts::default();
             for file in files {
+                contexts.new_file();
                 let text = std::fs::read_to_string(&file)
                     .with_context(|| format!("reading {}", file.display()))?;
                 for (i, line) in text
@@ -1510,10 +1529,14 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
                     .enumerate()
                     .filter(|(_, l)| !l.trim().is_empty())
                 {
-                    let record: chassis::audit::record::Record = serde_json::from_str(line)
+                    let raw: chassis::audit::record::Record = serde_json::from_str(line)
                         .with_context(|| {
                             format!("{}:{}: not an audit record", file.display(), i + 1)
                         })?;
+                    contexts.learn(&raw);
+                    // A run's record names its context by number: show it
+                    // filled in, so each printed record stands on its own.
+                    let record = contexts.expand(&raw);
                     let field = |name: &str| record.fields[name].as_str().map(str::to_string);
                     let keep = run
                         .as_ref()
@@ -1529,7 +1552,7 @@ fn audit(command: AuditCommand) -> Result<ExitCode> {
                         continue;
                     }
                     if json {
-                        writeln!(out, "{line}")?;
+                        writeln!(out, "{}", serde_json::to_string(&record)?)?;
                     } else {
                         writeln!(
                             out,

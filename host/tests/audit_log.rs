@@ -1,6 +1,7 @@
 //! A real audit log, tampered with in every way `chassis audit verify` must
-//! catch; the log a running server writes; and a server refusing a log
-//! whose tail was cut while it was down.
+//! catch; the log a running server writes; a server refusing a log whose
+//! tail was cut while it was down; what a plain run costs in log bytes;
+//! retention pruning; and runs whose callers hang up.
 
 mod common;
 
@@ -9,9 +10,10 @@ use common::served::Served;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, SystemTime};
 
 use chassis::audit::record::Record;
-use chassis::audit::{AuditLog, AuditOptions, FsyncPolicy};
+use chassis::audit::{AuditLog, AuditOptions, FsyncPolicy, log_files};
 use chassis::grpc::proto::chassis_client::ChassisClient;
 use chassis_tests::programs::*;
 
@@ -594,27 +596,17 @@ fn a_tail_cut_while_the_host_is_down_is_refused_at_restart_until_recovered() {
     assert_eq!(record["fields"]["lost_from"].as_u64(), Some(cut_from));
 }
 
-#[test]
-fn a_run_whose_caller_hangs_up_is_ended_as_cancelled() {
-    let served = Served::start("");
-    let sleeper = served.register(SLEEPER_COMPONENT);
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let mut client = ChassisClient::connect(format!("http://{}", served.addr))
-            .await
-            .unwrap();
-        let call = client.run(common::run_request(&sleeper, "", "20000"));
-        // Hang up mid-flight: dropping the call resets its HTTP/2 stream.
-        let hung_up = tokio::time::timeout(std::time::Duration::from_millis(700), call).await;
-        assert!(
-            hung_up.is_err(),
-            "the 20 s run had not finished: {hung_up:?}"
-        );
-    });
-    drop(runtime);
+/// The sleeper's input for a run that asks for an ungranted secret (a
+/// denial on record), then sleeps 20 s: long enough that only a hang-up
+/// ends it during the test.
+const DENIED_THEN_ASLEEP: &str = "20000 root-password";
+
+/// After the caller of a run of `sleeper` hung up: the run is ended once,
+/// as `cancelled`, after its start and its denial, and the log verifies.
+fn assert_cancelled_with_its_denial(served: Served, sleeper: &str) {
     let data = served.data_dir();
     let show = |args: &[&str]| -> Vec<serde_json::Value> {
-        let mut all = vec!["audit", "show", "--json", "--module", &sleeper];
+        let mut all = vec!["audit", "show", "--json", "--module", sleeper];
         all.extend_from_slice(args);
         stdout(&chassis(&all, &data))
             .lines()
@@ -622,13 +614,13 @@ fn a_run_whose_caller_hangs_up_is_ended_as_cancelled() {
             .collect()
     };
     // Ended while the guest would still be sleeping, not at its end.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while show(&["--kind", "run.ended"]).is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "no run.ended for the dropped run"
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(100));
     }
     let dir = served.stop();
     let data = dir.path().join("data");
@@ -642,7 +634,251 @@ fn a_run_whose_caller_hangs_up_is_ended_as_cancelled() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let kinds: Vec<&str> = mine.iter().map(|r| r["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["run.started", "run.ended"], "exactly one end");
-    assert_eq!(mine[1]["fields"]["outcome"], "cancelled");
-    assert_eq!(mine[1]["fields"]["caller"], mine[0]["fields"]["caller"]);
+    assert_eq!(
+        kinds,
+        ["run.started", "capability.denied", "run.ended"],
+        "exactly one end, after the denial"
+    );
+    assert_eq!(mine[1]["fields"]["target"], "root-password");
+    assert_eq!(mine[2]["fields"]["outcome"], "cancelled");
+    assert_eq!(mine[2]["fields"]["denials"], 1);
+    assert_eq!(mine[2]["fields"]["caller"], mine[0]["fields"]["caller"]);
+    assert_eq!(mine[2]["fields"]["module"], sleeper);
+}
+
+#[test]
+fn a_run_whose_caller_hangs_up_is_ended_as_cancelled() {
+    let served = Served::start("");
+    let sleeper = served.register(SLEEPER_COMPONENT);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = ChassisClient::connect(format!("http://{}", served.addr))
+            .await
+            .unwrap();
+        let call = client.run(common::run_request(&sleeper, "", DENIED_THEN_ASLEEP));
+        // Hang up mid-flight: dropping the call resets its HTTP/2 stream.
+        let hung_up = tokio::time::timeout(Duration::from_millis(700), call).await;
+        assert!(
+            hung_up.is_err(),
+            "the 20 s run had not finished: {hung_up:?}"
+        );
+    });
+    drop(runtime);
+    assert_cancelled_with_its_denial(served, &sleeper);
+}
+
+#[test]
+fn a_streamed_run_whose_caller_hangs_up_is_ended_as_cancelled() {
+    let served = Served::start("");
+    let sleeper = served.register(SLEEPER_COMPONENT);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = ChassisClient::connect(format!("http://{}", served.addr))
+            .await
+            .unwrap();
+        let mut events = client
+            .run_stream(common::run_request(&sleeper, "", DENIED_THEN_ASLEEP))
+            .await
+            .unwrap()
+            .into_inner();
+        // The sleeper prints nothing: no event comes before the hang-up.
+        let next = tokio::time::timeout(Duration::from_millis(700), events.message()).await;
+        assert!(next.is_err(), "the 20 s run had not finished: {next:?}");
+        // Hang up: dropping the stream resets it.
+        drop(events);
+        drop(client);
+    });
+    drop(runtime);
+    assert_cancelled_with_its_denial(served, &sleeper);
+}
+
+/// Sets `path`'s modification time `days` ago, as if it were closed then.
+fn age(path: &Path, days: u64) {
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(days * 86_400))
+        .unwrap();
+}
+
+#[test]
+fn retention_prunes_old_closed_files_and_verify_names_the_pruned_range() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("audit");
+    let mut o = options(data.path());
+    o.max_file_bytes = 4096;
+    write_with(o.clone(), 200);
+    let files = log_files(&dir).unwrap();
+    assert!(files.len() >= 5, "{files:?}");
+    let keys = out_of_band_keys(data.path());
+
+    // At start-up: the two files closed 100 days ago go to the archive.
+    age(&files[0], 100);
+    age(&files[1], 100);
+    let archive = data.path().join("archive");
+    o.retain = Some(Duration::from_secs(90 * 86_400));
+    o.archive_dir = Some(archive.clone());
+    AuditLog::open(o.clone()).unwrap().close().unwrap();
+    assert!(!files[0].exists() && !files[1].exists());
+    assert!(archive.join("audit-000001.jsonl").exists());
+    assert!(archive.join("audit-000002.jsonl").exists());
+    assert!(files[2].exists(), "a file closed recently is kept");
+    let first_kept = seq(&lines(&files[2])[0]);
+    let out = verify(data.path(), &["--require-signed-tail"]);
+    assert_success(&out);
+    assert!(
+        stdout(&out).contains(&format!(
+            "starts at record {first_kept}: records 0 to {} (audit-000001.jsonl, audit-000002.jsonl) were pruned by retention",
+            first_kept - 1
+        )),
+        "{}",
+        stdout(&out)
+    );
+    let show = chassis(
+        &["audit", "show", "--kind", "log.pruned", "--json"],
+        data.path(),
+    );
+    let pruned: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(pruned["fields"]["first"], 0);
+    assert_eq!(pruned["fields"]["last"], first_kept - 1);
+    assert_eq!(pruned["fields"]["action"], "archived");
+    assert_eq!(
+        pruned["fields"]["checkpoint"].as_str().unwrap(),
+        lines(&archive.join("audit-000002.jsonl")).last().unwrap(),
+        "it names the checkpoint the pruned files ended at"
+    );
+
+    // At a rotation: the next old file goes too (deleted, no archive).
+    o.archive_dir = None;
+    let log = AuditLog::open(o.clone()).unwrap();
+    age(&files[2], 100);
+    for i in 0..100 {
+        log.record(
+            "run.ended",
+            serde_json::json!({ "run_id": format!("more-{i}") }),
+        )
+        .unwrap();
+    }
+    log.close().unwrap();
+    drop(log);
+    assert!(!files[2].exists(), "pruned at a rotation");
+    assert!(!archive.join("audit-000003.jsonl").exists(), "deleted");
+    let next_kept = seq(&lines(&files[3])[0]);
+    let out = chassis(
+        &[
+            "audit",
+            "verify",
+            "--require-signed-tail",
+            "--pubkey",
+            keys.to_str().unwrap(),
+        ],
+        data.path(),
+    );
+    assert_success(&out);
+    assert!(
+        stdout(&out).contains(&format!(
+            "starts at record {next_kept}: records {first_kept} to {} (audit-000003.jsonl) were pruned by retention",
+            next_kept - 1
+        )) && stdout(&out).contains("earlier prunings removed the records before them"),
+        "{}",
+        stdout(&out)
+    );
+
+    // A file deleted without a pruning record: refused as deleted.
+    std::fs::remove_file(&files[3]).unwrap();
+    let out = chassis(
+        &["audit", "verify", "--pubkey", keys.to_str().unwrap()],
+        data.path(),
+    );
+    assert_refused(&out, "audit-000005.jsonl:1: record ");
+    assert_refused(&out, "deleted: the log does not start with its genesis");
+    assert_refused(&out, "no log.pruned record names them");
+}
+
+#[test]
+fn a_plain_echo_run_takes_at_most_400_bytes_of_log() {
+    const RUNS: usize = 400;
+    let data = tempfile::tempdir().unwrap();
+    // The shipped audit settings.
+    let config = chassis::config::Config {
+        data_dir: data.path().to_path_buf(),
+        ..Default::default()
+    };
+    let log = AuditLog::open(config.audit_options().unwrap()).unwrap();
+    let host = chassis::Host::builder()
+        .pool_slots(8)
+        .audit(log.clone())
+        .build()
+        .unwrap();
+    let module = host
+        .modules()
+        .register(&chassis_tests::wasm(ECHO_COMPONENT))
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Four at a time, as a load generator keeps a host busy.
+    let run_ids = runtime.block_on(async {
+        let mut runs = tokio::task::JoinSet::new();
+        let mut ids = Vec::new();
+        for i in 0..RUNS {
+            if runs.len() >= 4 {
+                ids.push(runs.join_next().await.unwrap().unwrap());
+            }
+            let (host, module) = (host.clone(), module.clone());
+            runs.spawn(async move {
+                let report = host
+                    .run(&module, chassis::RunRequest::new(format!("echo {i}")))
+                    .await
+                    .unwrap();
+                assert!(report.result.is_ok());
+                report.run_id
+            });
+        }
+        while let Some(id) = runs.join_next().await {
+            ids.push(id.unwrap());
+        }
+        ids
+    });
+    log.close().unwrap();
+    drop(host);
+    let files = log_files(&data.path().join("audit")).unwrap();
+    let bytes: u64 = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().len())
+        .sum();
+    let per_run = bytes / RUNS as u64;
+    let all: Vec<Record> = files
+        .iter()
+        .flat_map(|f| lines(f))
+        .map(|l| serde_json::from_str(&l).unwrap())
+        .collect();
+    let folded = all.iter().filter(|r| r.kind == "run").count();
+    eprintln!(
+        "{RUNS} echo runs: {bytes} bytes of log, {per_run} bytes per run \
+         (genesis, contexts and checkpoints included); {folded} runs in one record"
+    );
+    assert!(per_run <= 400, "{per_run} bytes per echo run");
+    assert!(folded > 0, "no run was written as one record");
+
+    // Still verifiable and searchable.
+    assert_success(&verify(data.path(), &["--require-signed-tail"]));
+    let out = chassis(
+        &["audit", "show", "--json", "--run", &run_ids[0]],
+        data.path(),
+    );
+    let mine: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let end = mine.last().expect("the run is on record");
+    assert_eq!(end["fields"]["outcome"], "ok");
+    assert_eq!(end["fields"]["module"], module.id());
+    assert_eq!(end["fields"]["caller"], "local");
+    assert!(end["fields"]["usage"]["wall_us"].is_u64(), "{end}");
+    let by_module = chassis(&["audit", "show", "--module", module.id()], data.path());
+    assert!(stdout(&by_module).lines().count() >= RUNS);
 }

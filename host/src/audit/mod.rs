@@ -15,8 +15,10 @@
 //! closed) unless the log was opened with `fail_open`, and every failure is
 //! counted in `if_chassis_audit_write_failures_total`.
 
+pub mod context;
 pub mod keys;
 pub mod record;
+mod retention;
 pub mod verify;
 mod writer;
 
@@ -185,6 +187,13 @@ pub struct AuditOptions {
     pub fail_open: bool,
     /// Records that may wait for the writer before `record` blocks.
     pub queue: usize,
+    /// Prune closed (rotated) files last written longer ago than this, at
+    /// open and at each rotation, recording each pruning in the log
+    /// (`log.pruned`). `None` keeps every file: the CLI's own opens
+    /// (`audit recover`, `audit rotate-key`) never prune.
+    pub retain: Option<Duration>,
+    /// Move pruned files here instead of deleting them.
+    pub archive_dir: Option<PathBuf>,
 }
 
 impl AuditOptions {
@@ -202,6 +211,8 @@ impl AuditOptions {
             max_file_bytes: 64 * 1024 * 1024,
             fail_open: false,
             queue: 65_536,
+            retain: None,
+            archive_dir: None,
         }
     }
 }
@@ -216,7 +227,19 @@ pub fn host_id() -> String {
 }
 
 pub(crate) enum Message {
-    Event { kind: &'static str, fields: Value },
+    Event {
+        kind: &'static str,
+        fields: Value,
+    },
+    RunStarted {
+        run_id: String,
+        context: Value,
+    },
+    RunEnded {
+        run_id: String,
+        context: Value,
+        fields: Value,
+    },
     Flush(SyncSender<Result<(), String>>),
     RotateKey(Box<SigningKey>, SyncSender<Result<(), String>>),
     Stop,
@@ -290,6 +313,38 @@ impl AuditLog {
     /// Queues one event. Fails (fail closed) while the log cannot be
     /// written, unless opened with `fail_open`.
     pub fn record(&self, kind: &'static str, fields: Value) -> Result<(), AuditError> {
+        self.send(Message::Event { kind, fields })
+    }
+
+    /// Records that run `run_id` started under `context` (its module,
+    /// world, policy and digest, caller and limits; see [`context`]).
+    ///
+    /// The writer holds the record back for one batch interval: a run that
+    /// ends within it with nothing else recorded about it gets one `run`
+    /// record instead of two. A run still going after the interval, or one
+    /// another record names first (a secret, a denial), gets its
+    /// `run.started` then, and the checkpoint that closes the batch signs
+    /// it, so a run in flight when the host dies is on disk if it outlived
+    /// one batch, the same bound batch fsync puts on every record. With
+    /// `fsync: every` nothing is held back.
+    pub fn run_started(&self, run_id: &str, context: Value) -> Result<(), AuditError> {
+        self.send(Message::RunStarted {
+            run_id: run_id.to_string(),
+            context,
+        })
+    }
+
+    /// Records how run `run_id` ended: `fields` are its outcome, error,
+    /// usage and denial count; `context` is the one it started under.
+    pub fn run_ended(&self, run_id: &str, context: Value, fields: Value) -> Result<(), AuditError> {
+        self.send(Message::RunEnded {
+            run_id: run_id.to_string(),
+            context,
+            fields,
+        })
+    }
+
+    fn send(&self, message: Message) -> Result<(), AuditError> {
         if !self.fail_open && !self.health.healthy.load(Ordering::Relaxed) {
             let why = self
                 .health
@@ -301,7 +356,7 @@ impl AuditLog {
             return Err(AuditError::Unavailable(why));
         }
         self.tx
-            .send(Message::Event { kind, fields })
+            .send(message)
             .map_err(|_| AuditError::Unavailable("the audit writer has stopped".into()))
     }
 

@@ -32,6 +32,8 @@ pub const CHECKPOINT_KIND: &str = "checkpoint";
 pub const ROTATION_KIND: &str = "key.rotated";
 /// Kind of the record `chassis audit recover` writes over a lost tail.
 pub const RECOVERED_KIND: &str = "log.recovered";
+/// Kind of the record a retention pruning writes (see `audit.retain_days`).
+pub const PRUNED_KIND: &str = "log.pruned";
 
 /// One line of the audit log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

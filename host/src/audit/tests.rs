@@ -1,4 +1,5 @@
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::record::{CHECKPOINT_KIND, GENESIS_KIND, Record};
 use super::verify::{Checkpoint, Reason, VerifyOptions, verify};
@@ -274,7 +275,9 @@ fn runs_left_open_by_a_crash_are_ended_at_the_next_start() {
         .collect();
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].fields["outcome"], "host-crashed");
-    assert_eq!(ended[0].fields["module"], "m");
+    // Its context, read from the run.started the crash left open, is on
+    // file beside it.
+    assert_eq!(expanded(&files, &ended[0]).fields["module"], "m");
     check(dir.path(), &files).unwrap();
     // A third start finds nothing left open.
     AuditLog::open(options(dir.path()))
@@ -340,4 +343,237 @@ fn a_log_that_cannot_be_written_fails_closed_and_counts_it() {
     assert_eq!(err.kind(), crate::ErrorKind::Unavailable);
     assert!(!log.is_healthy());
     assert!(log.failures() >= 1);
+}
+
+/// `record` with the context its file defined filled in.
+fn expanded(files: &[PathBuf], record: &Record) -> Record {
+    let mut contexts = context::Contexts::default();
+    for file in files {
+        contexts.new_file();
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let r: Record = serde_json::from_str(line).unwrap();
+            contexts.learn(&r);
+            if r.seq == record.seq {
+                return contexts.expand(&r);
+            }
+        }
+    }
+    panic!("record {} is not in the log", record.seq)
+}
+
+/// Options whose batch never closes on time, so only a flush, a record
+/// about a run, or the close writes a held-back start.
+fn slow_batches(dir: &Path) -> AuditOptions {
+    let mut o = options(dir);
+    o.fsync = FsyncPolicy::Batch {
+        records: 256,
+        interval_ms: 600_000,
+    };
+    o
+}
+
+fn run_context(module: &str) -> serde_json::Value {
+    serde_json::json!({"module": module, "policy": "default", "caller": "local"})
+}
+
+#[test]
+fn a_short_plain_run_is_one_record_naming_a_context_written_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(slow_batches(dir.path())).unwrap();
+    for i in 0..3 {
+        let id = format!("r{i}");
+        log.run_started(&id, run_context("m")).unwrap();
+        log.run_ended(
+            &id,
+            run_context("m"),
+            serde_json::json!({"outcome": "ok", "error": null}),
+        )
+        .unwrap();
+    }
+    log.close().unwrap();
+    let files = log_files(&dir.path().join("audit")).unwrap();
+    let all = records(&files);
+    let kinds: Vec<&str> = all
+        .iter()
+        .map(|r| r.kind.as_str())
+        .filter(|k| *k != CHECKPOINT_KIND)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["log.created", "run.context", "run", "run", "run"],
+        "one context, one record per run"
+    );
+    let run = all.iter().find(|r| r.kind == "run").unwrap();
+    assert_eq!(run.fields.get("error"), None, "nulls are left out");
+    let full = expanded(&files, run);
+    assert_eq!(full.fields["module"], "m");
+    assert_eq!(full.fields["outcome"], "ok");
+    check(dir.path(), &files).unwrap();
+}
+
+#[test]
+fn a_run_that_outlives_its_batch_or_has_records_of_its_own_keeps_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(slow_batches(dir.path())).unwrap();
+    // Still going when the batch is signed: its start is written then.
+    log.run_started("long", run_context("m")).unwrap();
+    log.flush().unwrap();
+    let files = log_files(&dir.path().join("audit")).unwrap();
+    assert!(
+        records(&files)
+            .iter()
+            .any(|r| r.kind == "run.started" && r.fields["run_id"] == "long"),
+        "a run in flight at a checkpoint is on disk before it ends"
+    );
+    // A record about a run comes after its start.
+    log.run_started("secret", run_context("n")).unwrap();
+    log.record(
+        "secret.granted",
+        serde_json::json!({"run_id": "secret", "name": "db"}),
+    )
+    .unwrap();
+    for id in ["long", "secret"] {
+        log.run_ended(
+            id,
+            run_context(if id == "long" { "m" } else { "n" }),
+            serde_json::json!({"outcome": "ok"}),
+        )
+        .unwrap();
+    }
+    log.close().unwrap();
+    let all = records(&files);
+    for id in ["long", "secret"] {
+        let kinds: Vec<&str> = all
+            .iter()
+            .filter(|r| r.fields["run_id"] == id)
+            .map(|r| r.kind.as_str())
+            .collect();
+        let expected: &[&str] = if id == "long" {
+            &["run.started", "run.ended"]
+        } else {
+            &["run.started", "secret.granted", "run.ended"]
+        };
+        assert_eq!(kinds, expected, "{id}");
+    }
+    check(dir.path(), &files).unwrap();
+}
+
+#[test]
+fn with_fsync_every_nothing_is_held_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.fsync = FsyncPolicy::Every;
+    let log = AuditLog::open(o).unwrap();
+    log.run_started("r", run_context("m")).unwrap();
+    log.run_ended("r", run_context("m"), serde_json::json!({"outcome": "ok"}))
+        .unwrap();
+    log.close().unwrap();
+    let files = log_files(&dir.path().join("audit")).unwrap();
+    let kinds: Vec<String> = records(&files)
+        .into_iter()
+        .filter(|r| r.fields["run_id"] == "r")
+        .map(|r| r.kind)
+        .collect();
+    assert_eq!(kinds, ["run.started", "run.ended"]);
+}
+
+#[test]
+fn contexts_are_defined_again_in_each_file_and_after_a_restart_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = slow_batches(dir.path());
+    o.max_file_bytes = 2048;
+    let log = AuditLog::open(o.clone()).unwrap();
+    for i in 0..40 {
+        log.run_started(&format!("r{i}"), run_context("m")).unwrap();
+        log.run_ended(
+            &format!("r{i}"),
+            run_context("m"),
+            serde_json::json!({"outcome": "ok"}),
+        )
+        .unwrap();
+    }
+    log.close().unwrap();
+    drop(log);
+    let log = AuditLog::open(o).unwrap();
+    log.run_started("after", run_context("m")).unwrap();
+    log.run_ended(
+        "after",
+        run_context("m"),
+        serde_json::json!({"outcome": "ok"}),
+    )
+    .unwrap();
+    log.close().unwrap();
+    let files = log_files(&dir.path().join("audit")).unwrap();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in &files {
+        let mut contexts = context::Contexts::default();
+        let mut defined = 0;
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let r: Record = serde_json::from_str(line).unwrap();
+            if contexts.learn(&r) {
+                defined += 1;
+            }
+            if r.kind == "run" {
+                assert_eq!(
+                    contexts.expand(&r).fields["module"],
+                    "m",
+                    "{}",
+                    file.display()
+                );
+            }
+        }
+        assert!(defined <= 1, "{}: {defined} contexts", file.display());
+    }
+    check(dir.path(), &files).unwrap();
+}
+
+#[test]
+fn a_pruning_record_vouches_for_a_missing_start_only_once_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.max_file_bytes = 2048;
+    let log = AuditLog::open(o.clone()).unwrap();
+    for i in 0..60 {
+        log.record("run.ended", serde_json::json!({ "i": i }))
+            .unwrap();
+    }
+    log.close().unwrap();
+    drop(log);
+    let before = log_files(&dir.path().join("audit")).unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(10 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&before[0])
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    o.retain = Some(Duration::from_secs(86_400));
+    AuditLog::open(o).unwrap().close().unwrap();
+    let files = log_files(&dir.path().join("audit")).unwrap();
+    assert_eq!(files.len(), before.len() - 1, "the old file was pruned");
+    let ok = check(dir.path(), &files).unwrap();
+    let pruned = ok.pruned.expect("verify names the pruning");
+    assert_eq!(pruned.from, 0);
+    assert_eq!(ok.first_seq, pruned.to + 1);
+    assert_eq!(pruned.files, ["audit-000001.jsonl"]);
+
+    // Cut right after the pruning record, before the checkpoint that signs it.
+    let last = files.last().unwrap();
+    let text = std::fs::read_to_string(last).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    let at = kept
+        .iter()
+        .position(|l| l.contains(r#""kind":"log.pruned""#))
+        .unwrap();
+    std::fs::write(last, kept[..=at].join("\n") + "\n").unwrap();
+    let keys = trusted(dir.path());
+    let problem = verify(
+        &files,
+        &VerifyOptions {
+            trusted: &keys,
+            ..Default::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(problem.reason, Reason::BadPruning(_)), "{problem}");
 }

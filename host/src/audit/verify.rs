@@ -8,6 +8,11 @@
 //! signed for its place by the key in force there, and one of those keys is
 //! trusted out of band. Records after the last trusted checkpoint are the
 //! unsigned tail: reported, and refused with `require_signed_tail`.
+//!
+//! A log whose first files were pruned by retention starts right after the
+//! checkpoint its `log.pruned` record names, and verifies only when that
+//! record is itself covered by a trusted checkpoint; the pruned range is
+//! reported ([`Verified::pruned`]).
 
 use std::fmt;
 use std::fs::File;
@@ -19,8 +24,8 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::parse_public_key;
 use super::record::{
-    CHECKPOINT_KIND, CheckpointFault, FORMAT, GENESIS, GENESIS_KIND, RECOVERED_KIND, ROTATION_KIND,
-    Record, is_format_1, key_id, line_hash,
+    CHECKPOINT_KIND, CheckpointFault, FORMAT, GENESIS, GENESIS_KIND, PRUNED_KIND, RECOVERED_KIND,
+    ROTATION_KIND, Record, is_format_1, key_id, line_hash,
 };
 
 /// File in the log dir holding the last signed checkpoint record (its exact
@@ -133,6 +138,9 @@ pub enum Reason {
     CheckpointMismatch(String),
     /// A key rotation record whose new key did not endorse it.
     BadRotation(String),
+    /// The `log.pruned` record the log starts by is not covered by a
+    /// trusted checkpoint, or is not the record the log holds.
+    BadPruning(String),
     /// Records after the last signed checkpoint, refused on request.
     UnsignedTail {
         /// How many.
@@ -152,8 +160,9 @@ impl fmt::Display for Reason {
             Reason::NoGenesis { seq, kind } => write!(
                 f,
                 "deleted: the log does not start with its genesis (record 0, {GENESIS_KIND}); \
-                 the first record is {seq} ({kind}), so the records before it were removed \
-                 (if they were archived on purpose, pass --from-checkpoint with the checkpoint they ended at)"
+                 the first record is {seq} ({kind}), so the records before it were removed, \
+                 and no log.pruned record names them (if they were archived by hand, pass \
+                 --from-checkpoint with the checkpoint they ended at)"
             ),
             Reason::BadGenesis(e) => write!(f, "bad genesis: {e}"),
             Reason::NotAfterCheckpoint(e) => {
@@ -192,6 +201,7 @@ impl fmt::Display for Reason {
             ),
             Reason::CheckpointMismatch(e) => write!(f, "checkpoint file mismatch: {e}"),
             Reason::BadRotation(e) => write!(f, "bad key rotation: {e}"),
+            Reason::BadPruning(e) => write!(f, "bad pruning record: {e}"),
             Reason::UnsignedTail { records } => write!(
                 f,
                 "unsigned tail: {records} records after the last signed checkpoint (--require-signed-tail)"
@@ -239,6 +249,20 @@ pub struct Loss {
     pub at: u64,
 }
 
+/// Records a retention pruning removed before the files verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pruned {
+    /// First pruned sequence number in that pruning (earlier prunings
+    /// removed the records before it).
+    pub from: u64,
+    /// Last pruned one: the checkpoint the files ended at.
+    pub to: u64,
+    /// The `log.pruned` record.
+    pub at: u64,
+    /// The pruned files' names.
+    pub files: Vec<String>,
+}
+
 /// A log that verified.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Verified {
@@ -262,6 +286,9 @@ pub struct Verified {
     pub checkpoint_matched: bool,
     /// Losses `chassis audit recover` recorded.
     pub losses: Vec<Loss>,
+    /// The pruning the files start after, when they do not start at the
+    /// genesis.
+    pub pruned: Option<Pruned>,
 }
 
 /// What to verify a log against.
@@ -283,6 +310,49 @@ struct SeqOnly {
     seq: u64,
 }
 
+/// A record's envelope, its fields skipped unread: what verify needs of
+/// every record but the few whose fields it checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<'a> {
+    seq: u64,
+    #[serde(rename = "ts", borrow)]
+    _ts: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(rename = "fields")]
+    _fields: serde::de::IgnoredAny,
+    #[serde(borrow)]
+    prev: std::borrow::Cow<'a, str>,
+}
+
+/// Kinds whose fields verify reads.
+const CHECKED_KINDS: &[&str] = &[
+    GENESIS_KIND,
+    CHECKPOINT_KIND,
+    ROTATION_KIND,
+    RECOVERED_KIND,
+    PRUNED_KIND,
+];
+
+/// Parses `line`: in full when it is the first record or one whose fields
+/// verify checks, else only its envelope (building the fields of a million
+/// run records was most of verify's time, more than hashing them). The
+/// chain is over the line's bytes either way.
+fn parse(line: &str, first: bool) -> Result<Record, serde_json::Error> {
+    let envelope: Envelope<'_> = serde_json::from_str(line)?;
+    if first || CHECKED_KINDS.contains(&envelope.kind.as_ref()) {
+        return serde_json::from_str(line);
+    }
+    Ok(Record {
+        seq: envelope.seq,
+        ts: String::new(),
+        kind: envelope.kind.into_owned(),
+        fields: serde_json::Value::Null,
+        prev: envelope.prev.into_owned(),
+    })
+}
+
 /// Whether some line of `files` carries `seq` (to tell reordering from
 /// deletion; only read when a gap is found).
 fn appears(files: &[PathBuf], seq: u64) -> bool {
@@ -295,6 +365,88 @@ fn appears(files: &[PathBuf], seq: u64) -> bool {
             })
         })
     })
+}
+
+/// The first record of `files`.
+fn first_record(files: &[PathBuf]) -> Option<Record> {
+    files.iter().find_map(|path| {
+        let file = File::open(path).ok()?;
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| !l.trim().is_empty())
+            .and_then(|l| serde_json::from_str(&l).ok())
+    })
+}
+
+/// Where files that do not start at the genesis resume after a pruning:
+/// the `log.pruned` record (and its line's hash) whose range ends right
+/// before `first`, whose checkpoint `first` chains to; and the key it names.
+struct Resume {
+    pruned: Pruned,
+    hash: String,
+    checkpoint: Checkpoint,
+    key: VerifyingKey,
+}
+
+impl Resume {
+    /// The first sequence number the files hold.
+    fn to_resume(&self) -> u64 {
+        self.checkpoint.record.seq + 1
+    }
+}
+
+fn find_pruning(files: &[PathBuf], first: &Record) -> Option<Resume> {
+    let mut found = None;
+    for path in files {
+        let Ok(file) = File::open(path) else { continue };
+        for line in BufReader::new(file).lines().map_while(Result::ok) {
+            if !line.contains(PRUNED_KIND) {
+                continue;
+            }
+            let Ok(record) = serde_json::from_str::<Record>(&line) else {
+                continue;
+            };
+            if record.kind != PRUNED_KIND
+                || record.fields["last"].as_u64() != first.seq.checked_sub(1)
+            {
+                continue;
+            }
+            let Some(checkpoint) = record.fields["checkpoint"]
+                .as_str()
+                .and_then(|l| Checkpoint::parse(l).ok())
+            else {
+                continue;
+            };
+            let Some(key) = record.fields["public_key"]
+                .as_str()
+                .and_then(|k| parse_public_key(k).ok())
+            else {
+                continue;
+            };
+            if checkpoint.hash() != first.prev || checkpoint.record.seq + 1 != first.seq {
+                continue;
+            }
+            let files = record.fields["files"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f["file"].as_str().map(str::to_string))
+                .collect();
+            found = Some(Resume {
+                pruned: Pruned {
+                    from: record.fields["first"].as_u64().unwrap_or(0),
+                    to: checkpoint.record.seq,
+                    at: record.seq,
+                    files,
+                },
+                hash: hex::encode(line_hash(&line)),
+                checkpoint,
+                key,
+            });
+        }
+    }
+    found
 }
 
 /// Verifies `files` (in order) under `options`. Keys introduced by a
@@ -336,6 +488,23 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
         anchored = true;
         signed_through = Some(from.record.seq);
     }
+    // Files whose start was pruned resume after the checkpoint the pruning
+    // names; the pruning record must then be signed by a trusted key.
+    let resume = match options.from {
+        None => first_record(files)
+            .filter(|r| r.seq != 0)
+            .and_then(|first| find_pruning(files, &first)),
+        Some(_) => None,
+    };
+    let start = match &resume {
+        Some(r) => {
+            last_hash = r.checkpoint.hash();
+            active = Some(r.key);
+            expected = r.to_resume();
+            expected
+        }
+        None => start,
+    };
 
     for file in files {
         let reader = File::open(file).map(BufReader::new).map_err(|e| Problem {
@@ -356,7 +525,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
             if line.trim().is_empty() {
                 continue;
             }
-            let record: Record = serde_json::from_str(&line).map_err(|e| {
+            let record = parse(&line, first_place.is_none()).map_err(|e| {
                 if is_format_1(&line) {
                     bad(None, Reason::Format1)
                 } else {
@@ -367,6 +536,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
             if first_place.is_none() {
                 first_place = Some((file.clone(), lineno));
                 match options.from {
+                    None if resume.is_some() => {}
                     None => {
                         if record.seq != 0 || record.kind != GENESIS_KIND {
                             return Err(bad(
@@ -447,6 +617,17 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
                 });
             }
             let hash = hex::encode(line_hash(&line));
+            if let Some(r) = &resume
+                && r.pruned.at == record.seq
+                && r.hash != hash
+            {
+                return Err(bad(
+                    seq,
+                    Reason::BadPruning(
+                        "the log.pruned record the log starts by is not the one here".into(),
+                    ),
+                ));
+            }
             match record.kind.as_str() {
                 CHECKPOINT_KIND => {
                     let key = active.expect("the genesis or --from-checkpoint set the key");
@@ -571,6 +752,17 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
             )),
         });
     }
+    if let Some(r) = &resume
+        && signed_through.is_none_or(|s| s < r.pruned.at)
+    {
+        return Err(end(
+            Some(r.pruned.at),
+            Reason::BadPruning(format!(
+                "the log starts after records {} to {} pruned by record {}, but no trusted checkpoint signs that record yet",
+                r.pruned.from, r.pruned.to, r.pruned.at
+            )),
+        ));
+    }
     if signed_through.is_none() {
         unsigned = count;
     }
@@ -591,6 +783,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
         unsigned_tail: unsigned,
         checkpoint_matched,
         losses,
+        pruned: resume.map(|r| r.pruned),
     })
 }
 

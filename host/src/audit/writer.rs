@@ -2,7 +2,7 @@
 //! checkpoint per batch, rotates files, and at open checks the log's tail
 //! against the last signed checkpoint.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -14,10 +14,14 @@ use std::time::{Duration, Instant, SystemTime};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde_json::Value;
 
-use super::record::{
-    CHECKPOINT_KIND, FORMAT, GENESIS, GENESIS_KIND, RECOVERED_KIND, ROTATION_KIND, Record,
-    checkpoint_fields, is_format_1, key_id, line_hash,
+use super::context::{
+    CONTEXT_FIELD, CONTEXT_KIND, Contexts, ENDED_KIND, Interner, RUN_KIND, STARTED_KIND,
 };
+use super::record::{
+    CHECKPOINT_KIND, FORMAT, GENESIS, GENESIS_KIND, PRUNED_KIND, RECOVERED_KIND, ROTATION_KIND,
+    Record, checkpoint_fields, is_format_1, key_id, line_hash,
+};
+use super::retention;
 use super::verify::{CHECKPOINT_FILE, Checkpoint};
 use super::{
     AuditError, AuditOptions, FsyncPolicy, Health, Message, RECORDS_TOTAL, TailProblem,
@@ -70,8 +74,11 @@ struct Tail {
     last: Option<(Record, String)>,
     /// The last checkpoint record's line, if the files scanned hold one.
     last_checkpoint: Option<(u64, String)>,
-    /// Runs with a `run.started` and no `run.ended`, by run id.
+    /// Runs with a `run.started` and no `run.ended`, by run id, with the
+    /// context they started under.
     open_runs: BTreeMap<String, Value>,
+    /// The contexts the newest file defines (the one the writer continues).
+    contexts: Contexts,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AuditError + '_ {
@@ -101,7 +108,9 @@ fn read_tail(files: &[PathBuf]) -> Result<Tail, AuditError> {
             }
         }
     }
+    let newest = files.last();
     for path in scanned.into_iter().rev() {
+        let mut contexts = Contexts::default();
         let file = File::open(path).map_err(io(path))?;
         for (i, line) in BufReader::new(file).lines().enumerate() {
             let line = line.map_err(io(path))?;
@@ -121,13 +130,22 @@ fn read_tail(files: &[PathBuf]) -> Result<Tail, AuditError> {
                     }
                 }
             })?;
+            contexts.learn(&record);
             match record.kind.as_str() {
-                "run.started" => {
+                STARTED_KIND => {
                     if let Some(id) = record.fields["run_id"].as_str() {
-                        tail.open_runs.insert(id.to_string(), record.fields.clone());
+                        // Logs written before contexts carry these inline.
+                        let context = contexts.of(&record).cloned().unwrap_or_else(|| {
+                            serde_json::json!({
+                                "module": record.fields["module"],
+                                "policy": record.fields["policy"],
+                                "caller": record.fields["caller"],
+                            })
+                        });
+                        tail.open_runs.insert(id.to_string(), context);
                     }
                 }
-                "run.ended" => {
+                ENDED_KIND => {
                     if let Some(id) = record.fields["run_id"].as_str() {
                         tail.open_runs.remove(id);
                     }
@@ -136,6 +154,9 @@ fn read_tail(files: &[PathBuf]) -> Result<Tail, AuditError> {
                 _ => {}
             }
             tail.last = Some((record, hex::encode(line_hash(&line))));
+        }
+        if Some(path) == newest {
+            tail.contexts = contexts;
         }
     }
     Ok(tail)
@@ -156,8 +177,35 @@ pub(super) struct Writer {
     unsynced: u32,
     unsigned: u32,
     last_checkpoint: Instant,
-    pending: VecDeque<(&'static str, Value)>,
+    pending: VecDeque<Pending>,
+    /// Runs whose `run.started` is held back, with their context and when
+    /// they started.
+    deferred: HashMap<String, (Value, Instant)>,
+    /// The held-back runs in the order they started (entries of runs
+    /// written since are skipped when they come up).
+    deferred_order: VecDeque<(Instant, String)>,
+    /// Hold `run.started` back at all (not with `fsync: every`).
+    defer: bool,
+    /// Contexts defined in the current file.
+    contexts: Interner,
+    retain: Option<Duration>,
+    archive_dir: Option<PathBuf>,
     _lock: File,
+}
+
+/// A message from [`AuditLog`](super::AuditLog) waiting to be written.
+#[derive(Debug, Clone)]
+enum Pending {
+    Event(&'static str, Value),
+    Started {
+        run_id: String,
+        context: Value,
+    },
+    Ended {
+        run_id: String,
+        context: Value,
+        fields: Value,
+    },
 }
 
 /// What `chassis audit recover` found and recorded.
@@ -258,6 +306,12 @@ impl Writer {
             unsigned: 0,
             last_checkpoint: Instant::now(),
             pending: VecDeque::new(),
+            deferred: HashMap::new(),
+            deferred_order: VecDeque::new(),
+            defer: options.fsync != FsyncPolicy::Every,
+            contexts: Interner::continuing(&tail.contexts),
+            retain: options.retain,
+            archive_dir: options.archive_dir.clone(),
             _lock: lock,
         };
         let fail = |message: String| AuditError::Corrupt {
@@ -308,19 +362,19 @@ impl Writer {
                 })
                 .map_err(|e| fail(format!("writing the recovery record: {e}")))?;
         }
-        for (run_id, started) in tail.open_runs {
+        for (run_id, context) in tail.open_runs {
+            let fields = serde_json::json!({
+                "outcome": "host-crashed",
+                "error": "the host stopped without ending this run; recorded at the next start",
+            });
             writer
-                .write_record("run.ended", |_, _, _| {
-                    serde_json::json!({
-                        "run_id": run_id,
-                        "module": started["module"],
-                        "policy": started["policy"],
-                        "caller": started["caller"],
-                        "outcome": "host-crashed",
-                        "error": "the host stopped without ending this run; recorded at the next start",
-                    })
-                })
+                .write_end(&run_id, &context, fields)
                 .map_err(|e| fail(format!("ending a run left open: {e}")))?;
+        }
+        if problem.is_none() {
+            writer
+                .prune()
+                .map_err(|e| fail(format!("recording a retention pruning: {e}")))?;
         }
         if writer.unsigned > 0 {
             writer
@@ -340,17 +394,125 @@ impl Writer {
         self.dir.join(file_name(self.file_index))
     }
 
+    /// Starts a new file if this one is full, closing the old one with a
+    /// checkpoint. Called before each event (never between a context and
+    /// the record that refers to it, which must share a file).
+    fn rotate_if_full(&mut self) -> Result<(), String> {
+        if self.file_bytes >= self.max_file_bytes {
+            self.rotate_file()?;
+        }
+        Ok(())
+    }
+
+    /// The number of `context` in the current file, defining it first with
+    /// a `run.context` record if this file has not yet.
+    fn context_id(&mut self, context: &Value) -> Result<u64, String> {
+        if let Some(id) = self.contexts.get(context) {
+            return Ok(id);
+        }
+        let (id, fields) = self.contexts.define(context);
+        self.write_record(CONTEXT_KIND, |_, _, _| fields)?;
+        self.contexts.defined(context, id);
+        Ok(id)
+    }
+
+    /// Writes a held-back (or, with `fsync: every`, immediate) `run.started`.
+    fn write_start(&mut self, run_id: &str, context: &Value) -> Result<(), String> {
+        self.rotate_if_full()?;
+        let id = self.context_id(context)?;
+        self.write_record(
+            STARTED_KIND,
+            |_, _, _| serde_json::json!({ "run_id": run_id, CONTEXT_FIELD: id }),
+        )?;
+        self.deferred.remove(run_id);
+        Ok(())
+    }
+
+    /// Writes a run's end: one `run` record when its start is still held
+    /// back, else `run.ended`.
+    fn write_end(&mut self, run_id: &str, context: &Value, fields: Value) -> Result<(), String> {
+        self.rotate_if_full()?;
+        let id = self.context_id(context)?;
+        let kind = if self.deferred.contains_key(run_id) {
+            RUN_KIND
+        } else {
+            ENDED_KIND
+        };
+        let mut all = serde_json::Map::new();
+        all.insert("run_id".into(), run_id.into());
+        all.insert(CONTEXT_FIELD.into(), id.into());
+        if let Value::Object(fields) = fields {
+            all.extend(fields.into_iter().filter(|(_, v)| !v.is_null()));
+        }
+        self.write_record(kind, |_, _, _| Value::Object(all))?;
+        self.deferred.remove(run_id);
+        Ok(())
+    }
+
+    /// Writes one queued message.
+    fn write_pending(&mut self, item: &Pending) -> Result<(), String> {
+        match item {
+            Pending::Event(kind, fields) => {
+                // A record about a held-back run comes after its start.
+                if let Some(run_id) = fields["run_id"].as_str()
+                    && let Some((context, _)) = self.deferred.get(run_id).cloned()
+                {
+                    self.write_start(run_id, &context)?;
+                }
+                self.rotate_if_full()?;
+                self.write_record(kind, |_, _, _| fields.clone())
+            }
+            Pending::Started { run_id, context } if self.defer => {
+                let now = Instant::now();
+                self.deferred.insert(run_id.clone(), (context.clone(), now));
+                self.deferred_order.push_back((now, run_id.clone()));
+                Ok(())
+            }
+            Pending::Started { run_id, context } => self.write_start(run_id, context),
+            Pending::Ended {
+                run_id,
+                context,
+                fields,
+            } => self.write_end(run_id, context, fields.clone()),
+        }
+    }
+
+    /// Writes the `run.started` of held-back runs: those held for a batch
+    /// interval, or all of them.
+    /// Oldest first; only the front of the queue is looked at, so this
+    /// costs nothing per run in flight.
+    fn write_held_starts(&mut self, all: bool) -> Result<(), String> {
+        let interval = self.checkpoint_every.1;
+        while let Some((at, run_id)) = self.deferred_order.front().cloned() {
+            let Some((context, _)) = self.deferred.get(&run_id).cloned() else {
+                // Ended (or written) since.
+                self.deferred_order.pop_front();
+                continue;
+            };
+            if !all && at.elapsed() < interval {
+                break;
+            }
+            self.write_start(&run_id, &context)?;
+            self.deferred_order.pop_front();
+        }
+        Ok(())
+    }
+
+    /// When the oldest held-back start is due.
+    fn next_held_start(&self) -> Option<Duration> {
+        let interval = self.checkpoint_every.1;
+        self.deferred_order
+            .front()
+            .map(|(at, _)| interval.saturating_sub(at.elapsed()))
+    }
+
     /// Appends one record at `next_seq`, its fields built from its seq, time
-    /// and prev (a checkpoint signs them). Starts a new file first if this
-    /// one is full, closing the old one with a checkpoint.
+    /// and prev (a checkpoint signs them).
     fn write_record(
         &mut self,
         kind: &str,
         fields: impl FnOnce(u64, &str, &str) -> Value,
     ) -> Result<(), String> {
-        if kind != CHECKPOINT_KIND && self.file_bytes >= self.max_file_bytes {
-            self.rotate_file()?;
-        }
         let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
         let record = Record {
             seq: self.next_seq,
@@ -399,6 +561,56 @@ impl Writer {
             .map_err(|e| format!("opening {}: {e}", next.display()))?;
         self.file_index += 1;
         self.file_bytes = 0;
+        self.contexts.reset();
+        self.prune()
+    }
+
+    /// Prunes closed files past `retain`: records which (a `log.pruned`
+    /// record, signed by a checkpoint and synced) before moving or deleting
+    /// them. Failing to read or remove a file only warns (the files stay,
+    /// and the next pruning names them again); failing to write the record
+    /// is a write failure like any other.
+    fn prune(&mut self) -> Result<(), String> {
+        let Some(retain) = self.retain else {
+            return Ok(());
+        };
+        let files = match log_files(&self.dir) {
+            Ok(files) => files,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "audit retention: cannot list the log files");
+                return Ok(());
+            }
+        };
+        let current = self.current_path();
+        let cutoff = SystemTime::now()
+            .checked_sub(retain)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let plan = match retention::plan(&files, &current, cutoff) {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "audit retention: cannot read a file to prune");
+                return Ok(());
+            }
+        };
+        let kept = files.get(plan.files.len()).map(PathBuf::as_path);
+        let mut known =
+            keys::read_public_keys(&self.keys_dir.join(keys::PUBLIC_KEYS_FILE)).unwrap_or_default();
+        known.push(self.key.verifying_key());
+        let key = retention::key_after(kept, &known, self.key.verifying_key());
+        let fields = plan.fields(&key, retain, self.archive_dir.as_deref());
+        self.write_record(PRUNED_KIND, |_, _, _| fields)?;
+        self.checkpoint()?;
+        if let Err(e) = plan.apply(self.archive_dir.as_deref()) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "audit retention: a file recorded as pruned could not be removed; the next pruning names it again");
+        } else {
+            tracing::info!(
+                files = plan.files.len(),
+                first = plan.files.first().map(|f| f.first),
+                last = plan.files.last().map(|f| f.last),
+                "audit retention: pruned closed log files"
+            );
+        }
         Ok(())
     }
 
@@ -417,15 +629,29 @@ impl Writer {
 
     /// Writes pending events; on failure keeps them for the next attempt.
     fn drain(&mut self, health: &Health) {
-        while let Some((kind, fields)) = self.pending.pop_front() {
-            let kept = fields.clone();
-            if let Err(e) = self.write_record(kind, move |_, _, _| fields) {
-                self.pending.push_front((kind, kept));
+        while let Some(item) = self.pending.pop_front() {
+            if let Err(e) = self.write_pending(&item) {
+                self.pending.push_front(item);
                 self.fail(health, e);
                 return;
             }
         }
         health.healthy.store(true, Ordering::Relaxed);
+    }
+
+    /// Writes everything queued and held back, then signs it.
+    fn flush_all(&mut self, health: &Health) -> Result<(), String> {
+        self.drain(health);
+        if !self.pending.is_empty() {
+            return Err(health
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default());
+        }
+        self.write_held_starts(true)?;
+        self.checkpoint()
     }
 
     fn fail(&self, health: &Health, message: String) {
@@ -461,6 +687,7 @@ impl Writer {
         if !self.pending.is_empty() {
             return Err("the records before the rotation could not be written".into());
         }
+        self.write_held_starts(true)?;
         let new_public = new.verifying_key();
         let old = key_id(&self.key.verifying_key());
         let endorse = |prev: &str| {
@@ -468,6 +695,7 @@ impl Writer {
             message.extend_from_slice(new_public.as_bytes());
             new.sign(&message)
         };
+        self.rotate_if_full()?;
         self.write_record(ROTATION_KIND, |_, _, prev| {
             serde_json::json!({
                 "old_key": old,
@@ -487,35 +715,42 @@ impl Writer {
             // After a failure, retry every 500 ms rather than spin.
             let wait = if !self.pending.is_empty() || !health.healthy.load(Ordering::Relaxed) {
                 Duration::from_millis(500)
-            } else if self.unsigned > 0 {
-                self.checkpoint_every
-                    .1
-                    .saturating_sub(self.last_checkpoint.elapsed())
             } else {
-                Duration::from_secs(3600)
+                let checkpoint = (self.unsigned > 0).then(|| {
+                    self.checkpoint_every
+                        .1
+                        .saturating_sub(self.last_checkpoint.elapsed())
+                });
+                [checkpoint, self.next_held_start()]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(Duration::from_secs(3600))
             };
             match rx.recv_timeout(wait) {
-                Ok(Message::Event { kind, fields }) => self.pending.push_back((kind, fields)),
+                Ok(Message::Event { kind, fields }) => {
+                    self.pending.push_back(Pending::Event(kind, fields))
+                }
+                Ok(Message::RunStarted { run_id, context }) => {
+                    self.pending.push_back(Pending::Started { run_id, context })
+                }
+                Ok(Message::RunEnded {
+                    run_id,
+                    context,
+                    fields,
+                }) => self.pending.push_back(Pending::Ended {
+                    run_id,
+                    context,
+                    fields,
+                }),
                 Ok(Message::Flush(reply)) => {
-                    self.drain(&health);
-                    let result = if self.pending.is_empty() {
-                        self.checkpoint()
-                    } else {
-                        Err(health
-                            .last_error
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .clone()
-                            .unwrap_or_default())
-                    };
-                    let _ = reply.send(result);
+                    let _ = reply.send(self.flush_all(&health));
                 }
                 Ok(Message::RotateKey(new, reply)) => {
                     let _ = reply.send(self.rotate_key(*new, &health));
                 }
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                    self.drain(&health);
-                    if let Err(e) = self.checkpoint() {
+                    if let Err(e) = self.flush_all(&health) {
                         self.fail(&health, e);
                     }
                     return;
@@ -523,6 +758,11 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             self.drain(&health);
+            if self.pending.is_empty()
+                && let Err(e) = self.write_held_starts(false)
+            {
+                self.fail(&health, e);
+            }
             if self.pending.is_empty()
                 && self.checkpoint_due()
                 && let Err(e) = self.checkpoint()

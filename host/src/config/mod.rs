@@ -207,6 +207,12 @@ pub struct Audit {
     /// Public keys `chassis audit verify --config` trusts: hex keys or files
     /// of them, kept apart from the log (not `keys/audit.pub` beside it).
     pub trusted_keys: Vec<String>,
+    /// Prune closed (rotated) log files last written more than this many
+    /// days ago, at start-up and at each rotation, recording each pruning
+    /// in the log; 0 keeps every file. Default 90.
+    pub retain_days: u64,
+    /// Move pruned files here instead of deleting them.
+    pub archive_dir: Option<PathBuf>,
 }
 
 /// `chassis.audit.fsync`.
@@ -232,6 +238,8 @@ impl Default for Audit {
             fail_open: false,
             min_free_mb: 256,
             trusted_keys: Vec::new(),
+            retain_days: 90,
+            archive_dir: None,
         }
     }
 }
@@ -743,6 +751,19 @@ impl Config {
                 ));
             }
         }
+        if let Some(archive) = &self.audit.archive_dir {
+            let dir = self
+                .audit
+                .dir
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join("audit"));
+            if archive == &dir {
+                return Err(bad(
+                    "audit.archive_dir",
+                    "is the audit log's own directory; pruned files must leave it".into(),
+                ));
+            }
+        }
         if self.audit.batch_records == 0 {
             return Err(bad(
                 "audit.batch_records",
@@ -829,6 +850,9 @@ impl Config {
         };
         options.max_file_bytes = self.audit.max_file_mb.max(1) * 1024 * 1024;
         options.fail_open = self.audit.fail_open;
+        options.retain = (self.audit.retain_days > 0)
+            .then(|| Duration::from_secs(self.audit.retain_days.saturating_mul(86_400)));
+        options.archive_dir = self.audit.archive_dir.clone();
         Some(options)
     }
 

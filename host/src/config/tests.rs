@@ -188,3 +188,34 @@ fn admins_default_to_local_and_refuse_anonymous_and_wildcards() {
         assert!(e.contains("chassis.server.admins"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn audit_retention_defaults_to_90_days_and_its_archive_must_leave_the_log_dir() {
+    let c = Config::parse("chassis:\n  data_dir: /d\n", Path::new("c.yaml")).unwrap();
+    let o = c.audit_options().unwrap();
+    assert_eq!(o.retain, Some(std::time::Duration::from_secs(90 * 86_400)));
+    assert_eq!(o.archive_dir, None);
+    let text =
+        "chassis:\n  data_dir: /d\n  audit:\n    retain_days: 0\n    archive_dir: /archive\n";
+    let c = Config::parse(text, Path::new("c.yaml")).unwrap();
+    c.validate("c.yaml").unwrap();
+    let o = c.audit_options().unwrap();
+    assert_eq!(o.retain, None, "0 keeps every file");
+    assert_eq!(o.archive_dir.as_deref(), Some(Path::new("/archive")));
+    let text = "chassis:\n  data_dir: /d\n  audit:\n    archive_dir: /d/audit\n";
+    let err = Config::parse(text, Path::new("c.yaml"))
+        .unwrap()
+        .validate("c.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`chassis.audit.archive_dir`: is the audit log's own directory"),
+        "{err}"
+    );
+    let err = Config::parse(
+        "chassis:\n  audit:\n    retain_days: ninety\n",
+        Path::new("c.yaml"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().starts_with("c.yaml:3:"), "{err}");
+}
