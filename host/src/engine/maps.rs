@@ -12,13 +12,28 @@
 //! allocate memory". That is the host's limit, never the guest's fault, so
 //! it is reported as `overloaded` naming the setting, and the host warns at
 //! start when its pool could outgrow it.
+//!
+//! Of the 6, 2 are held by every pool slot from the start (its stack and
+//! the guard page protected when the pool is created) and 4 by a live one.
+//! The host itself needs mappings too (the allocator maps every large
+//! allocation), and at the limit an allocation failing aborts the process,
+//! so a [`MappingBudget`] stops admitting sandboxes while
+//! [`BASE_MAPPINGS`] remain for the host: a run past it is refused
+//! `overloaded` before its sandbox is made.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Mappings one live sandbox holds (measured; see the module docs).
 pub const MAPPINGS_PER_LIVE_SANDBOX: u64 = 6;
 
-/// Mappings a host holds before any sandbox (binary, libraries, heap,
-/// threads, the pool's reservations), with headroom.
-const BASE_MAPPINGS: u64 = 2_000;
+/// Mappings a host holds besides its sandboxes (binary, libraries, heap,
+/// threads, the pool's reservations), with headroom for what it allocates
+/// while serving.
+pub const BASE_MAPPINGS: u64 = 4_000;
+
+/// Mappings every pool slot holds, live or not (stack and guard page).
+const PER_SLOT_AT_REST: u64 = 2;
 
 /// `vm.max_map_count`, if readable.
 pub fn max_map_count() -> Option<u64> {
@@ -32,6 +47,63 @@ pub fn max_map_count() -> Option<u64> {
 /// About how many sandboxes can be live at once under `limit` mappings.
 pub fn live_sandbox_ceiling(limit: u64) -> u64 {
     limit.saturating_sub(BASE_MAPPINGS) / MAPPINGS_PER_LIVE_SANDBOX
+}
+
+/// How many of `slots` sandboxes may be live at once under `limit`
+/// mappings, leaving [`BASE_MAPPINGS`] to the host.
+pub fn live_ceiling(slots: u64, limit: u64) -> u64 {
+    let free = limit.saturating_sub(BASE_MAPPINGS + slots * PER_SLOT_AT_REST);
+    (free / (MAPPINGS_PER_LIVE_SANDBOX - PER_SLOT_AT_REST)).min(slots)
+}
+
+/// Admits sandboxes while the mapping budget lasts.
+#[derive(Debug)]
+pub struct MappingBudget {
+    live: AtomicUsize,
+    ceiling: usize,
+}
+
+/// One admitted sandbox; dropping it gives its share back.
+#[derive(Debug)]
+pub struct Admitted(Arc<MappingBudget>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl MappingBudget {
+    /// The budget of a pool of `slots` under this machine's
+    /// `vm.max_map_count` (unbounded when it cannot be read).
+    pub fn for_pool(slots: u64) -> Arc<Self> {
+        let ceiling = max_map_count().map_or(u64::MAX, |limit| live_ceiling(slots, limit));
+        Arc::new(Self {
+            live: AtomicUsize::new(0),
+            ceiling: usize::try_from(ceiling).unwrap_or(usize::MAX),
+        })
+    }
+
+    /// No budget: the on-demand allocator maps per instance and its
+    /// failures are the ENOMEM path.
+    pub fn unbounded() -> Arc<Self> {
+        Arc::new(Self {
+            live: AtomicUsize::new(0),
+            ceiling: usize::MAX,
+        })
+    }
+
+    /// Sandboxes that may be live at once.
+    pub fn ceiling(&self) -> usize {
+        self.ceiling
+    }
+
+    /// A share of the budget, or `None` when it is spent.
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let previous = self.live.fetch_add(1, Ordering::AcqRel);
+        let admitted = Admitted(self.clone());
+        (previous < self.ceiling).then_some(admitted)
+    }
 }
 
 /// The `vm.max_map_count` that `slots` live sandboxes need.
@@ -76,6 +148,15 @@ pub(crate) fn is_out_of_mappings(err: &wasmtime::Error) -> bool {
     })
 }
 
+/// What to tell the caller of a run refused because `ceiling` sandboxes
+/// are live already.
+pub(crate) fn budget_spent_message(ceiling: usize) -> String {
+    let limit = max_map_count().map_or_else(|| "unreadable".to_string(), |l| l.to_string());
+    format!(
+        "at most {ceiling} sandboxes can be live at once on this host (vm.max_map_count is {limit}; a live sandbox takes about {MAPPINGS_PER_LIVE_SANDBOX} memory mappings) and that many are: retry later, or have the operator raise vm.max_map_count"
+    )
+}
+
 /// What to tell the caller of a run refused by the mapping limit.
 pub(crate) fn out_of_mappings_message() -> String {
     match max_map_count() {
@@ -96,8 +177,11 @@ mod tests {
 
     #[test]
     fn the_default_limit_fits_about_ten_thousand_and_fifty_thousand_need_three_hundred_thousand() {
-        assert_eq!(live_sandbox_ceiling(65_530), 10_588);
-        assert_eq!(needed_for(50_000), 302_000);
+        assert_eq!(live_sandbox_ceiling(65_530), 10_255);
+        assert_eq!(needed_for(50_000), 304_000);
+        // 15,000 slots hold 30,000 at rest; 7,882 of them can go live.
+        assert_eq!(live_ceiling(15_000, 65_530), 7_882);
+        assert_eq!(live_ceiling(1_000, 65_530), 1_000);
         assert!(pool_warning(10_000, 65_530).is_none());
         let warning = pool_warning(50_000, 65_530).unwrap();
         assert!(

@@ -191,6 +191,7 @@ pub enum EngineError {
 pub struct Engine {
     inner: wasmtime::Engine,
     config: EngineConfig,
+    budget: std::sync::Arc<maps::MappingBudget>,
     _ticker: std::sync::Arc<EpochTicker>,
 }
 
@@ -233,11 +234,25 @@ impl Engine {
         }
         let ticker =
             EpochTicker::start(inner.clone(), config.epoch_tick).map_err(EngineError::Ticker)?;
+        let budget = if config.pooling {
+            maps::MappingBudget::for_pool(u64::from(config.pool_slots))
+        } else {
+            maps::MappingBudget::unbounded()
+        };
         Ok(Self {
             inner,
+            budget,
             config,
             _ticker: std::sync::Arc::new(ticker),
         })
+    }
+
+    /// Admits one more live sandbox while the memory-mapping budget lasts
+    /// (see [`maps`]); `Err` carries the message for the refused caller.
+    pub(crate) fn admit(&self) -> Result<maps::Admitted, String> {
+        self.budget
+            .admit()
+            .ok_or_else(|| maps::budget_spent_message(self.budget.ceiling()))
     }
 
     /// The underlying wasmtime engine.

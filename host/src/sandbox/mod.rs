@@ -178,6 +178,10 @@ impl Runner {
         denials: DenialLog,
     ) -> RunReport {
         let started = Instant::now();
+        let _admitted = match self.engine.admit() {
+            Ok(admitted) => admitted,
+            Err(message) => return RunReport::failed(RunError::Overloaded(message), started),
+        };
         let _live = crate::telemetry::LiveSandbox::start();
         let redactor = secrets.redactor().clone();
         let stdout = CappedPipe::new(limits.output_bytes)
