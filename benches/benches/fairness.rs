@@ -13,8 +13,8 @@ use chassis::config::{Config, Tls};
 use chassis::grpc::proto::chassis_client::ChassisClient;
 use chassis::grpc::proto::{self, RegisterModuleChunk};
 use chassis::policy::{Policy, PolicySet};
+use chassis_tests::pki::Pki;
 use chassis_tests::programs::{ECHO_COMPONENT, HOSTILE_SPIN_COMPONENT};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 /// Slots of the server under test.
@@ -22,56 +22,14 @@ const SLOTS: u32 = 4;
 /// A's spinning runs end by this deadline: one slot turnover.
 const A_DEADLINE_MS: u64 = 200;
 
-struct Pki {
-    dir: tempfile::TempDir,
-    ca_pem: String,
-    ca_params: CertificateParams,
-    ca_key: KeyPair,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "bench CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        Self {
-            dir,
-            ca_pem: ca.pem(),
-            ca_params,
-            ca_key,
-        }
-    }
-
-    fn leaf(&self, file: &str, name: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let params = CertificateParams::new(vec![name.to_string()]).unwrap();
-        let cert = params
-            .signed_by(&key, &Issuer::from_params(&self.ca_params, &self.ca_key))
-            .unwrap();
-        std::fs::write(self.dir.path().join(format!("{file}.pem")), cert.pem()).unwrap();
-        std::fs::write(
-            self.dir.path().join(format!("{file}.key")),
-            key.serialize_pem(),
-        )
-        .unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
 async fn start(pki: &Pki) -> SocketAddr {
-    pki.leaf("server", "localhost");
+    pki.leaf("server", &["localhost"]);
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.tls = Some(Tls {
-        cert_file: pki.dir.path().join("server.pem"),
-        key_file: pki.dir.path().join("server.key"),
-        client_ca_file: Some(pki.dir.path().join("ca.pem")),
+        cert_file: pki.path("server.pem"),
+        key_file: pki.path("server.key"),
+        client_ca_file: Some(pki.path("ca.pem")),
         require_client_cert: true,
         identity_from_cn: false,
     });
@@ -101,7 +59,7 @@ async fn start(pki: &Pki) -> SocketAddr {
 }
 
 async fn client(addr: SocketAddr, pki: &Pki, name: &str) -> ChassisClient<Channel> {
-    let (cert, key) = pki.leaf(name, name);
+    let (cert, key) = pki.leaf(name, &[name]);
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pki.ca_pem))
         .domain_name("localhost")

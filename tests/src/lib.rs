@@ -5,6 +5,7 @@
 pub mod etcd;
 pub mod openbao;
 pub mod otlp;
+pub mod pki;
 pub mod postgres;
 
 /// Paths of the built guests, one constant per guest.
