@@ -721,17 +721,7 @@ mod tests {
     use crate::sandbox::DenialKind;
 
     fn records(dir: &std::path::Path) -> Vec<Record> {
-        log_files(&dir.join("audit"))
-            .unwrap()
-            .iter()
-            .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect::<Vec<Record>>()
-            })
-            .collect()
+        crate::audit::tests::records(&log_files(&dir.join("audit")).unwrap())
     }
 
     #[test]

@@ -297,10 +297,10 @@ impl Shared {
 impl State {
     /// The map key for `caller`, reusing the allocation already there.
     fn key(&self, caller: &str) -> Arc<str> {
-        self.held
-            .get_key_value(caller)
-            .or_else(|| self.queues.get_key_value(caller).map(|(k, _)| (k, &0)))
-            .map(|(k, _)| k.clone())
+        let held = self.held.get_key_value(caller).map(|(k, _)| k);
+        let queued = || self.queues.get_key_value(caller).map(|(k, _)| k);
+        held.or_else(queued)
+            .cloned()
             .unwrap_or_else(|| Arc::from(caller))
     }
 

@@ -463,6 +463,46 @@ async fn management_calls_and_runbook_reads_check_the_caller() {
     assert_eq!(seen, want);
 }
 
+/// Two tenants on a TLS server with `max_size` slots: the server (keep it
+/// alive), `spin` and `hello` registered by an admin, and a client each for
+/// callers `a.example` and `b.example`, both admitted by policy `tenants`.
+struct Tenants {
+    _server: TestServer,
+    spin: String,
+    hello: String,
+    a: ChassisClient<Channel>,
+    b: ChassisClient<Channel>,
+}
+
+async fn tenants(pki: &Pki, max_size: u32, queue_timeout_ms: u64, quota: u32) -> Tenants {
+    let mut config = tls_config(pki, true);
+    config.sandbox_pool.max_size = max_size;
+    config.sandbox_pool.min_size = 0;
+    config.sandbox_pool.queue_timeout_ms = queue_timeout_ms;
+    config.sandbox_pool.per_caller_max_size = quota;
+    config.runtime.max_fuel = None;
+    let policy = "name = \"tenants\"\ncallers = [\"a.example\", \"b.example\"]\n";
+    let server = TestServer::start(config, &[policy]).await;
+    let mut ops = tls_client(&server, pki, Some(pki.leaf("ops", &["ops.example"])))
+        .await
+        .unwrap();
+    let spin = register(&mut ops, HOSTILE_SPIN_COMPONENT).await.id;
+    let hello = register(&mut ops, HELLO_COMPONENT).await.id;
+    let a = tls_client(&server, pki, Some(pki.leaf("a", &["a.example"])))
+        .await
+        .unwrap();
+    let b = tls_client(&server, pki, Some(pki.leaf("b", &["b.example"])))
+        .await
+        .unwrap();
+    Tenants {
+        _server: server,
+        spin,
+        hello,
+        a,
+        b,
+    }
+}
+
 /// One caller flooding the pool cannot starve another: with 2 slots, A
 /// keeps 20 spinning runs (1 s each) queued, and every one of B's runs is
 /// served at the next slot turnover instead of behind A's backlog (which
@@ -470,29 +510,18 @@ async fn management_calls_and_runbook_reads_check_the_caller() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flooding_caller_does_not_starve_another() {
     let pki = Pki::new();
-    let mut config = tls_config(&pki, true);
-    config.sandbox_pool.max_size = 2;
-    config.sandbox_pool.min_size = 0;
-    config.sandbox_pool.queue_timeout_ms = 2500;
-    config.runtime.max_fuel = None;
-    let tenants = "name = \"tenants\"\ncallers = [\"a.example\", \"b.example\"]\n";
-    let server = TestServer::start(config, &[tenants]).await;
-    let mut ops = tls_client(&server, &pki, Some(pki.leaf("ops", &["ops.example"])))
-        .await
-        .unwrap();
-    let spin = register(&mut ops, HOSTILE_SPIN_COMPONENT).await;
-    let hello = register(&mut ops, HELLO_COMPONENT).await;
-    let a = tls_client(&server, &pki, Some(pki.leaf("a", &["a.example"])))
-        .await
-        .unwrap();
-    let mut b = tls_client(&server, &pki, Some(pki.leaf("b", &["b.example"])))
-        .await
-        .unwrap();
+    let Tenants {
+        spin,
+        hello,
+        a,
+        mut b,
+        _server,
+    } = tenants(&pki, 2, 2500, 0).await;
 
     let mut flood = Vec::new();
     for _ in 0..20 {
         let mut a = a.clone();
-        let mut request = run_request(&spin.id, "tenants", "");
+        let mut request = run_request(&spin, "tenants", "");
         request.limits = Some(chassis::grpc::proto::Limits {
             timeout_ms: 1000,
             cpu_percent: 10,
@@ -506,7 +535,7 @@ async fn a_flooding_caller_does_not_starve_another() {
     for i in 0..4 {
         let started = std::time::Instant::now();
         let out = b
-            .run(run_request(&hello.id, "tenants", &format!("b{i}")))
+            .run(run_request(&hello, "tenants", &format!("b{i}")))
             .await
             .unwrap_or_else(|s| panic!("B's run {i} was refused: {s:?}"))
             .into_inner();
@@ -536,26 +565,14 @@ async fn a_flooding_caller_does_not_starve_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caller_is_held_to_its_quota_while_others_run() {
     let pki = Pki::new();
-    let mut config = tls_config(&pki, true);
-    config.sandbox_pool.max_size = 4;
-    config.sandbox_pool.min_size = 0;
-    config.sandbox_pool.per_caller_max_size = 1;
-    config.sandbox_pool.queue_timeout_ms = 300;
-    config.runtime.max_fuel = None;
-    let tenants = "name = \"tenants\"\ncallers = [\"a.example\", \"b.example\"]\n";
-    let server = TestServer::start(config, &[tenants]).await;
-    let mut ops = tls_client(&server, &pki, Some(pki.leaf("ops", &["ops.example"])))
-        .await
-        .unwrap();
-    let spin = register(&mut ops, HOSTILE_SPIN_COMPONENT).await;
-    let hello = register(&mut ops, HELLO_COMPONENT).await;
-    let mut a = tls_client(&server, &pki, Some(pki.leaf("a", &["a.example"])))
-        .await
-        .unwrap();
-    let mut b = tls_client(&server, &pki, Some(pki.leaf("b", &["b.example"])))
-        .await
-        .unwrap();
-    let mut long = run_request(&spin.id, "tenants", "");
+    let Tenants {
+        spin,
+        hello,
+        mut a,
+        mut b,
+        _server,
+    } = tenants(&pki, 4, 300, 1).await;
+    let mut long = run_request(&spin, "tenants", "");
     long.limits = Some(chassis::grpc::proto::Limits {
         timeout_ms: 1500,
         cpu_percent: 10,
@@ -577,7 +594,7 @@ async fn a_caller_is_held_to_its_quota_while_others_run() {
         status.message()
     );
     let out = b
-        .run(run_request(&hello.id, "tenants", "b"))
+        .run(run_request(&hello, "tenants", "b"))
         .await
         .expect("B is not held to A's quota")
         .into_inner();

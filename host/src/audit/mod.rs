@@ -416,4 +416,4 @@ impl Drop for AuditLog {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -32,7 +32,8 @@ fn checkpoint(dir: &Path) -> Checkpoint {
     Checkpoint::read(&dir.join("audit").join(verify::CHECKPOINT_FILE)).unwrap()
 }
 
-fn records(files: &[PathBuf]) -> Vec<Record> {
+/// Every record in `files`, in order (shared with the host's tests).
+pub(crate) fn records(files: &[PathBuf]) -> Vec<Record> {
     files
         .iter()
         .flat_map(|f| {
