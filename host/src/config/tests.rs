@@ -111,6 +111,18 @@ fn rules_between_keys_name_the_key() {
     );
     assert!(check("chassis:\n  server:\n    listen: 0.0.0.0:50051\n    tls:\n      cert_file: /c\n      key_file: /k\n").contains("client_ca_file"));
     assert!(check("chassis:\n  logging:\n    level: LOUD\n").contains("is not one of"));
+    assert!(
+        check("chassis:\n  sandbox_pool:\n    max_size: 10\n    per_caller_max_size: 11\n")
+            .contains("`chassis.sandbox_pool.per_caller_max_size`: 11 is above max_size (10)")
+    );
+    assert!(
+        check("chassis:\n  runtime:\n    max_concurrent_compiles: 5000\n")
+            .contains("`chassis.runtime.max_concurrent_compiles`: must be from 0")
+    );
+    assert!(
+        check("chassis:\n  runtime:\n    compile_queue_timeout_ms: 0\n")
+            .contains("`chassis.runtime.compile_queue_timeout_ms`: must be greater than zero")
+    );
 }
 
 #[test]

@@ -297,3 +297,20 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn concurrent_runs_is_a_positive_bounded_count_named_at_its_line() {
+    let p = parse("name = \"x\"\n[limits]\nconcurrent_runs = 8\n").unwrap();
+    assert_eq!(p.limits.concurrent_runs, Some(8));
+    let (line, _, message) = error_at("name = \"x\"\n[limits]\nconcurrent_runs = 0\n");
+    assert_eq!(line, 3);
+    assert!(
+        message.contains("`concurrent_runs` must be greater than zero"),
+        "{message}"
+    );
+    let (_, _, message) = error_at("name = \"x\"\n[limits]\nconcurrent_runs = 100001\n");
+    assert!(
+        message.contains("`concurrent_runs` must be at most 100000"),
+        "{message}"
+    );
+}
