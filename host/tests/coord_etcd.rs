@@ -737,3 +737,147 @@ async fn a_host_frozen_past_its_lease_cancels_its_step_when_it_thaws() {
         .expect("the thawed host answers");
     assert!(!listed.into_inner().modules.is_empty());
 }
+
+/// A real etcd store whose first claim is granted by etcd and its answer
+/// then lost, as when etcd commits the transaction and dies (or the
+/// request times out) before the reply reaches the host. A real etcd
+/// cannot be told to drop exactly that reply, hence the wrapper.
+#[derive(Debug)]
+struct LosesFirstClaimAnswer {
+    inner: Arc<dyn ClaimStore>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl ClaimStore for LosesFirstClaimAnswer {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn join(
+        &self,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<chassis::coord::Session, CoordError> {
+        self.inner.join(holder, ttl).await
+    }
+    async fn keep_alive(&self, session: &chassis::coord::Session) -> Result<(), CoordError> {
+        self.inner.keep_alive(session).await
+    }
+    async fn leave(&self, session: &chassis::coord::Session) -> Result<(), CoordError> {
+        self.inner.leave(session).await
+    }
+    async fn hosts(&self) -> Result<Vec<String>, CoordError> {
+        self.inner.hosts().await
+    }
+    async fn submit(
+        &self,
+        id: &str,
+        spec: &chassis::coord::RunbookSpec,
+        modules: &[(String, Vec<u8>)],
+    ) -> Result<i64, CoordError> {
+        self.inner.submit(id, spec, modules).await
+    }
+    async fn module(&self, id: &str) -> Result<Option<Vec<u8>>, CoordError> {
+        self.inner.module(id).await
+    }
+    async fn runbook(&self, id: &str) -> Result<Option<chassis::coord::RunbookView>, CoordError> {
+        self.inner.runbook(id).await
+    }
+    async fn active(&self) -> Result<Vec<String>, CoordError> {
+        self.inner.active().await
+    }
+    async fn claim(
+        &self,
+        session: &chassis::coord::Session,
+        runbook: &str,
+        step: &str,
+        attempt: u32,
+    ) -> Result<Option<chassis::coord::Claim>, CoordError> {
+        let claimed = self.inner.claim(session, runbook, step, attempt).await?;
+        if claimed.is_some() && !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(CoordError::Unavailable {
+                endpoints: "test".into(),
+                message: "the claim's answer was lost".into(),
+            });
+        }
+        Ok(claimed)
+    }
+    async fn finish(
+        &self,
+        claim: &chassis::coord::Claim,
+        record: &StepRecord,
+    ) -> Result<(), CoordError> {
+        self.inner.finish(claim, record).await
+    }
+    async fn release(
+        &self,
+        claim: &chassis::coord::Claim,
+        failures: u32,
+    ) -> Result<(), CoordError> {
+        self.inner.release(claim, failures).await
+    }
+    async fn skip(
+        &self,
+        runbook: &str,
+        step: &str,
+        record: &StepRecord,
+    ) -> Result<bool, CoordError> {
+        self.inner.skip(runbook, step, record).await
+    }
+    async fn close(&self, runbook: &str) -> Result<(), CoordError> {
+        self.inner.close(runbook).await
+    }
+    async fn watch(
+        &self,
+        runbook: &str,
+        from_revision: i64,
+    ) -> Result<chassis::coord::EventStream, CoordError> {
+        self.inner.watch(runbook, from_revision).await
+    }
+    async fn changes(&self) -> Result<chassis::coord::EventStream, CoordError> {
+        self.inner.changes().await
+    }
+}
+
+/// The claim was granted but its answer lost: the host must not leave the
+/// step held by a claim it does not run (its session stays alive, so the
+/// claim would never expire and the runbook would never finish).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_granted_but_unanswered_is_handed_back_and_the_step_runs_once() {
+    let etcd = Etcd::start();
+    let lossy = Arc::new(LosesFirstClaimAnswer {
+        inner: connect(&etcd).await,
+        lost: std::sync::atomic::AtomicBool::new(false),
+    });
+    let store: Arc<dyn ClaimStore> = lossy.clone();
+    // Its 2 s session is renewed throughout, so the granted claim would
+    // never expire by itself.
+    let (coordinator, task) = in_process_host(store.clone(), "lossy");
+    let (id, _) = coordinator
+        .submit(
+            &chains(3, 50),
+            "chains.toml",
+            &sleeper(),
+            "local",
+            Some("unanswered"),
+        )
+        .await
+        .unwrap();
+    let view = tokio::time::timeout(Duration::from_secs(60), wait_closed(&*store, &id))
+        .await
+        .expect("the runbook finished although its first claim's answer was lost")
+        .unwrap();
+    assert_eq!(view.state(), RunbookState::Completed, "{view:#?}");
+    assert!(
+        lossy.lost.load(std::sync::atomic::Ordering::SeqCst),
+        "no answer was lost"
+    );
+    let versions = result_versions(&etcd, &id).await;
+    assert_eq!(versions.len(), 3);
+    assert!(versions.values().all(|v| *v == 1), "{versions:?}");
+    for step in view.steps.values() {
+        let record = step.result.as_ref().unwrap();
+        assert_eq!(record.attempts, 1, "the hand-back counted no attempt");
+    }
+    task.stop(Duration::from_secs(2)).await;
+}

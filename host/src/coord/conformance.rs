@@ -29,6 +29,7 @@ pub async fn run_all(store: Arc<dyn ClaimStore>, ttl: Duration) {
     claims_are_exclusive(&*store, LIVE_TTL).await;
     finish_is_fenced_and_exactly_once(&*store, LIVE_TTL).await;
     release_counts_failures_and_refuses_stale_views(&*store, LIVE_TTL).await;
+    an_uncounted_hand_back_can_be_claimed_again(&*store, LIVE_TTL).await;
     a_lost_session_cannot_write(&*store, LIVE_TTL).await;
     claims_expire_with_their_lease(&*store, ttl).await;
     skip_and_close(&*store, LIVE_TTL).await;
@@ -227,6 +228,34 @@ pub async fn release_counts_failures_and_refuses_stale_views(
         .await
         .unwrap();
     store.leave(&a).await.unwrap();
+}
+
+/// A step handed back without counting an attempt (it never ran: the
+/// module could not be fetched, the lease lapsed mid-run, the claim's
+/// answer was lost) is claimed again as attempt 1, by any host.
+pub async fn an_uncounted_hand_back_can_be_claimed_again(store: &dyn ClaimStore, ttl: Duration) {
+    let id = unique("handback");
+    store.submit(&id, &spec(1), &[]).await.unwrap();
+    let a = store.join("host-a", ttl).await.unwrap();
+    let b = store.join("host-b", ttl).await.unwrap();
+    let first = store.claim(&a, &id, "s000", 1).await.unwrap().unwrap();
+    store.release(&first, 0).await.unwrap();
+    let view = store.runbook(&id).await.unwrap().unwrap();
+    assert_eq!(view.steps["s000"].failures, 0);
+    assert_eq!(view.steps["s000"].state(), StepState::Pending);
+    let again = store
+        .claim(&b, &id, "s000", 1)
+        .await
+        .unwrap()
+        .expect("a step handed back uncounted is claimed again as attempt 1");
+    assert_eq!(again.attempt, 1);
+    assert!(again.fence > first.fence);
+    store
+        .finish(&again, &done("ok", "host-b", again.fence))
+        .await
+        .unwrap();
+    store.leave(&a).await.unwrap();
+    store.leave(&b).await.unwrap();
 }
 
 /// A host whose session ended cannot claim, renew or write.

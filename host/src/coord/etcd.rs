@@ -554,20 +554,21 @@ impl ClaimStore for EtcdStore {
 
     async fn release(&self, claim: &Claim, failures: u32) -> Result<(), CoordError> {
         let claim_key = step_key(&claim.runbook, &claim.step, "claim");
+        let failures_key = step_key(&claim.runbook, &claim.step, "failures");
+        // No failures is no key: a first attempt's claim requires the key
+        // to be absent, so writing "0" would make the step unclaimable.
+        let failures_op = if failures == 0 {
+            TxnOp::delete(failures_key, None)
+        } else {
+            TxnOp::put(failures_key, failures.to_string(), None)
+        };
         let txn = Txn::new()
             .when([Compare::create_revision(
                 claim_key.clone(),
                 CompareOp::Equal,
                 claim.fence,
             )])
-            .and_then([
-                TxnOp::delete(claim_key, None),
-                TxnOp::put(
-                    step_key(&claim.runbook, &claim.step, "failures"),
-                    failures.to_string(),
-                    None,
-                ),
-            ]);
+            .and_then([TxnOp::delete(claim_key, None), failures_op]);
         if self.txn(txn).await?.succeeded() {
             Ok(())
         } else {

@@ -16,7 +16,7 @@
 //! by its own reckoning ([`super::lease`]): by then the store may have
 //! handed the step to another host.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -127,6 +127,11 @@ struct Inner {
     wake: Notify,
     up: AtomicBool,
     lease: LeaseClock,
+    /// Steps whose claim request failed without an answer: the store may
+    /// have granted the claim anyway. A claim under this host's name on
+    /// one of them is handed back, or it would hold the step for as long
+    /// as this host keeps its session alive.
+    unanswered: std::sync::Mutex<BTreeSet<(String, String)>>,
 }
 
 /// A host's coordinator. Clones share one loop.
@@ -186,6 +191,7 @@ impl Coordinator {
                 wake: Notify::new(),
                 up: AtomicBool::new(true),
                 lease: LeaseClock::new(),
+                unanswered: std::sync::Mutex::default(),
             }),
         }
     }
@@ -477,6 +483,7 @@ impl Coordinator {
             let start = holder_offset(&inner.options.holder, order.len());
             for name in order[start..].iter().chain(order[..start].iter()) {
                 let step_view = &view.steps[*name];
+                self.hand_back_unanswered(&id, name, step_view).await?;
                 if step_view.state() != StepState::Pending {
                     continue;
                 }
@@ -527,6 +534,7 @@ impl Coordinator {
                 let claim = match claim {
                     Ok(Some(c)) => {
                         metrics::counter!(CLAIMS_TOTAL, "result" => "acquired").increment(1);
+                        self.unanswered().remove(&(id.clone(), name.to_string()));
                         c
                     }
                     Ok(None) => {
@@ -535,6 +543,9 @@ impl Coordinator {
                     }
                     Err(e) => {
                         metrics::counter!(CLAIMS_TOTAL, "result" => "error").increment(1);
+                        if !matches!(e, CoordError::SessionLost(_)) {
+                            self.unanswered().insert((id.clone(), name.to_string()));
+                        }
                         return Err(e);
                     }
                 };
@@ -549,6 +560,56 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    fn unanswered(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {
+        self.inner
+            .unanswered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A step whose claim went unanswered and that the store shows claimed
+    /// under this host's name holds a claim nothing here runs (the store
+    /// granted it and the answer was lost): release it without counting an
+    /// attempt, so this host or another claims it again. Any other state
+    /// means the question is settled.
+    async fn hand_back_unanswered(
+        &self,
+        runbook: &str,
+        step: &str,
+        view: &super::store::StepView,
+    ) -> Result<(), CoordError> {
+        let key = (runbook.to_string(), step.to_string());
+        if !self.unanswered().contains(&key) {
+            return Ok(());
+        }
+        let orphan = match (&view.result, &view.claim) {
+            (None, Some(held)) if held.holder == self.inner.options.holder => Claim {
+                runbook: key.0.clone(),
+                step: key.1.clone(),
+                holder: held.holder.clone(),
+                fence: held.fence,
+                attempt: held.attempt,
+            },
+            _ => {
+                self.unanswered().remove(&key);
+                return Ok(());
+            }
+        };
+        match self.inner.store.release(&orphan, view.failures).await {
+            Ok(()) | Err(CoordError::Fenced { .. }) => {
+                tracing::warn!(
+                    runbook,
+                    step,
+                    fence = orphan.fence,
+                    "the store granted a claim whose answer was lost; handed the step back"
+                );
+                self.unanswered().remove(&key);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Runs one claimed step, held under session `lease`, and records what
