@@ -35,7 +35,7 @@ fn write_log(data: &Path, runs: u64) -> Vec<PathBuf> {
         data_dir: data.to_path_buf(),
         ..Default::default()
     };
-    let log = AuditLog::open(config.audit_options().unwrap()).unwrap();
+    let log = AuditLog::open(chassis::server::audit_options(&config).unwrap()).unwrap();
     let context = serde_json::json!({
         "module": "9f2c6a3e1b7d4c5a8e0f2b1d3c4e5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4",
         "world": "agent",

@@ -25,6 +25,7 @@ const A_DEADLINE_MS: u64 = 200;
 async fn start(pki: &Pki) -> SocketAddr {
     pki.leaf("server", &["localhost"]);
     let mut config = Config::default();
+    config.metrics.enabled = false;
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.tls = Some(Tls {
         cert_file: pki.path("server.pem"),
@@ -47,13 +48,18 @@ async fn start(pki: &Pki) -> SocketAddr {
     );
     let host = chassis::Host::builder()
         .pool_slots(SLOTS)
-        .compile_limits(config.compile_limits())
+        .compile_limits(chassis::server::compile_limits(&config))
         .build()
         .unwrap();
     let listener = chassis::grpc::bind(&config).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        chassis::grpc::serve(&config, host, policies, listener, std::future::pending()).await
+        let assembled = chassis::server::Assembled {
+            host,
+            policies,
+            secrets: None,
+        };
+        chassis::server::run(&config, assembled, listener, std::future::pending()).await
     });
     addr
 }

@@ -87,25 +87,26 @@ impl Chassis for BareEcho {
 
 async fn start_chassis() -> SocketAddr {
     let mut config = Config::default();
+    // Served as the composition root serves it, without the metrics port
+    // (a bench process may serve several hosts).
+    config.metrics.enabled = false;
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.sandbox_pool.max_size = 128;
     config.slo.target_latency_p95_ms = 10;
     let host = chassis::Host::builder()
         .pool_slots(128)
-        .compile_limits(config.compile_limits())
+        .compile_limits(chassis::server::compile_limits(&config))
         .build()
         .unwrap();
     let listener = chassis::grpc::bind(&config).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        chassis::grpc::serve(
-            &config,
+        let assembled = chassis::server::Assembled {
             host,
-            PolicySet::default(),
-            listener,
-            std::future::pending(),
-        )
-        .await
+            policies: PolicySet::default(),
+            secrets: None,
+        };
+        chassis::server::run(&config, assembled, listener, std::future::pending()).await
     });
     addr
 }

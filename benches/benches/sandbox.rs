@@ -155,7 +155,8 @@ fn sandbox(c: &mut Criterion) {
         data_dir: audit_dir.path().to_path_buf(),
         ..Default::default()
     };
-    let audit = chassis::audit::AuditLog::open(config.audit_options().unwrap()).unwrap();
+    let audit =
+        chassis::audit::AuditLog::open(chassis::server::audit_options(&config).unwrap()).unwrap();
     let audited = Host::builder()
         .pool_slots(16)
         .audit(audit.clone())

@@ -679,7 +679,17 @@ impl Host {
         if let Some(leases) = leases {
             leases.finish().await;
         }
-        crate::telemetry::record_run(&report, module.id(), self.slo_target_us);
+        crate::telemetry::record_run(
+            crate::telemetry::RunFigures {
+                outcome: report.outcome_name(),
+                module_id: module.id(),
+                fuel_consumed: report.usage.fuel_consumed,
+                peak_memory_bytes: report.usage.peak_memory_bytes,
+                wall_time_us: report.usage.wall_time_us,
+            },
+            report.denials.iter().map(|d| d.kind.as_str()),
+            self.slo_target_us,
+        );
         end.finished(&report)?;
         drop(end);
         span.in_scope(|| match &report.result {

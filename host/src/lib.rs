@@ -16,11 +16,15 @@ pub mod engine;
 pub mod error;
 pub mod grpc;
 mod host;
+#[cfg(test)]
+mod layering;
+pub mod limits;
 pub mod load;
 pub mod modules;
 pub mod policy;
 pub mod sandbox;
 pub mod secrets;
+pub mod server;
 pub mod slots;
 pub mod telemetry;
 

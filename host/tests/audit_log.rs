@@ -805,7 +805,7 @@ fn a_plain_echo_run_takes_at_most_400_bytes_of_log() {
         data_dir: data.path().to_path_buf(),
         ..Default::default()
     };
-    let log = AuditLog::open(config.audit_options().unwrap()).unwrap();
+    let log = AuditLog::open(chassis::server::audit_options(&config).unwrap()).unwrap();
     let host = chassis::Host::builder()
         .pool_slots(8)
         .audit(log.clone())

@@ -605,3 +605,55 @@ async fn a_caller_is_held_to_its_quota_while_others_run() {
         "deadline-exceeded",
     );
 }
+
+/// `chassis load --remote https://...` reaches an mTLS server with the same
+/// TLS flags as `chassis client`: the CA that signed the server, and a
+/// client certificate naming the caller (an admin here, so it may
+/// register the module it loads, and runs under the policy naming it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_load_reaches_an_mtls_server() {
+    let pki = Pki::new();
+    let server = TestServer::start(tls_config(&pki, true), &[OPS_POLICY]).await;
+    pki.leaf("ops", &["ops.example"]);
+    let addr = format!("https://localhost:{}", server.addr.port());
+    let load = |identity: bool| {
+        let mut args = vec![
+            "load".to_string(),
+            "--module".into(),
+            HELLO_COMPONENT.into(),
+            "--concurrency".into(),
+            "2".into(),
+            "--runs".into(),
+            "20".into(),
+            "--json".into(),
+            "--policy".into(),
+            "ops".into(),
+            "--remote".into(),
+            addr.clone(),
+            "--ca".into(),
+            pki.path("ca.pem").display().to_string(),
+        ];
+        if identity {
+            for (flag, file) in [("--cert", "ops.pem"), ("--key", "ops.key")] {
+                args.push(flag.into());
+                args.push(pki.path(file).display().to_string());
+            }
+        }
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_chassis"))
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = load(true).await.unwrap();
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcomes"]["ok"], 20, "{report:#}");
+    // Without a client certificate the server refuses the handshake, and
+    // the command says it could not connect.
+    let out = load(false).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chassis: error:"), "{stderr}");
+}

@@ -22,7 +22,7 @@ use thiserror::Error;
 pub use env::ENV_OVERRIDES;
 
 use crate::error::ErrorKind;
-use crate::sandbox::HostCaps;
+use crate::limits::HostCaps;
 
 /// Why a configuration could not be used.
 #[derive(Debug, Error)]
@@ -320,7 +320,7 @@ impl Default for Runtime {
 
 /// `chassis.credentials`: where the secrets that policies grant come from.
 ///
-/// With `vault_addr`, Vault (see [`crate::secrets::VaultProvider`]);
+/// With `vault_addr`, Vault (the provider in `secrets::vault`);
 /// without it, a local secrets file (`local_file`, by default
 /// `<data_dir>/secrets.toml` when it exists). The Vault token itself is
 /// never part of the configuration: it comes from `vault_token_path`,
@@ -826,88 +826,6 @@ impl Config {
             max_timeout: Duration::from_secs(self.runtime.max_execution_time_seconds),
             max_cpu_percent: self.runtime.max_cpu_percent,
             ..HostCaps::default()
-        }
-    }
-
-    /// How to open the audit log, or `None` when it is disabled.
-    pub fn audit_options(&self) -> Option<crate::audit::AuditOptions> {
-        if !self.audit.enabled {
-            return None;
-        }
-        let mut options = crate::audit::AuditOptions::in_data_dir(&self.data_dir);
-        if let Some(dir) = &self.audit.dir {
-            options.dir = dir.clone();
-        }
-        if let Some(key) = &self.audit.key_file {
-            options.key_file = key.clone();
-        }
-        options.fsync = match self.audit.fsync {
-            AuditFsync::Every => crate::audit::FsyncPolicy::Every,
-            AuditFsync::Batch => crate::audit::FsyncPolicy::Batch {
-                records: self.audit.batch_records,
-                interval_ms: self.audit.batch_interval_ms,
-            },
-        };
-        options.max_file_bytes = self.audit.max_file_mb.max(1) * 1024 * 1024;
-        options.fail_open = self.audit.fail_open;
-        options.retain = (self.audit.retain_days > 0)
-            .then(|| Duration::from_secs(self.audit.retain_days.saturating_mul(86_400)));
-        options.archive_dir = self.audit.archive_dir.clone();
-        Some(options)
-    }
-
-    /// The free-space floor under the audit log, when it is on and set.
-    /// With `fail_open` the level is still measured and exported, but no
-    /// record is refused for it.
-    pub fn audit_floor(&self) -> Option<crate::disk::FreeSpaceFloor> {
-        let options = self.audit_options()?;
-        let floor = match self.audit.fail_open {
-            true => 0,
-            false => self.audit.min_free_mb.saturating_mul(1024 * 1024),
-        };
-        (self.audit.min_free_mb > 0).then(|| crate::disk::FreeSpaceFloor::new(options.dir, floor))
-    }
-
-    /// How to reach etcd, when the backend is etcd.
-    pub fn etcd_options(&self) -> Option<crate::coord::EtcdOptions> {
-        if self.coordinator.backend != CoordinatorBackend::Etcd {
-            return None;
-        }
-        let etcd = self.coordinator.etcd.as_ref()?;
-        Some(crate::coord::EtcdOptions {
-            endpoints: etcd.endpoints.clone(),
-            timeout: Duration::from_secs(etcd.timeout_seconds.max(1)),
-            ca_cert: etcd.ca_cert.clone(),
-            cert_file: etcd.cert_file.clone(),
-            key_file: etcd.key_file.clone(),
-        })
-    }
-
-    /// How this host takes part in runbooks.
-    pub fn coordinator_options(&self) -> crate::coord::CoordinatorOptions {
-        let mut options = crate::coord::CoordinatorOptions::new(
-            self.coordinator
-                .host_id
-                .clone()
-                .unwrap_or_else(crate::coord::default_holder),
-        );
-        options.claim_ttl = Duration::from_secs(self.coordinator.task_claim_ttl_seconds);
-        options.max_concurrent_steps = match self.coordinator.max_concurrent_steps {
-            0 => self.sandbox_pool.max_size as usize,
-            n => n as usize,
-        };
-        options
-    }
-
-    /// How compiles for callers are bounded (`runtime.max_concurrent_compiles`,
-    /// `runtime.compile_queue_timeout_ms`).
-    pub fn compile_limits(&self) -> crate::modules::CompileLimits {
-        crate::modules::CompileLimits {
-            concurrency: match self.runtime.max_concurrent_compiles {
-                0 => crate::modules::default_compile_concurrency(),
-                n => n as usize,
-            },
-            queue_timeout: Duration::from_millis(self.runtime.compile_queue_timeout_ms),
         }
     }
 

@@ -204,14 +204,14 @@ fn admins_default_to_local_and_refuse_anonymous_and_wildcards() {
 #[test]
 fn audit_retention_defaults_to_90_days_and_its_archive_must_leave_the_log_dir() {
     let c = Config::parse("chassis:\n  data_dir: /d\n", Path::new("c.yaml")).unwrap();
-    let o = c.audit_options().unwrap();
+    let o = crate::server::audit_options(&c).unwrap();
     assert_eq!(o.retain, Some(std::time::Duration::from_secs(90 * 86_400)));
     assert_eq!(o.archive_dir, None);
     let text =
         "chassis:\n  data_dir: /d\n  audit:\n    retain_days: 0\n    archive_dir: /archive\n";
     let c = Config::parse(text, Path::new("c.yaml")).unwrap();
     c.validate("c.yaml").unwrap();
-    let o = c.audit_options().unwrap();
+    let o = crate::server::audit_options(&c).unwrap();
     assert_eq!(o.retain, None, "0 keeps every file");
     assert_eq!(o.archive_dir.as_deref(), Some(Path::new("/archive")));
     let text = "chassis:\n  data_dir: /d\n  audit:\n    archive_dir: /d/audit\n";

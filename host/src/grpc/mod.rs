@@ -61,16 +61,6 @@ pub enum ServeError {
 /// interrupted runs' answers before it stops waiting for connections.
 pub const FORCE_CLOSE_AFTER: Duration = Duration::from_secs(1);
 
-/// Opens the claim store the config names: etcd, or the in-process store.
-pub async fn open_claim_store(
-    config: &Config,
-) -> Result<std::sync::Arc<dyn crate::coord::ClaimStore>, crate::coord::CoordError> {
-    Ok(match config.etcd_options() {
-        Some(options) => std::sync::Arc::new(crate::coord::EtcdStore::connect(&options).await?),
-        None => std::sync::Arc::new(crate::coord::MemoryStore::new()),
-    })
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
     std::fs::read(path).map_err(|source| ServeError::TlsFile {
         path: path.to_path_buf(),
@@ -122,7 +112,8 @@ pub async fn bind(config: &Config) -> Result<TcpListener, ServeError> {
         .map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Serves `host` on `listener` until `shutdown` resolves, then stops
+/// Serves `host` on `listener`, running runbook steps from `store`
+/// as `coordinator_options` say, until `shutdown` resolves, then stops
 /// accepting, reports NOT_SERVING, lets in-flight runs finish for
 /// `server.shutdown_grace_seconds`, interrupts the rest with UNAVAILABLE and
 /// returns once every request has been answered.
@@ -130,6 +121,8 @@ pub async fn serve(
     config: &Config,
     host: Host,
     policies: PolicySet,
+    store: std::sync::Arc<dyn crate::coord::ClaimStore>,
+    coordinator_options: crate::coord::CoordinatorOptions,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
@@ -158,14 +151,9 @@ pub async fn serve(
             );
         }
     }
-    let store = open_claim_store(config).await?;
     let policies = std::sync::Arc::new(policies);
-    let coordinator = crate::coord::Coordinator::new(
-        store,
-        host.clone(),
-        policies.clone(),
-        config.coordinator_options(),
-    );
+    let coordinator =
+        crate::coord::Coordinator::new(store, host.clone(), policies.clone(), coordinator_options);
     let claims = coordinator.start();
     register_health(&coordinator, audit.as_ref());
     let service = ChassisService::new(

@@ -43,7 +43,7 @@ pub use roots::check_roots;
 pub use set::PolicySet;
 
 use crate::error::ErrorKind;
-use crate::sandbox::{FuelRequest, LimitsRequest};
+use crate::limits::{FuelRequest, LimitsRequest};
 
 /// Access a preopened directory grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -153,6 +153,12 @@ impl DenialLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_denial_kind_has_its_metric_label() {
+        let names: Vec<&str> = DenialKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, crate::telemetry::DENIAL_KINDS);
+    }
     use crate::secrets::SecretValue;
 
     fn log(value: &str) -> DenialLog {

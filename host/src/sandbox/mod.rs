@@ -13,7 +13,7 @@ mod cpu;
 mod denial;
 mod http;
 mod limiter;
-pub mod limits;
+pub use crate::limits;
 mod log;
 mod lookup;
 mod outcome;

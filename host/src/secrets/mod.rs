@@ -13,7 +13,6 @@
 //! Values never appear in logs, metric labels, errors or audit records:
 //! only secret names, paths and lease ids do.
 
-mod config;
 mod leases;
 mod local;
 mod redact;
@@ -26,11 +25,13 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-pub use config::{DEFAULT_LOCAL_FILE, from_config};
 pub use leases::{LeaseGuard, LeaseRegistry, RETRY_BACKOFF_MAX};
 pub use local::LocalFileProvider;
 pub use redact::{RedactStream, Redactor};
 pub use value::SecretValue;
+
+/// The file the embedded default reads secrets from, under the data dir.
+pub const DEFAULT_LOCAL_FILE: &str = "secrets.toml";
 pub use vault::{AppRole, TokenSource, VaultOptions, VaultProvider};
 
 use crate::error::ErrorKind;

@@ -22,24 +22,36 @@ pub mod served;
 pub struct TestServer {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    pub done: tokio::task::JoinHandle<Result<(), chassis::grpc::ServeError>>,
+    pub done: tokio::task::JoinHandle<Result<(), chassis::server::ServerError>>,
+    /// The data dir when the config left it at its default, removed on drop.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
-    /// Starts a server with `config` (its listen address is replaced by an
-    /// ephemeral loopback port) and the given policies.
-    pub async fn start(config: Config, policies: &[&str]) -> Self {
-        let host = Host::builder()
-            .caps(config.host_caps())
-            .pool_slots(config.sandbox_pool.max_size.max(2))
-            .compile_limits(config.compile_limits())
-            .build()
-            .unwrap();
-        Self::start_with_host(config, policies, host).await
+    /// Starts a server the way `chassis serve` does, through the
+    /// composition root ([`chassis::server`]), with `config` (its listen
+    /// address replaced by an ephemeral loopback port, metrics off, a data
+    /// dir of its own unless the config names one) and the given policies
+    /// added to those of its `policies_dir`.
+    pub async fn start(mut config: Config, policies: &[&str]) -> Self {
+        let data = (config.data_dir == Config::default().data_dir).then(|| {
+            let dir = tempfile::tempdir().unwrap();
+            config.data_dir = dir.path().to_path_buf();
+            dir
+        });
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.metrics.enabled = false;
+        let mut assembled = chassis::server::assemble(&config, None).unwrap();
+        for text in policies {
+            assembled
+                .policies
+                .insert(Policy::parse(text, Path::new("test.toml")).unwrap());
+        }
+        Self::serve(config, assembled, data).await
     }
 
     /// Like [`start`](Self::start), serving a host the caller built (e.g.
-    /// with a secret provider).
+    /// with a secret provider it staged).
     pub async fn start_with_host(mut config: Config, policies: &[&str], host: Host) -> Self {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.metrics.enabled = false;
@@ -47,11 +59,24 @@ impl TestServer {
         for text in policies {
             set.insert(Policy::parse(text, Path::new("test.toml")).unwrap());
         }
+        let assembled = chassis::server::Assembled {
+            host,
+            policies: set,
+            secrets: None,
+        };
+        Self::serve(config, assembled, None).await
+    }
+
+    async fn serve(
+        config: Config,
+        assembled: chassis::server::Assembled,
+        data: Option<tempfile::TempDir>,
+    ) -> Self {
         let listener = chassis::grpc::bind(&config).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
         let done = tokio::spawn(async move {
-            chassis::grpc::serve(&config, host, set, listener, async {
+            chassis::server::run(&config, assembled, listener, async {
                 let _ = stopped.await;
             })
             .await
@@ -60,6 +85,7 @@ impl TestServer {
             addr,
             stop: Some(stop),
             done,
+            _data: data,
         }
     }
 

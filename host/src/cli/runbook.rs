@@ -1,4 +1,5 @@
-//! `chassis runbook ...`: check, run locally, and drive runbooks on a server.
+//! `chassis runbook check|run|submit|status|watch`: runbooks validated,
+//! run on an embedded host, or submitted to and followed on a server.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +16,9 @@ use chassis::policy::PolicySet;
 use clap::{Args, Subcommand};
 use tokio_stream::StreamExt;
 
-use crate::{RemoteArgs, connect, status_exit};
+use super::local::DataDirArg;
+use super::output::status_exit;
+use super::remote::RemoteArgs;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RunbookCommand {
@@ -36,9 +39,8 @@ pub(crate) enum RunbookCommand {
         file: PathBuf,
         #[command(flatten)]
         local: LocalArgs,
-        /// Where compiled artifacts and keys live.
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        data_dir: DataDirArg,
         /// Print the final state as JSON.
         #[arg(long)]
         json: bool,
@@ -100,13 +102,20 @@ pub(crate) struct LocalArgs {
 }
 
 impl LocalArgs {
+    /// `--policies`, else `./policies` when it is a directory.
+    fn policies_dir(&self) -> Option<PathBuf> {
+        match &self.policies {
+            Some(d) => Some(d.clone()),
+            None if Path::new("policies").is_dir() => Some(PathBuf::from("policies")),
+            None => None,
+        }
+    }
+
     fn policies(&self) -> Result<PolicySet> {
-        let dir = match &self.policies {
-            Some(d) => d.clone(),
-            None if Path::new("policies").is_dir() => PathBuf::from("policies"),
-            None => return Ok(PolicySet::default()),
-        };
-        PolicySet::load_dir(&dir).map_err(|e| anyhow::anyhow!("{e}"))
+        match self.policies_dir() {
+            Some(dir) => PolicySet::load_dir(&dir).map_err(|e| anyhow::anyhow!("{e}")),
+            None => Ok(PolicySet::default()),
+        }
     }
 }
 
@@ -143,140 +152,152 @@ fn read(
     Ok((text, parsed, bytes))
 }
 
-pub(crate) fn command(command: RunbookCommand) -> Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        match command {
-            RunbookCommand::Check { file, local } => {
-                let (_, parsed, modules) = read(&file, local.modules.as_deref())?;
-                // Validating modules needs an engine, not a coordinator.
-                let host = chassis::Host::builder()
-                    .pool_slots(2)
-                    .warm_slots(0)
-                    .build()
-                    .context("starting a host to validate modules")?;
-                let host_modules = host.modules();
-                let policies = local.policies()?;
-                parsed.resolve(
-                    chassis::policy::LOCAL_CALLER,
-                    |reference| match modules.get(reference) {
-                        Some(bytes) => host_modules
-                            .register(bytes)
-                            .map(|m| m.id().to_string())
-                            .map_err(|e| format!("`{reference}` is not a usable module: {e}")),
-                        None => Err(format!("`{reference}` names a module id; check it against the server with `chassis client list`")),
-                    },
-                    |name| match policies.get(name) {
-                        Some(_) => Ok(()),
-                        None => Err(format!("no policy `{name}` in the policies directory")),
-                    },
-                )?;
-                println!("{}: ok ({} steps)", file.display(), parsed.steps.len());
-                Ok(ExitCode::SUCCESS)
-            }
-            RunbookCommand::Run {
-                file,
-                local,
-                data_dir,
-                json,
-            } => {
-                let (text, _, modules) = read(&file, local.modules.as_deref())?;
-                let coordinator = embedded(&local, data_dir.as_deref())?;
-                let task = coordinator.start();
-                let (id, _) = coordinator
-                    .submit(
-                        &text,
-                        &file.display().to_string(),
-                        &modules,
+impl RunbookCommand {
+    /// Runs the runbook command.
+    pub(crate) fn run(self) -> Result<ExitCode> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        runtime.block_on(async move {
+            match self {
+                RunbookCommand::Check { file, local } => {
+                    let (_, parsed, modules) = read(&file, local.modules.as_deref())?;
+                    // Validating modules needs an engine, not a coordinator.
+                    let host = chassis::Host::builder()
+                        .pool_slots(2)
+                        .warm_slots(0)
+                        .build()
+                        .context("starting a host to validate modules")?;
+                    let host_modules = host.modules();
+                    let policies = local.policies()?;
+                    parsed.resolve(
                         chassis::policy::LOCAL_CALLER,
-                        None,
-                    )
-                    .await?;
-                let view = wait_closed(&**coordinator.store(), &id).await?;
-                task.stop(Duration::from_secs(5)).await;
-                print_view(&view, json)?;
-                Ok(if view.state() == chassis::coord::RunbookState::Completed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                })
-            }
-            RunbookCommand::Submit {
-                file,
-                modules,
-                id,
-                watch,
-                remote,
-            } => {
-                let (text, _, modules) = read(&file, modules.as_deref())?;
-                let mut client = connect(&remote).await?;
-                let response = client
-                    .submit_runbook(proto::SubmitRunbookRequest {
-                        runbook: text,
-                        file_name: file.display().to_string(),
-                        modules: modules.into_iter().collect(),
-                        id: id.unwrap_or_default(),
-                    })
-                    .await;
-                let response = match response {
-                    Ok(r) => r.into_inner(),
-                    Err(s) => return Ok(status_exit(&s, false)),
-                };
-                println!("{}", response.runbook_id);
-                if watch {
-                    follow(&remote, &response.runbook_id, response.revision, false).await
-                } else {
+                        |reference| match modules.get(reference) {
+                            Some(bytes) => host_modules
+                                .register(bytes)
+                                .map(|m| m.id().to_string())
+                                .map_err(|e| format!("`{reference}` is not a usable module: {e}")),
+                            None => Err(format!("`{reference}` names a module id; check it against the server with `chassis client list`")),
+                        },
+                        |name| match policies.get(name) {
+                            Some(_) => Ok(()),
+                            None => Err(format!("no policy `{name}` in the policies directory")),
+                        },
+                    )?;
+                    println!("{}: ok ({} steps)", file.display(), parsed.steps.len());
                     Ok(ExitCode::SUCCESS)
                 }
-            }
-            RunbookCommand::Status { id, json, remote } => {
-                let mut client = connect(&remote).await?;
-                match client
-                    .get_runbook(proto::GetRunbookRequest { runbook_id: id })
-                    .await
-                {
-                    Ok(r) => {
-                        print_status(&r.into_inner(), json);
+                RunbookCommand::Run {
+                    file,
+                    local,
+                    data_dir,
+                    json,
+                } => {
+                    let (text, _, modules) = read(&file, local.modules.as_deref())?;
+                    let coordinator = embedded(&local, &data_dir.resolve())?;
+                    let task = coordinator.start();
+                    let (id, _) = coordinator
+                        .submit(
+                            &text,
+                            &file.display().to_string(),
+                            &modules,
+                            chassis::policy::LOCAL_CALLER,
+                            None,
+                        )
+                        .await?;
+                    let view = wait_closed(&**coordinator.store(), &id).await?;
+                    task.stop(Duration::from_secs(5)).await;
+                    print_view(&view, json)?;
+                    Ok(if view.state() == chassis::coord::RunbookState::Completed {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+                RunbookCommand::Submit {
+                    file,
+                    modules,
+                    id,
+                    watch,
+                    remote,
+                } => {
+                    let (text, _, modules) = read(&file, modules.as_deref())?;
+                    let mut client = remote.connect().await?;
+                    let response = client
+                        .submit_runbook(proto::SubmitRunbookRequest {
+                            runbook: text,
+                            file_name: file.display().to_string(),
+                            modules: modules.into_iter().collect(),
+                            id: id.unwrap_or_default(),
+                        })
+                        .await;
+                    let response = match response {
+                        Ok(r) => r.into_inner(),
+                        Err(s) => return Ok(status_exit(&s, false)),
+                    };
+                    println!("{}", response.runbook_id);
+                    if watch {
+                        follow(&remote, &response.runbook_id, response.revision, false).await
+                    } else {
                         Ok(ExitCode::SUCCESS)
                     }
-                    Err(s) => Ok(status_exit(&s, json)),
                 }
+                RunbookCommand::Status { id, json, remote } => {
+                    let mut client = remote.connect().await?;
+                    match client
+                        .get_runbook(proto::GetRunbookRequest { runbook_id: id })
+                        .await
+                    {
+                        Ok(r) => {
+                            print_status(&r.into_inner(), json);
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        Err(s) => Ok(status_exit(&s, json)),
+                    }
+                }
+                RunbookCommand::Watch {
+                    id,
+                    from_revision,
+                    json,
+                    remote,
+                } => follow(&remote, &id, from_revision, json).await,
             }
-            RunbookCommand::Watch {
-                id,
-                from_revision,
-                json,
-                remote,
-            } => follow(&remote, &id, from_revision, json).await,
-        }
-    })
+        })
+    }
 }
 
-/// An embedded host with the in-process store and the local secrets.
-fn embedded(local: &LocalArgs, data_dir: Option<&Path>) -> Result<Coordinator> {
-    let mut builder = chassis::Host::builder().pool_slots(8).warm_slots(0);
-    if let Some(dir) = data_dir {
-        builder = builder.data_dir(dir);
+/// An embedded host, assembled from a config as `chassis serve` does,
+/// with the in-process claim store: eight pool slots, none kept warm, no
+/// audit log, the policies of `--policies` and the local secrets.
+fn embedded(local: &LocalArgs, data_dir: &Path) -> Result<Coordinator> {
+    let mut config = chassis::config::Config {
+        data_dir: data_dir.to_path_buf(),
+        policies_dir: local.policies_dir(),
+        ..Default::default()
+    };
+    config.sandbox_pool.enabled = false;
+    config.sandbox_pool.min_size = 0;
+    config.sandbox_pool.max_size = 8;
+    config.metrics.enabled = false;
+    config.audit.enabled = false;
+    // Without an audit log there is no log a guest could stop by filling
+    // the data dir's filesystem through a `rw` preopen.
+    config.runtime.allow_shared_filesystem = true;
+    match &local.secrets {
+        Some(file) => config.credentials.local_file = Some(file.clone()),
+        None => super::local::vault_from_env(&mut config.credentials),
     }
-    let secrets_dir = data_dir.map_or_else(|| PathBuf::from(".chassis"), Path::to_path_buf);
-    if let Some(provider) = crate::run_secrets(local.secrets.as_deref(), &secrets_dir)
-        .map_err(|e| anyhow::anyhow!("secrets: {e}"))?
-    {
-        builder = builder.secrets(provider);
-    }
-    let host = builder.build().context("starting the embedded host")?;
-    let policies = Arc::new(local.policies()?);
+    let assembled = chassis::server::assemble(&config, super::local::vault_token_from_env())
+        .context("starting the embedded host")?;
     let mut options = chassis::coord::CoordinatorOptions::new(chassis::coord::default_holder());
     options.max_concurrent_steps = 4;
     options.poll_interval = Duration::from_millis(200);
     Ok(Coordinator::new(
         Arc::new(MemoryStore::new()),
-        host,
-        policies,
+        assembled.host,
+        Arc::new(assembled.policies),
         options,
     ))
 }
@@ -424,7 +445,7 @@ fn print_status(status: &proto::RunbookStatus, json: bool) {
 }
 
 async fn follow(remote: &RemoteArgs, id: &str, from_revision: i64, json: bool) -> Result<ExitCode> {
-    let mut client = connect(remote).await?;
+    let mut client = remote.connect().await?;
     let mut stream = match client
         .watch_runbook(proto::WatchRunbookRequest {
             runbook_id: id.to_string(),

@@ -1,0 +1,200 @@
+//! `chassis load`: a module run many times, in this process or against a
+//! server, with throughput, latency percentiles and errors by kind.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use chassis::policy::Policy;
+use chassis::sandbox::{FuelRequest, LimitsRequest};
+use chassis::{Host, RunRequest};
+
+use super::local::{DataDirArg, parse_fuel};
+use super::output::fail;
+use super::remote::TlsArgs;
+
+#[derive(Debug, Args)]
+pub(crate) struct LoadArgs {
+    /// The module (.wasm) to run.
+    #[arg(long, value_name = "FILE")]
+    module: PathBuf,
+    /// Runs in flight at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Stop after this many runs.
+    #[arg(long, conflicts_with = "duration")]
+    runs: Option<u64>,
+    /// Stop after this long, e.g. `30s`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Input given to every run.
+    #[arg(long, default_value = "")]
+    input: String,
+    /// Run under this policy file (local) or policy name (remote).
+    #[arg(long)]
+    policy: Option<String>,
+    /// Load a server instead of this process, e.g. http://127.0.0.1:50051
+    /// or https://chassis.example:50051 (with --ca, and --cert/--key for mTLS).
+    #[arg(long, value_name = "ADDR")]
+    remote: Option<String>,
+    #[command(flatten)]
+    tls: TlsArgs,
+    /// Linear memory cap per sandbox in MiB (also sizes the local pool).
+    #[arg(long, default_value_t = 64)]
+    memory_mb: u64,
+    /// Fuel per run.
+    #[arg(long, value_parser = parse_fuel)]
+    fuel: Option<FuelRequest>,
+    /// Deadline per run.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Also draw a latency histogram and throughput-over-time chart.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    #[command(flatten)]
+    data_dir: DataDirArg,
+}
+
+impl LoadArgs {
+    /// Drives the load and prints its report.
+    pub(crate) fn run(self) -> Result<ExitCode> {
+        use chassis::load::{Progress, Stop, Target};
+        let stop = match (self.runs, self.duration) {
+            (Some(n), _) => Stop::Runs(n),
+            (None, Some(d)) => Stop::Duration(d),
+            (None, None) => anyhow::bail!("say how much load: --runs N or --duration D"),
+        };
+        let input = self.input.clone().into_bytes();
+        let bytes = std::fs::read(&self.module)
+            .with_context(|| format!("reading module {}", self.module.display()))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let target = match &self.remote {
+            None => {
+                let caps = chassis::sandbox::HostCaps {
+                    max_memory_bytes: self.memory_mb * 1024 * 1024,
+                    ..Default::default()
+                };
+                if let Some(warning) = chassis::engine::maps::max_map_count().and_then(|limit| {
+                    chassis::engine::maps::pool_warning(self.concurrency.max(1) as u64, limit)
+                }) {
+                    eprintln!("chassis load: warning: {warning}");
+                }
+                let host = Host::builder()
+                    .caps(caps)
+                    .pool_slots(u32::try_from(self.concurrency.max(1)).unwrap_or(u32::MAX))
+                    .warm_slots(u32::try_from(self.concurrency.min(1000)).unwrap_or(1000))
+                    .data_dir(self.data_dir.resolve())
+                    .build()?;
+                let module = match host.modules().register(&bytes) {
+                    Ok(m) => m,
+                    Err(e) => return Ok(fail(self.json, &self.module, e.kind(), &e.to_string())),
+                };
+                let mut request = RunRequest::new(input).limits(LimitsRequest {
+                    fuel: self.fuel,
+                    timeout: self.timeout,
+                    ..Default::default()
+                });
+                if let Some(policy) = &self.policy {
+                    request = request.policy(std::sync::Arc::new(Policy::load(Path::new(policy))?));
+                }
+                Target::Local {
+                    host,
+                    module,
+                    request,
+                }
+            }
+            Some(addr) => runtime.block_on(async {
+                use chassis::grpc::proto;
+                let mut client = super::remote::connect(addr, &self.tls).await?;
+                let module = client
+                    .register_module(tokio_stream::iter(vec![proto::RegisterModuleChunk {
+                        data: bytes.clone(),
+                    }]))
+                    .await
+                    .map_err(|s| anyhow::anyhow!("registering the module: {}", s.message()))?
+                    .into_inner();
+                let fuel = match self.fuel {
+                    Some(FuelRequest::Budget(n)) => n,
+                    _ => 0,
+                };
+                anyhow::Ok(Target::Remote {
+                    client,
+                    request: proto::RunRequest {
+                        module_id: module.id,
+                        policy: self.policy.clone().unwrap_or_default(),
+                        input: input.clone(),
+                        limits: Some(proto::Limits {
+                            fuel,
+                            timeout_ms: self.timeout.map_or(0, |t| t.as_millis() as u64),
+                            ..Default::default()
+                        }),
+                    },
+                })
+            })?,
+        };
+        let progress = std::sync::Arc::new(Progress::default());
+        let bar = if self.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            indicatif::ProgressBar::hidden()
+        } else {
+            match stop {
+                Stop::Runs(n) => indicatif::ProgressBar::new(n),
+                Stop::Duration(d) => indicatif::ProgressBar::new(d.as_secs().max(1)),
+            }
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        let report = runtime.block_on(async {
+            let watcher = {
+                let progress = progress.clone();
+                let bar = bar.clone();
+                let started = std::time::Instant::now();
+                tokio::spawn(async move {
+                    loop {
+                        let done = progress.done.load(std::sync::atomic::Ordering::Relaxed);
+                        match stop {
+                            Stop::Runs(_) => bar.set_position(done),
+                            Stop::Duration(_) => bar.set_position(started.elapsed().as_secs()),
+                        }
+                        bar.set_message(format!(
+                            "live {} | errors {}",
+                            progress.live.load(std::sync::atomic::Ordering::Relaxed),
+                            progress.errors.load(std::sync::atomic::Ordering::Relaxed)
+                        ));
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            };
+            let report = chassis::load::run(target, self.concurrency, stop, progress).await;
+            watcher.abort();
+            report
+        });
+        bar.finish_and_clear();
+        if let Some(path) = &self.plot {
+            chassis::load::write_svg(&report, path)
+                .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+        }
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.render());
+            if let Some(path) = &self.plot {
+                println!("plot            {}", path.display());
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}

@@ -1,0 +1,116 @@
+//! The command line: one module per `chassis` command, each a clap
+//! struct or enum with `run(self) -> Result<ExitCode>`. What several share
+//! lives beside them: [`local`] (the data dir, a one-shot host, the secret
+//! provider), [`remote`] (reaching a server, with TLS and mTLS) and
+//! [`output`] (typed failures as text or JSON, and their exit codes).
+
+mod audit;
+mod client;
+mod compile;
+mod config;
+mod load;
+mod local;
+mod output;
+mod policy;
+mod remote;
+mod run;
+mod runbook;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use chassis::ErrorKind;
+
+/// Run untrusted WebAssembly components in sandboxes with fuel, memory,
+/// wall-clock and capability limits.
+///
+/// Exit codes of `chassis run`: 0 success; 1 usage or host failure; 2 bad
+/// arguments; 10 invalid-module, 11 invalid-request, 12 policy-denied,
+/// 13 out-of-fuel, 14 deadline-exceeded, 15 memory-limit, 16 trap,
+/// 17 guest-error, 18 unavailable, 19 internal, 20 overloaded, 21 output-limit.
+#[derive(Debug, Parser)]
+#[command(name = "chassis", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a module once and print its output.
+    ///
+    /// MODULE is a component (`.wasm`, an SDK agent or a WASI command) or an
+    /// artifact made by `chassis compile` with the same data dir. The output
+    /// goes to stdout; guest logs, stdout (agents) and stderr go to stderr.
+    Run(run::RunArgs),
+    /// Compile a component ahead of time into a sealed `.cwasm`.
+    ///
+    /// The artifact loads only on hosts sharing this data dir's sealing key,
+    /// and is also kept in the data dir's cache so later runs skip compiling.
+    Compile(compile::CompileArgs),
+    /// Check, explain and compare capability policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Serve the chassis.v1 gRPC API (health, reflection, metrics).
+    ///
+    /// With no config: 127.0.0.1:50051 plaintext, metrics on 127.0.0.1:9092,
+    /// data under ./.chassis. SIGTERM or Ctrl-C stops accepting, lets runs
+    /// finish for `server.shutdown_grace_seconds`, then interrupts the rest.
+    Serve(serve::ServeArgs),
+    /// Validate a configuration file.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+    /// Drive a chassis server from the shell.
+    Client(client::ClientArgs),
+    /// Check and run runbooks locally, or submit and follow them on a server.
+    #[command(subcommand)]
+    Runbook(runbook::RunbookCommand),
+    /// Verify, read and re-key the tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Run a module many times, in this process or against a server, and
+    /// report throughput, latency percentiles, errors by kind, RSS per live
+    /// sandbox, and fuel and memory per run.
+    Load(load::LoadArgs),
+}
+
+/// Parses the command line, runs the command, and turns its result into
+/// the process's exit code.
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("CHASSIS_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let result = match cli.command {
+        Command::Run(args) => args.run(),
+        Command::Compile(args) => args.run(),
+        Command::Policy(command) => command.run(),
+        Command::Serve(args) => args.run(),
+        Command::Config(command) => command.run(),
+        Command::Client(args) => args.run(),
+        Command::Runbook(command) => command.run(),
+        Command::Audit(command) => command.run(),
+        Command::Load(args) => args.run(),
+    };
+    match result {
+        Ok(code) => code,
+        // An invalid runbook is the typed `invalid-request` (exit 11),
+        // as the server answers it.
+        Err(e) if e.downcast_ref::<chassis::coord::RunbookError>().is_some() => {
+            eprintln!("chassis: invalid-request: {e:#}");
+            output::exit_for(ErrorKind::InvalidRequest)
+        }
+        Err(e) => {
+            eprintln!("chassis: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
