@@ -42,8 +42,8 @@ impl HostError {
     }
 }
 
-/// Builds a [`Host`]; the defaults are the seed's production caps with an
-/// in-memory module store.
+/// Builds a [`Host`]; the defaults are production caps (`HostCaps`) with
+/// an in-memory module store.
 #[derive(Debug, Clone)]
 pub struct HostBuilder {
     caps: HostCaps,

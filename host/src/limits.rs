@@ -53,7 +53,8 @@ pub struct HostCaps {
 }
 
 impl Default for HostCaps {
-    /// The seed's production values.
+    /// Production values: 512 MiB, 300 s, no fuel cap beyond the default
+    /// budget, 16 MiB of output, 10,000 log records, a whole core.
     fn default() -> Self {
         Self {
             max_fuel: None,

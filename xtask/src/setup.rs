@@ -250,7 +250,7 @@ fn as_root(program: &str) -> Command {
     }
 }
 
-/// promtool, for the alert rule tests (host/tests/deploy.rs). Debian ships
+/// promtool, for the alert rule tests (host/tests/all/deploy.rs). Debian ships
 /// it only in `prometheus`, whose installation starts a Prometheus server
 /// on port 9090 where systemd runs; when this call installed the package,
 /// that server is stopped and disabled again, since only the tool is wanted.

@@ -1,10 +1,10 @@
 //! The host configuration file (`chassis.production.yaml`).
 //!
-//! The seed's file loads unchanged: `runtime`, `credentials`, `slo`,
-//! `metrics`, `logging`, plus `sandbox_pool` from its tuning advice. What
-//! the seed lacks (listen address, TLS files, data and policy dirs) is added
-//! in the same style under `server`, `data_dir` and `policies_dir`; the
-//! seed's coordinator keys (`etcd.endpoints`, `timeout_seconds`, `ca_cert`,
+//! The `chassis:` document: `runtime`, `credentials`, `slo`, `metrics`,
+//! `logging` and `sandbox_pool` as IF.chassis deployments already write
+//! them, plus what serving needs (listen address, TLS files, data and
+//! policy dirs) in the same style under `server`, `data_dir` and
+//! `policies_dir`; the coordinator keys (`etcd.endpoints`, `timeout_seconds`, `ca_cert`,
 //! `cert_file`, `key_file`, `task_claim_ttl_seconds`) live under
 //! `coordinator`. Unknown
 //! keys are errors. `CHASSIS_*` environment variables override the file
@@ -73,7 +73,8 @@ struct File {
     chassis: Config,
 }
 
-/// The whole configuration, with the seed's defaults.
+/// The whole configuration; every default is a production value
+/// (`deploy/chassis.production.yaml` spells them out).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -97,7 +98,7 @@ pub struct Config {
     pub policies_dir: Option<PathBuf>,
     /// The tamper-evident audit log.
     pub audit: Audit,
-    /// Where runbook step claims live (the seed's `coordinator` block).
+    /// Where runbook step claims live: etcd or the in-process store.
     pub coordinator: Coordinator,
     /// OpenTelemetry traces.
     pub telemetry: Telemetry,
@@ -122,7 +123,7 @@ impl Telemetry {
     }
 }
 
-/// `chassis.coordinator`: the seed's coordinator keys.
+/// `chassis.coordinator`: the claim store and how this host takes part.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Coordinator {
@@ -269,7 +270,8 @@ impl Default for Config {
 pub enum EngineName {
     /// wasmtime, the only engine chassis embeds.
     Wasmtime,
-    /// Accepted by the seed's comment; refused with an explanation.
+    /// Named in older configs' comments; refused with an explanation
+    /// (chassis embeds wasmtime only).
     Wasmer,
 }
 
@@ -402,7 +404,7 @@ pub struct Metrics {
     pub enabled: bool,
     /// Port of the Prometheus endpoint.
     pub port: u16,
-    /// Address it binds (the seed has only the port).
+    /// Address it binds (with `port`, which older configs give alone).
     pub address: IpAddr,
 }
 
@@ -455,7 +457,8 @@ impl Logging {
     }
 }
 
-/// `chassis.sandbox_pool` (from the seed's tuning section).
+/// `chassis.sandbox_pool`: how many sandboxes run at once and how many
+/// are kept instantiated ahead of demand.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SandboxPool {
@@ -830,7 +833,7 @@ impl Config {
     }
 
     /// Sandboxes all running at once could use this much linear memory: the
-    /// denominator of the seed's memory alert.
+    /// denominator of the `ChassisMemoryHigh` alert.
     pub fn memory_limit_mb(&self) -> u64 {
         self.runtime.max_memory_mb * u64::from(self.sandbox_pool.max_size)
     }

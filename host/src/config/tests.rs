@@ -2,7 +2,8 @@ use std::path::Path;
 
 use super::*;
 
-/// The seed's block, byte for byte, plus its tuning section's pool.
+/// An IF.chassis deployment's `chassis:` block as it is written in the
+/// field, byte for byte, plus a `sandbox_pool`.
 const SEED: &str = "chassis:
   # WASM runtime
   runtime:

@@ -59,7 +59,8 @@ pub struct CoordinatorOptions {
 }
 
 impl CoordinatorOptions {
-    /// Options for `holder` with the seed's 300 s claim TTL.
+    /// Options for `holder`: a 300 s claim TTL (a crashed host's steps wait
+    /// that long), 64 steps at once, a 1 s poll.
     pub fn new(holder: impl Into<String>) -> Self {
         Self {
             holder: holder.into(),

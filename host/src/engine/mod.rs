@@ -41,7 +41,7 @@ pub const TABLES_PER_SLOT: u32 = 4;
 /// Engine settings derived from the host's limits.
 ///
 /// Built with [`EngineConfig::new`] and the `with_*` methods; the defaults
-/// are the seed's production values.
+/// are production values (fuel, epoch tick, pool size).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     max_memory_bytes: u64,
@@ -58,7 +58,7 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// The seed's defaults: 512 MiB per sandbox, 100 pooled slots.
+    /// Production defaults: 512 MiB per sandbox, 100 pooled slots.
     pub fn new() -> Self {
         Self {
             max_memory_bytes: 512 * 1024 * 1024,

@@ -69,7 +69,7 @@ fn read(path: &Path) -> Result<Vec<u8>, ServeError> {
 }
 
 /// Registers the claim store and the audit log with `/health` on the
-/// metrics port. The seed's smoke check reads `"etcd": "connected"`, so an
+/// metrics port. Smoke checks read `"etcd": "connected"`, so an
 /// etcd-backed host reports the store under that name as well.
 fn register_health(
     coordinator: &crate::coord::Coordinator,

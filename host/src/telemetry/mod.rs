@@ -1,4 +1,5 @@
-//! Prometheus metrics with the seed's names, the run log line, and the
+//! Prometheus metrics under the `if_chassis_*` names the shipped alerts and
+//! dashboard use, the run log line, and the
 //! metrics port's `/health` (see [`health`]).
 //!
 //! Recording goes through the `metrics` facade, so it costs next to nothing

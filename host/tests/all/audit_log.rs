@@ -3,7 +3,7 @@
 //! tail was cut while it was down; what a plain run costs in log bytes;
 //! retention pruning; and runs whose callers hang up.
 
-mod common;
+use crate::common;
 
 use common::assert_success;
 use common::served::Served;

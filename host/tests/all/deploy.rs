@@ -4,7 +4,7 @@
 //! `chassis serve`, the dashboard has the panels the guide reads, and the
 //! systemd unit is hardened and agrees with the production config.
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

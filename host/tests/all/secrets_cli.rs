@@ -2,7 +2,7 @@
 //! and a served host with an audit log whose every byte (and the server's
 //! own logs) must be free of the secret's value.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;

@@ -5,7 +5,7 @@
 //! runbook reads check the caller against `server.admins`; one caller
 //! flooding the pool cannot starve another.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! dependents are skipped, the watch resumes from a revision, and
 //! `chassis runbook run` prints the example runbook's results.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

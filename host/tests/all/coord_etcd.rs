@@ -4,7 +4,7 @@
 //! step when it thaws, a three-member cluster losing a member, and etcd
 //! going away and coming back mid-runbook.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -1,7 +1,7 @@
 //! `chassis serve` as a process: config from the seed, /metrics scraped and
 //! parsed, SIGTERM drains in-flight runs.
 
-mod common;
+use crate::common;
 
 use common::assert_success;
 use common::served::{Served, samples};
@@ -63,7 +63,7 @@ fn metrics_are_exported_with_the_seed_names_and_move_with_runs() {
     };
     for name in chassis::telemetry::ALL_METRICS {
         // A histogram has no series until its first sample: claim latency
-        // appears once a runbook step is claimed (host/tests/deploy.rs).
+        // appears once a runbook step is claimed (host/tests/all/deploy.rs).
         if *name == chassis::telemetry::CLAIM_DURATION {
             continue;
         }

@@ -14,7 +14,7 @@
 //! the faults a real server cannot be told to produce; each such case says
 //! which.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! The chassis.v1 API over a real loopback socket: every RPC and every
 //! error code, with the machine-readable kind.
 
-mod common;
+use crate::common;
 
 use chassis::config::Config;
 use chassis::grpc::proto::{self, run_event::Event};

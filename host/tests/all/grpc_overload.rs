@@ -3,7 +3,7 @@
 //! compiles than `runtime.max_concurrent_compiles`: the same, while runs go
 //! on.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

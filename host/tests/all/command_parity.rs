@@ -2,7 +2,7 @@
 //! `chassis run` and over gRPC as under wasmtime's own command runner, which
 //! is what `wasmtime run` does: stdin in, stdout out.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

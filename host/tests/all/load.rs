@@ -2,7 +2,7 @@
 //! are counted by kind, `--json` parses, `--plot` draws, `--remote` works,
 //! and runs past the kernel's mapping limit are `overloaded`, not `trap`.
 
-mod common;
+use crate::common;
 
 use common::assert_success;
 
