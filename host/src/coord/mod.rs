@@ -9,6 +9,7 @@
 //! written only while the claim that produced it holds, and only if the
 //! step has none).
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod conformance;
 mod etcd;
 mod lease;
