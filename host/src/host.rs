@@ -168,8 +168,8 @@ impl HostBuilder {
             runner = runner.with_name_resolver(resolver);
         }
         let mut modules = match &self.data_dir {
-            Some(dir) => ModuleStore::open(engine, runner.linker(), dir)?,
-            None => ModuleStore::in_memory(engine, runner.linker())?,
+            Some(dir) => ModuleStore::open(engine, runner.preparer(), dir)?,
+            None => ModuleStore::in_memory(engine, runner.preparer())?,
         };
         if let Some(limits) = self.compile_limits {
             modules = modules.with_compile_limits(limits)?;

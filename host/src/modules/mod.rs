@@ -17,14 +17,13 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Component;
 
 pub use compiles::{CompileLimits, default_concurrency as default_compile_concurrency};
-pub use world::{ACCEPTED_WORLDS, Prepared, World};
+pub use world::{ACCEPTED_WORLDS, Prepared, Preparer, World, export_names};
 
 use crate::engine::Engine;
 use crate::error::ErrorKind;
-use crate::sandbox::SandboxState;
 use crate::slots::SlotsBusy;
 use artifact::SealKey;
 use compiles::Compiles;
@@ -208,7 +207,7 @@ pub struct StoreStats {
 /// The content-addressed store of compiled modules.
 pub struct ModuleStore {
     engine: Engine,
-    linker: Arc<Linker<SandboxState>>,
+    preparer: Arc<dyn Preparer>,
     dir: Option<PathBuf>,
     key: SealKey,
     compat: String,
@@ -241,38 +240,35 @@ impl ModuleStore {
     /// its sealing key at `data_dir/keys/artifact.key`.
     pub fn open(
         engine: Engine,
-        linker: Arc<Linker<SandboxState>>,
+        preparer: Arc<dyn Preparer>,
         data_dir: &Path,
     ) -> Result<Self, ModuleError> {
         let key = SealKey::load_or_create(&data_dir.join("keys").join("artifact.key"))
             .map_err(ModuleError::Key)?;
         Ok(Self::build(
             engine,
-            linker,
+            preparer,
             Some(data_dir.join("modules")),
             key,
         ))
     }
 
     /// A store that compiles in memory only; nothing touches disk.
-    pub fn in_memory(
-        engine: Engine,
-        linker: Arc<Linker<SandboxState>>,
-    ) -> Result<Self, ModuleError> {
+    pub fn in_memory(engine: Engine, preparer: Arc<dyn Preparer>) -> Result<Self, ModuleError> {
         let key = SealKey::random().map_err(|e| ModuleError::Key(e.to_string()))?;
-        Ok(Self::build(engine, linker, None, key))
+        Ok(Self::build(engine, preparer, None, key))
     }
 
     fn build(
         engine: Engine,
-        linker: Arc<Linker<SandboxState>>,
+        preparer: Arc<dyn Preparer>,
         dir: Option<PathBuf>,
         key: SealKey,
     ) -> Self {
         let compat = engine.compatibility_hash();
         Self {
             engine,
-            linker,
+            preparer,
             dir,
             key,
             compat,
@@ -463,13 +459,7 @@ impl ModuleStore {
         size_bytes: u64,
         component: Component,
     ) -> Result<Arc<Module>, ModuleError> {
-        let pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| ModuleError::UnknownImport {
-                    detail: format!("{e:#}"),
-                })?;
-        let prepared = world::prepare(pre)?;
+        let prepared = self.preparer.prepare(&component)?;
         let module = Arc::new(Module {
             id: id.clone(),
             world: prepared.world(),

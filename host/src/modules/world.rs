@@ -2,13 +2,13 @@
 
 use std::fmt;
 
+use std::any::Any;
+use std::sync::Arc;
+
 use serde::Serialize;
-use wasmtime::component::{Component, InstancePre};
-use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime::component::Component;
 
 use super::ModuleError;
-use crate::sandbox::SandboxState;
-use crate::sandbox::bindings::AgentPre;
 
 /// The worlds chassis runs, as named in errors and listings.
 pub const ACCEPTED_WORLDS: &str =
@@ -40,69 +40,58 @@ impl fmt::Display for World {
     }
 }
 
-/// A module ready to instantiate: imports resolved, exports type-checked.
+/// Turns a compiled component into the form a run instantiates: imports
+/// resolved against the host's linker, exports type-checked for a world,
+/// once, at registration (so a module with an unknown import or the wrong
+/// world is refused when it is registered). The sandbox implements it: it
+/// owns the linker and the state a store holds, which this module need not
+/// know.
+pub trait Preparer: Send + Sync {
+    /// `component` prepared, or why it cannot run here
+    /// ([`ModuleError::UnknownImport`], [`ModuleError::WrongWorld`]).
+    fn prepare(&self, component: &Component) -> Result<Prepared, ModuleError>;
+}
+
+/// A module ready to instantiate, as its [`Preparer`] made it: opaque
+/// here, read back by the sandbox with [`Prepared::get`].
 #[derive(Clone)]
-pub enum Prepared {
-    /// An agent.
-    Agent(AgentPre<SandboxState>),
-    /// A command.
-    Command(CommandPre<SandboxState>),
+pub struct Prepared {
+    world: World,
+    inner: Arc<dyn Any + Send + Sync>,
 }
 
 impl fmt::Debug for Prepared {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Prepared::Agent(_) => f.write_str("Prepared::Agent"),
-            Prepared::Command(_) => f.write_str("Prepared::Command"),
-        }
+        write!(f, "Prepared({})", self.world)
     }
 }
 
 impl Prepared {
+    /// `inner`, prepared for `world`.
+    pub fn new<T: Any + Send + Sync>(world: World, inner: T) -> Self {
+        Self {
+            world,
+            inner: Arc::new(inner),
+        }
+    }
+
     /// The world this preparation is for.
     pub fn world(&self) -> World {
-        match self {
-            Prepared::Agent(_) => World::Agent,
-            Prepared::Command(_) => World::Command,
-        }
+        self.world
+    }
+
+    /// What the preparer made, when it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.inner.downcast_ref()
     }
 }
 
 /// The names a component exports, for error messages.
-pub(super) fn export_names(component: &Component) -> Vec<String> {
+pub fn export_names(component: &Component) -> Vec<String> {
     let engine = component.engine();
     component
         .component_type()
         .exports(engine)
         .map(|(name, _)| name.to_string())
         .collect()
-}
-
-/// Decides the world from the exports and type-checks them.
-pub(super) fn prepare(pre: InstancePre<SandboxState>) -> Result<Prepared, ModuleError> {
-    let exports = export_names(pre.component());
-    let has_run = exports.iter().any(|e| e == "run");
-    let has_cli_run = exports.iter().any(|e| e.starts_with("wasi:cli/run@"));
-    if has_run {
-        return AgentPre::new(pre)
-            .map(Prepared::Agent)
-            .map_err(|e| ModuleError::WrongWorld {
-                exports,
-                detail: format!("its `run` export does not match `chassis:agent/agent`: {e:#}"),
-            });
-    }
-    if has_cli_run {
-        return CommandPre::new(pre)
-            .map(Prepared::Command)
-            .map_err(|e| ModuleError::WrongWorld {
-                exports,
-                detail: format!(
-                    "its `wasi:cli/run` export does not match `wasi:cli/command`: {e:#}"
-                ),
-            });
-    }
-    Err(ModuleError::WrongWorld {
-        exports,
-        detail: "it exports neither `run` nor `wasi:cli/run`".into(),
-    })
 }

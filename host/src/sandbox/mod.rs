@@ -19,6 +19,7 @@ mod lookup;
 mod outcome;
 mod output;
 mod preopen;
+mod prepare;
 mod sockets;
 mod state;
 
@@ -44,7 +45,7 @@ pub use sockets::MAX_SOCKETS_PER_RUN;
 pub use state::SandboxState;
 
 use crate::engine::Engine;
-use crate::modules::{Module, Prepared};
+use crate::modules::{Module, World};
 use crate::policy::{Mode, Policy};
 use crate::secrets::Granted;
 use cpu::CpuMeter;
@@ -52,6 +53,7 @@ pub(crate) use denial::DenialLog;
 use limiter::Limiter;
 use log::LogBuffer;
 use outcome::DeadlineHit;
+use prepare::{LinkerPreparer, WorldPre};
 
 /// The linker could not be built (a wasmtime or WASI version mismatch).
 #[derive(Debug, Error)]
@@ -116,9 +118,10 @@ impl Runner {
         &self.denials
     }
 
-    /// The linker modules are pre-instantiated against.
-    pub fn linker(&self) -> Arc<Linker<SandboxState>> {
-        self.linker.clone()
+    /// What the module store prepares components with: this runner's
+    /// linker.
+    pub fn preparer(&self) -> Arc<dyn crate::modules::Preparer> {
+        Arc::new(LinkerPreparer(self.linker.clone()))
     }
 
     /// The engine.
@@ -190,7 +193,17 @@ impl Runner {
         let stderr = CappedPipe::new(limits.output_bytes)
             .with_tap(tap.clone(), TapEvent::Stderr)
             .with_redactor(&redactor);
-        let prepared = module.prepared();
+        let Some(prepared) = module.prepared().get::<WorldPre>() else {
+            // Only a store opened with this runner's preparer hands it
+            // modules; one from elsewhere is the host's mistake.
+            return RunReport::failed(
+                RunError::Internal {
+                    context: "reading the module's preparation",
+                    message: "the module was prepared by another host's linker".into(),
+                },
+                started,
+            );
+        };
         // One copy of the allowlist per run, shared by wasi:sockets and wasi:http.
         let network = Arc::new(policy.network.clone());
         let (wasi, input) = match wasi_context(
@@ -415,12 +428,12 @@ fn wasi_context(
             }
         })
     });
-    match module.prepared() {
-        Prepared::Command(_) => {
+    match module.world() {
+        World::Command => {
             wasi.stdin(MemoryInputPipe::new(input)).arg(module.id());
             Ok((wasi.build(), Vec::new()))
         }
-        Prepared::Agent(_) => Ok((wasi.build(), input)),
+        World::Agent => Ok((wasi.build(), input)),
     }
 }
 
@@ -432,16 +445,16 @@ enum GuestResult {
 
 async fn call_guest(
     store: &mut Store<SandboxState>,
-    prepared: &Prepared,
+    prepared: &WorldPre,
     input: Vec<u8>,
 ) -> wasmtime::Result<GuestResult> {
     match prepared {
-        Prepared::Agent(pre) => {
+        WorldPre::Agent(pre) => {
             let agent = pre.instantiate_async(&mut *store).await?;
             let result = agent.call_run(&mut *store, &input).await?;
             Ok(GuestResult::Agent(result))
         }
-        Prepared::Command(pre) => {
+        WorldPre::Command(pre) => {
             let command = pre.instantiate_async(&mut *store).await?;
             match command.wasi_cli_run().call_run(&mut *store).await {
                 Ok(result) => Ok(GuestResult::CommandExited(result.is_ok())),
