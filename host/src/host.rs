@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
-use crate::audit::{AuditError, AuditLog};
+use crate::audit::{AuditError, AuditLog, Event};
 use crate::disk::FreeSpaceFloor;
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::error::ErrorKind;
@@ -253,13 +253,11 @@ impl RunEnd<'_> {
     fn finished(&mut self, report: &RunReport) -> Result<(), AuditError> {
         self.ended = true;
         for denial in &report.denials {
-            self.host.audit_event("capability.denied", || {
-                serde_json::json!({
-                    "run_id": self.run_id,
-                    "kind": denial.kind,
-                    "target": denial.target,
-                    "reason": denial.reason,
-                })
+            self.host.audit_event(|| Event::CapabilityDenied {
+                run_id: self.run_id,
+                kind: denial.kind.as_str(),
+                target: &denial.target,
+                reason: &denial.reason,
             })?;
         }
         self.end(|| {
@@ -297,13 +295,11 @@ impl Drop for RunEnd<'_> {
         };
         let (denials, dropped) = self.denials.take();
         for denial in &denials {
-            let _ = self.host.audit_event("capability.denied", || {
-                serde_json::json!({
-                    "run_id": self.run_id,
-                    "kind": denial.kind,
-                    "target": denial.target,
-                    "reason": denial.reason,
-                })
+            let _ = self.host.audit_event(|| Event::CapabilityDenied {
+                run_id: self.run_id,
+                kind: denial.kind.as_str(),
+                target: &denial.target,
+                reason: &denial.reason,
             });
         }
         tracing::info!(
@@ -517,13 +513,11 @@ impl Host {
                 Err(e) => {
                     crate::telemetry::record_secret_read(e.metric_result());
                     tracing::warn!(run_id, secret = %name, path = %grant.path, error = %e, "a granted secret could not be read; the run is refused");
-                    let audited = self.audit_event("secret.read_failed", || {
-                        serde_json::json!({
-                            "run_id": run_id,
-                            "name": name,
-                            "path": grant.path,
-                            "error": e.to_string(),
-                        })
+                    let audited = self.audit_event(|| Event::SecretReadFailed {
+                        run_id,
+                        name,
+                        path: &grant.path,
+                        error: e.to_string(),
                     });
                     guard.finish().await;
                     audited?;
@@ -534,13 +528,11 @@ impl Host {
         for (name, f) in &fetched {
             let path = &policy.secrets[name].path;
             let lease_id = f.lease.as_ref().map(|l| l.id.as_str());
-            if let Err(e) = self.audit_event("secret.granted", || {
-                serde_json::json!({
-                    "run_id": run_id,
-                    "name": name,
-                    "path": path,
-                    "lease_id": lease_id,
-                })
+            if let Err(e) = self.audit_event(|| Event::SecretGranted {
+                run_id,
+                name,
+                path,
+                lease_id,
             }) {
                 guard.finish().await;
                 return Err(e.into());
@@ -549,17 +541,16 @@ impl Host {
         Ok((Granted::new(fetched), Some(guard)))
     }
 
-    /// Appends an event to the audit log, if there is one. `fields` is only
+    /// Appends an event to the audit log, if there is one. `event` is only
     /// built when there is a log, so hosts without one pay nothing per run.
     /// Below the free-space floor the event is refused ([`AuditError::LowDisk`]):
     /// every audit write of the host passes here, so this is the one check.
-    pub fn audit_event(
+    pub fn audit_event<'a>(
         &self,
-        kind: &'static str,
-        fields: impl FnOnce() -> serde_json::Value,
+        event: impl FnOnce() -> crate::audit::Event<'a>,
     ) -> Result<(), AuditError> {
         match self.audit_ready()? {
-            Some(log) => log.record(kind, fields()),
+            Some(log) => log.event(event()),
             None => Ok(()),
         }
     }

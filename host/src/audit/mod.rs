@@ -16,12 +16,14 @@
 //! counted in `if_chassis_audit_write_failures_total`.
 
 pub mod context;
+mod event;
 pub mod keys;
 pub mod record;
 mod retention;
 pub mod verify;
 mod writer;
 
+pub use event::Event;
 pub use writer::{Recovery, log_files};
 
 use std::path::PathBuf;
@@ -312,6 +314,13 @@ impl AuditLog {
 
     /// Queues one event. Fails (fail closed) while the log cannot be
     /// written, unless opened with `fail_open`.
+    pub fn event(&self, event: Event<'_>) -> Result<(), AuditError> {
+        self.record(event.kind(), event.fields())
+    }
+
+    /// Queues a record of any `kind` with any `fields`: for tools and
+    /// tests writing kinds the host does not define. The host records
+    /// only [`Event`]s (and runs, through the run calls below).
     pub fn record(&self, kind: &'static str, fields: Value) -> Result<(), AuditError> {
         self.send(Message::Event { kind, fields })
     }

@@ -31,6 +31,7 @@ use super::runbook::{RunbookError, RunbookFile, RunbookSpec};
 use super::store::{
     Change, Claim, ClaimStore, CoordError, RunbookView, Session, StepOutcome, StepRecord, StepState,
 };
+use crate::audit::Event;
 use crate::modules::ModuleError;
 use crate::policy::{Policy, PolicySet};
 use crate::sandbox::LimitsRequest;
@@ -307,14 +308,12 @@ impl Coordinator {
             tracing::info_span!("claim.submit", runbook = %id),
         )
         .await?;
-        let _ = self.inner.host.audit_event("runbook.submitted", || {
-            serde_json::json!({
-                "runbook": id,
-                "name": spec.name,
-                "caller": caller,
-                "steps": spec.steps.len(),
-                "revision": revision,
-            })
+        let _ = self.inner.host.audit_event(|| Event::RunbookSubmitted {
+            runbook: &id,
+            name: &spec.name,
+            caller,
+            steps: spec.steps.len(),
+            revision,
         });
         tracing::info!(runbook = %id, name = %spec.name, steps = spec.steps.len(), "runbook submitted");
         self.inner.wake.notify_one();
@@ -471,10 +470,10 @@ impl Coordinator {
             if view.steps.values().all(|s| s.state().is_terminal()) {
                 inner.store.close(&id).await?;
                 let state = view.state();
-                let _ = inner.host.audit_event(
-                    "runbook.finished",
-                    || serde_json::json!({ "runbook": id, "state": state.as_str() }),
-                );
+                let _ = inner.host.audit_event(|| Event::RunbookFinished {
+                    runbook: &id,
+                    state: state.as_str(),
+                });
                 tracing::info!(runbook = %id, state = state.as_str(), "runbook finished");
                 continue;
             }
@@ -648,11 +647,12 @@ impl Coordinator {
     ) {
         let inner = &self.inner;
         let step = &spec.steps[&claim.step];
-        let _ = inner.host.audit_event("step.claimed", || {
-            serde_json::json!({
-                "runbook": claim.runbook, "step": claim.step, "fence": claim.fence,
-                "attempt": claim.attempt, "holder": claim.holder,
-            })
+        let _ = inner.host.audit_event(|| Event::StepClaimed {
+            runbook: &claim.runbook,
+            step: &claim.step,
+            fence: claim.fence,
+            attempt: claim.attempt,
+            holder: &claim.holder,
         });
         tracing::info!(runbook = %claim.runbook, step = %claim.step, fence = claim.fence, attempt = claim.attempt, "step claimed");
         let ran = tokio::select! {
@@ -667,12 +667,13 @@ impl Coordinator {
             // host audited the run as `cancelled`.
             metrics::counter!(STEPS_ABANDONED).increment(1);
             tracing::warn!(runbook = %claim.runbook, step = %claim.step, fence = claim.fence, lease, "session lease lapsed mid-step: run cancelled, another host may hold the step now");
-            let _ = inner.host.audit_event("step.abandoned", || {
-                serde_json::json!({
-                    "runbook": claim.runbook, "step": claim.step, "fence": claim.fence,
-                    "attempt": claim.attempt, "holder": claim.holder,
-                    "reason": "the session lease lapsed before the step finished",
-                })
+            let _ = inner.host.audit_event(|| Event::StepAbandoned {
+                runbook: &claim.runbook,
+                step: &claim.step,
+                fence: claim.fence,
+                attempt: claim.attempt,
+                holder: &claim.holder,
+                reason: "the session lease lapsed before the step finished",
             });
             // Hand it back uncounted; if another host claimed it meanwhile
             // the fence refuses this and `step.fenced` is audited.
@@ -743,26 +744,46 @@ impl Coordinator {
                     if state != "released" {
                         metrics::counter!(RUNBOOK_STEPS_TOTAL, "state" => state).increment(1);
                     }
-                    let _ = inner.host.audit_event(
-                        if retry { "step.retrying" } else { "step.finished" },
-                        || {
-                            serde_json::json!({
-                                "runbook": claim.runbook, "step": claim.step, "fence": claim.fence,
-                                "attempt": claim.attempt, "state": state, "run_id": run_id,
-                                "error": match record.map(|r| &r.outcome) { Some(StepOutcome::Failed { error, .. }) => Some(error.clone()), _ => None },
-                            })
-                        },
-                    );
+                    let _ = inner.host.audit_event(|| {
+                        let error = match record.map(|r| &r.outcome) {
+                            Some(StepOutcome::Failed { error, .. }) => Some(error.clone()),
+                            _ => None,
+                        };
+                        let (runbook, step, fence, attempt) =
+                            (&claim.runbook, &claim.step, claim.fence, claim.attempt);
+                        if retry {
+                            Event::StepRetrying {
+                                runbook,
+                                step,
+                                fence,
+                                attempt,
+                                state,
+                                run_id: &run_id,
+                                error,
+                            }
+                        } else {
+                            Event::StepFinished {
+                                runbook,
+                                step,
+                                fence,
+                                attempt,
+                                state,
+                                run_id: &run_id,
+                                error,
+                            }
+                        }
+                    });
                     tracing::info!(runbook = %claim.runbook, step = %claim.step, fence = claim.fence, state, "step recorded");
                     break;
                 }
                 Err(e @ CoordError::Fenced { .. }) => {
                     metrics::counter!(FENCE_REJECTIONS).increment(1);
-                    let _ = inner.host.audit_event("step.fenced", || {
-                        serde_json::json!({
-                            "runbook": claim.runbook, "step": claim.step, "fence": claim.fence,
-                            "attempt": claim.attempt, "run_id": run_id,
-                        })
+                    let _ = inner.host.audit_event(|| Event::StepFenced {
+                        runbook: &claim.runbook,
+                        step: &claim.step,
+                        fence: claim.fence,
+                        attempt: claim.attempt,
+                        run_id: &run_id,
                     });
                     tracing::warn!(error = %e, "step result dropped: another host owns the step now");
                     break;

@@ -21,6 +21,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 pub use service::{ChassisService, DROPPED_FIELD, STREAM_BUFFER_EVENTS};
 
 use crate::Host;
+use crate::audit::Event;
 use crate::config::Config;
 use crate::policy::PolicySet;
 use proto::chassis_server::ChassisServer;
@@ -131,24 +132,18 @@ pub async fn serve(
     let leases_host = host.clone();
     let interrupt_host = host.clone();
     if let Some(log) = &audit {
-        let _ = log.record(
-            "host.start",
-            serde_json::json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "listen": listener.local_addr().ok().map(|a| a.to_string()),
-                "tls": config.server.tls.is_some(),
-                "policies": policies.len(),
-            }),
-        );
+        let _ = log.event(Event::HostStart {
+            version: env!("CARGO_PKG_VERSION"),
+            listen: listener.local_addr().ok().map(|a| a.to_string()),
+            tls: config.server.tls.is_some(),
+            policies: policies.len(),
+        });
         for p in policies.iter() {
-            let _ = log.record(
-                "policy.loaded",
-                serde_json::json!({
-                    "policy": p.name,
-                    "sha256": p.sha256,
-                    "file": p.source.as_ref().map(|s| s.display().to_string()),
-                }),
-            );
+            let _ = log.event(Event::PolicyLoaded {
+                policy: &p.name,
+                sha256: &p.sha256,
+                file: p.source.as_ref().map(|s| s.display().to_string()),
+            });
         }
     }
     let policies = std::sync::Arc::new(policies);
@@ -280,18 +275,16 @@ pub async fn serve(
         .await;
     if let Some(log) = &audit {
         for lease_id in &unrevoked {
-            let _ = log.record(
-                "secret.lease_revoke_failed",
-                serde_json::json!({
-                    "lease_id": lease_id,
-                    "error": "host stopped before the lease could be revoked; it expires at its TTL",
-                }),
-            );
+            let _ = log.event(Event::LeaseRevokeFailed {
+                run_id: None,
+                lease_id,
+                attempts: None,
+                error: "host stopped before the lease could be revoked; it expires at its TTL",
+            });
         }
-        let _ = log.record(
-            "host.stop",
-            serde_json::json!({ "reason": "shutdown signal" }),
-        );
+        let _ = log.event(Event::HostStop {
+            reason: "shutdown signal",
+        });
         if let Err(e) = log.close() {
             tracing::error!(error = %e, "closing the audit log");
         }

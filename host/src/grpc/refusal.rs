@@ -34,14 +34,12 @@ pub(super) fn refuse(
     );
     // A refusal stands whether or not the log takes it: failing it closed
     // would turn an audit outage into answering the attacker differently.
-    let _ = host.audit_event("request.refused", || {
-        serde_json::json!({
-            "rpc": rpc,
-            "caller": caller,
-            "reason": reason.as_str(),
-            "kind": kind.as_str(),
-            "message": message,
-        })
+    let _ = host.audit_event(|| crate::audit::Event::RequestRefused {
+        rpc,
+        caller,
+        reason: reason.as_str(),
+        kind: kind.as_str(),
+        message: &message,
     });
     status(kind, message)
 }

@@ -455,13 +455,11 @@ impl Chassis for ChassisService {
             })?;
         tracing::info!(module = %module.id(), world = %module.world(), %caller, "module registered");
         self.host
-            .audit_event("module.registered", || {
-                serde_json::json!({
-                    "module": module.id(),
-                    "world": module.world(),
-                    "size_bytes": module.size_bytes(),
-                    "caller": caller,
-                })
+            .audit_event(|| crate::audit::Event::ModuleRegistered {
+                module: module.id(),
+                world: module.world().as_str(),
+                size_bytes: module.size_bytes(),
+                caller: &caller,
             })
             .map_err(|e| status(e.kind(), e.to_string()))?;
         Ok(Response::new(proto::ModuleInfo {
@@ -502,10 +500,10 @@ impl Chassis for ChassisService {
             Ok(true) => {
                 tracing::info!(module = %id, %caller, "module removed");
                 self.host
-                    .audit_event(
-                        "module.removed",
-                        || serde_json::json!({ "module": id, "caller": caller }),
-                    )
+                    .audit_event(|| crate::audit::Event::ModuleRemoved {
+                        module: id,
+                        caller: &caller,
+                    })
                     .map_err(|e| status(e.kind(), e.to_string()))?;
                 Ok(Response::new(proto::RemoveModuleResponse {}))
             }

@@ -110,11 +110,12 @@ impl LeaseRegistry {
         metrics::gauge!(SECRET_LEASES_PENDING).set(pending as f64);
     }
 
-    fn record(&self, kind: &'static str, fields: serde_json::Value) {
-        if let Some(log) = &self.audit
-            && let Err(e) = log.record(kind, fields)
-        {
-            tracing::warn!(error = %e, kind, "could not audit a lease event");
+    fn record(&self, event: crate::audit::Event<'_>) {
+        if let Some(log) = &self.audit {
+            let kind = event.kind();
+            if let Err(e) = log.event(event) {
+                tracing::warn!(error = %e, kind, "could not audit a lease event");
+            }
         }
     }
 
@@ -126,10 +127,11 @@ impl LeaseRegistry {
                 inner.live = inner.live.saturating_sub(1);
                 self.publish(&inner);
                 drop(inner);
-                self.record(
-                    "secret.lease_revoked",
-                    serde_json::json!({ "run_id": run_id, "lease_id": lease_id }),
-                );
+                self.record(crate::audit::Event::LeaseRevoked {
+                    run_id,
+                    lease_id: &lease_id,
+                    attempts: None,
+                });
             }
             Err(e) => {
                 let error = e.to_string();
@@ -153,15 +155,12 @@ impl LeaseRegistry {
     ) {
         metrics::counter!(SECRET_REVOKE_FAILURES).increment(1);
         tracing::warn!(%lease_id, %run_id, attempts, %error, retry_in = ?backoff, "could not revoke a lease; will retry");
-        self.record(
-            "secret.lease_revoke_failed",
-            serde_json::json!({
-                "run_id": run_id,
-                "lease_id": lease_id,
-                "attempts": attempts,
-                "error": error,
-            }),
-        );
+        self.record(crate::audit::Event::LeaseRevokeFailed {
+            run_id: Some(run_id),
+            lease_id: &lease_id,
+            attempts: Some(attempts),
+            error,
+        });
         self.enqueue(run_id, lease_id, attempts, backoff);
     }
 
@@ -242,14 +241,11 @@ impl LeaseRegistry {
             match result {
                 Ok(()) => {
                     tracing::info!(%lease_id, run_id = %u.run_id, attempts = u.attempts + 1, "revoked a lease on retry");
-                    self.record(
-                        "secret.lease_revoked",
-                        serde_json::json!({
-                            "run_id": u.run_id,
-                            "lease_id": lease_id,
-                            "attempts": u.attempts + 1,
-                        }),
-                    );
+                    self.record(crate::audit::Event::LeaseRevoked {
+                        run_id: &u.run_id,
+                        lease_id: &lease_id,
+                        attempts: Some(u.attempts + 1),
+                    });
                     let inner = self.lock();
                     self.publish(&inner);
                 }
