@@ -59,7 +59,7 @@ async fn start(pki: &Pki) -> SocketAddr {
             policies,
             secrets: None,
         };
-        chassis::server::run(&config, assembled, listener, std::future::pending()).await
+        chassis::server::run(&config, assembled, listener, |_| {}, std::future::pending()).await
     });
     addr
 }

@@ -106,7 +106,7 @@ async fn start_chassis() -> SocketAddr {
             policies: PolicySet::default(),
             secrets: None,
         };
-        chassis::server::run(&config, assembled, listener, std::future::pending()).await
+        chassis::server::run(&config, assembled, listener, |_| {}, std::future::pending()).await
     });
     addr
 }

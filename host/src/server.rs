@@ -177,13 +177,16 @@ pub fn assemble(
 
 /// Serves `assembled` on `listener` (see [`crate::grpc::bind`]) as
 /// `config` says until `shutdown` resolves: metrics and `/health` on the
-/// metrics port when enabled, the secret provider kept logged in, the
-/// claim store joined, then `chassis.v1` with graceful shutdown
-/// ([`crate::grpc::serve`]).
+/// metrics port when enabled (reporting the claim store as connecting
+/// until it is joined), the secret provider kept logged in, then
+/// `announce(address)`, then the claim store joined and `chassis.v1`
+/// served with graceful shutdown ([`crate::grpc::serve`]). Whoever waits
+/// for the announcement finds `/health` already answering for every part.
 pub async fn run(
     config: &Config,
     assembled: Assembled,
     listener: TcpListener,
+    announce: impl FnOnce(std::net::SocketAddr),
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let Assembled {
@@ -233,6 +236,9 @@ pub async fn run(
             }));
         }
         None => health::register("secrets", || PartState::up("none")),
+    }
+    if let Ok(addr) = listener.local_addr() {
+        announce(addr);
     }
     let store = open_claim_store(config)
         .await

@@ -79,21 +79,12 @@ impl LoadArgs {
             .context("starting the async runtime")?;
         let target = match &self.remote {
             None => {
-                let caps = chassis::sandbox::HostCaps {
-                    max_memory_bytes: self.memory_mb * 1024 * 1024,
-                    ..Default::default()
-                };
                 if let Some(warning) = chassis::engine::maps::max_map_count().and_then(|limit| {
                     chassis::engine::maps::pool_warning(self.concurrency.max(1) as u64, limit)
                 }) {
                     eprintln!("chassis load: warning: {warning}");
                 }
-                let host = Host::builder()
-                    .caps(caps)
-                    .pool_slots(u32::try_from(self.concurrency.max(1)).unwrap_or(u32::MAX))
-                    .warm_slots(u32::try_from(self.concurrency.min(1000)).unwrap_or(1000))
-                    .data_dir(self.data_dir.resolve())
-                    .build()?;
+                let host = local_host(self.memory_mb, self.concurrency, self.data_dir.resolve())?;
                 let module = match host.modules().register(&bytes) {
                     Ok(m) => m,
                     Err(e) => return Ok(fail(self.json, &self.module, e.kind(), &e.to_string())),
@@ -197,4 +188,22 @@ impl LoadArgs {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// The in-process host a local load runs on, assembled by the composition
+/// root like `chassis serve`'s: one pool slot per run in flight (up to 1,000
+/// kept warm), `memory_mb` of linear memory each, no audit log and no
+/// metrics port (a load measures the sandbox, not the log).
+fn local_host(memory_mb: u64, concurrency: usize, data_dir: PathBuf) -> Result<Host> {
+    let slots = u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX);
+    let mut config = chassis::config::Config {
+        data_dir,
+        ..Default::default()
+    };
+    config.runtime.max_memory_mb = memory_mb;
+    config.sandbox_pool.max_size = slots;
+    config.sandbox_pool.min_size = slots.min(1000);
+    config.audit.enabled = false;
+    config.metrics.enabled = false;
+    Ok(Host::from_config(&config, None)?)
 }

@@ -106,8 +106,8 @@ impl ServeArgs {
         let assembled = server::assemble(&config, vault_token_from_env())?;
         let served = runtime.block_on(async move {
             let listener = chassis::grpc::bind(&config).await?;
-            println!("chassis listening on {}", listener.local_addr()?);
-            server::run(&config, assembled, listener, shutdown_signal()).await?;
+            let announce = |addr| println!("chassis listening on {addr}");
+            server::run(&config, assembled, listener, announce, shutdown_signal()).await?;
             anyhow::Ok(ExitCode::SUCCESS)
         });
         // Flush queued spans while the runtime that carries the exporter runs.

@@ -76,7 +76,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel();
         let done = tokio::spawn(async move {
-            chassis::server::run(&config, assembled, listener, async {
+            chassis::server::run(&config, assembled, listener, |_| {}, async {
                 let _ = stopped.await;
             })
             .await
