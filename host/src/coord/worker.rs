@@ -231,11 +231,32 @@ impl Coordinator {
         id: Option<&str>,
     ) -> Result<(String, i64), SubmitError> {
         let parsed = RunbookFile::parse(text, file)?;
+        let policy_check = |name: &str| match self.inner.policies.get(name) {
+            None => Err(format!("no policy `{name}` on this host")),
+            Some(p) if !p.allows_caller(caller) => Err(format!(
+                "caller `{caller}` is not among the callers of policy `{name}`"
+            )),
+            Some(_) => Ok(()),
+        };
+        // Everything but the modules' contents is checked before any module
+        // is compiled, so an invalid runbook costs no compile.
+        parsed.resolve(
+            caller,
+            |reference| {
+                if reference.starts_with("sha256:") || modules.contains_key(reference) {
+                    Ok(String::new())
+                } else {
+                    Err(format!(
+                        "module file `{reference}` was not sent with the runbook"
+                    ))
+                }
+            },
+            policy_check,
+        )?;
         let mut to_store: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let mut known_in_store: BTreeMap<String, bool> = BTreeMap::new();
-        // Module files are registered (compiled) first, off the async
-        // workers and in turn with other compiles; validation below only
-        // looks the results up.
+        // Module files are compiled off the async workers and in turn with
+        // other compiles; the second pass below only looks the results up.
         let mut registered: BTreeMap<String, Result<String, String>> = BTreeMap::new();
         for reference in parsed.steps.values().map(|s| s.module.as_str()) {
             if let Some(id) = reference.strip_prefix("sha256:") {
@@ -280,13 +301,7 @@ impl Coordinator {
                     ))
                 })
             },
-            |name| match self.inner.policies.get(name) {
-                None => Err(format!("no policy `{name}` on this host")),
-                Some(p) if !p.allows_caller(caller) => Err(format!(
-                    "caller `{caller}` is not among the callers of policy `{name}`"
-                )),
-                Some(_) => Ok(()),
-            },
+            policy_check,
         )?;
         let id = match id {
             Some(id) if !id.is_empty() => {

@@ -557,3 +557,46 @@ async fn a_stored_step_that_renders_past_the_cap_fails_typed_and_is_not_retried(
     assert_eq!(view.steps["a"].state(), StepState::Completed);
     task.stop(Duration::from_secs(5)).await;
 }
+
+/// A runbook that names a policy the host does not have is refused before
+/// any of its module files is compiled: compiling is the expensive part of
+/// a submission, and an invalid runbook must not cost it.
+#[tokio::test]
+async fn an_invalid_runbook_is_refused_before_its_modules_are_compiled() {
+    use chassis::coord::{Coordinator, CoordinatorOptions, MemoryStore};
+    let host = chassis::Host::builder().pool_slots(2).build().unwrap();
+    let coordinator = Coordinator::new(
+        std::sync::Arc::new(MemoryStore::new()),
+        host.clone(),
+        std::sync::Arc::new(Default::default()),
+        CoordinatorOptions::new("test-host"),
+    );
+    let text = "name = \"bad\"\ndescription = \"names a missing policy\"\n\n[steps.a]\nmodule = \"echo.wasm\"\npolicy = \"nowhere\"\n";
+    let modules = std::collections::BTreeMap::from([(
+        "echo.wasm".to_string(),
+        chassis_tests::wasm(ECHO_COMPONENT),
+    )]);
+    let refused = coordinator
+        .submit(text, "bad.toml", &modules, "local", None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        chassis::ErrorKind::InvalidRequest,
+        "{refused}"
+    );
+    assert!(
+        refused.to_string().contains("no policy `nowhere`"),
+        "{refused}"
+    );
+    let compiled = host
+        .modules()
+        .stats()
+        .compiled
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        compiled, 0,
+        "the module was compiled for a runbook that was refused"
+    );
+    assert!(host.modules().list().is_empty());
+}
