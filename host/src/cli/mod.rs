@@ -26,10 +26,11 @@ use chassis::ErrorKind;
 /// Run untrusted WebAssembly components in sandboxes with fuel, memory,
 /// wall-clock and capability limits.
 ///
-/// Exit codes of `chassis run`: 0 success; 1 usage or host failure; 2 bad
-/// arguments; 10 invalid-module, 11 invalid-request, 12 policy-denied,
-/// 13 out-of-fuel, 14 deadline-exceeded, 15 memory-limit, 16 trap,
-/// 17 guest-error, 18 unavailable, 19 internal, 20 overloaded, 21 output-limit.
+/// Exit codes: 0 success; 1 usage or host failure; 2 bad arguments;
+/// 10 invalid-module, 11 invalid-request, 12 policy-denied, 13 out-of-fuel,
+/// 14 deadline-exceeded, 15 memory-limit, 16 trap, 17 guest-error,
+/// 18 unavailable, 19 internal, 20 overloaded, 21 output-limit, 22 not-found
+/// (the same kinds a server names in `chassis-error-kind`).
 #[derive(Debug, Parser)]
 #[command(name = "chassis", version, propagate_version = true)]
 pub(crate) struct Cli {
@@ -111,6 +112,28 @@ pub(crate) fn main() -> ExitCode {
         Err(e) => {
             eprintln!("chassis: error: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_help_names_every_exit_code() {
+        let command = super::Cli::command();
+        let about = command
+            .get_long_about()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let about = about.split_whitespace().collect::<Vec<_>>().join(" ");
+        for kind in chassis::ErrorKind::ALL {
+            let named = format!("{} {}", kind.exit_code(), kind.as_str());
+            assert!(
+                about.contains(&named),
+                "the help does not name `{named}`: {about}"
+            );
         }
     }
 }
