@@ -79,11 +79,8 @@ impl LoadArgs {
             .context("starting the async runtime")?;
         let target = match &self.remote {
             None => {
-                if let Some(warning) = chassis::engine::maps::max_map_count().and_then(|limit| {
-                    chassis::engine::maps::pool_warning(self.concurrency.max(1) as u64, limit)
-                }) {
-                    eprintln!("chassis load: warning: {warning}");
-                }
+                // A pool the mapping limit cannot hold is warned about by the
+                // engine as it starts (on stderr, through the log).
                 let host = local_host(self.memory_mb, self.concurrency, self.data_dir.resolve())?;
                 let module = match host.modules().register(&bytes) {
                     Ok(m) => m,

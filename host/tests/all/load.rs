@@ -263,7 +263,12 @@ fn sandboxes_past_the_mapping_limit_are_overloaded_not_trapped() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("warning:") && stderr.contains("sysctl -w vm.max_map_count="),
+        stderr.contains("WARN") && stderr.contains("sysctl -w vm.max_map_count="),
         "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("sysctl -w vm.max_map_count=").count(),
+        1,
+        "the warning is printed once: {stderr}"
     );
 }
