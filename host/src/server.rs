@@ -23,7 +23,10 @@ use crate::audit::{AuditError, AuditLog};
 use crate::config::{AuditFsync, Config, ConfigError, CoordinatorBackend};
 use crate::grpc::ServeError;
 use crate::policy::{PolicyError, PolicySet};
-use crate::secrets::{SecretError, SecretProvider, SecretValue};
+use crate::secrets::{
+    AppRole, DEFAULT_LOCAL_FILE, LocalFileProvider, SecretError, SecretProvider, SecretValue,
+    TokenSource, VaultOptions, VaultProvider,
+};
 use crate::telemetry::TelemetryError;
 use crate::telemetry::health::{self, PartState};
 
@@ -363,37 +366,30 @@ pub fn secret_provider(
 ) -> Result<Option<Arc<dyn SecretProvider>>, SecretError> {
     if let Some(addr) = &credentials.vault_addr {
         let token = match (&credentials.vault_token_path, vault_token) {
-            (Some(path), _) => Some(crate::secrets::TokenSource::File(path.clone())),
-            (None, Some(value)) => Some(crate::secrets::TokenSource::Value(value)),
+            (Some(path), _) => Some(TokenSource::File(path.clone())),
+            (None, Some(value)) => Some(TokenSource::Value(value)),
             (None, None) => None,
         };
-        let provider = crate::secrets::VaultProvider::new(crate::secrets::VaultOptions {
+        let provider = VaultProvider::new(VaultOptions {
             addr: addr.clone(),
             namespace: credentials.vault_namespace.clone(),
             cacert: credentials.vault_cacert.clone(),
             timeout: Duration::from_secs(credentials.timeout_seconds),
             token,
-            approle: credentials
-                .approle
-                .as_ref()
-                .map(|a| crate::secrets::AppRole {
-                    mount: a.mount.clone(),
-                    role_id: a.role_id.clone(),
-                    secret_id_path: a.secret_id_path.clone(),
-                }),
+            approle: credentials.approle.as_ref().map(|a| AppRole {
+                mount: a.mount.clone(),
+                role_id: a.role_id.clone(),
+                secret_id_path: a.secret_id_path.clone(),
+            }),
         })?;
         return Ok(Some(Arc::new(provider)));
     }
     if let Some(path) = &credentials.local_file {
-        return Ok(Some(Arc::new(crate::secrets::LocalFileProvider::open(
-            path,
-        )?)));
+        return Ok(Some(Arc::new(LocalFileProvider::open(path)?)));
     }
-    let default = data_dir.join(crate::secrets::DEFAULT_LOCAL_FILE);
+    let default = data_dir.join(DEFAULT_LOCAL_FILE);
     if default.exists() {
-        return Ok(Some(Arc::new(crate::secrets::LocalFileProvider::open(
-            default,
-        )?)));
+        return Ok(Some(Arc::new(LocalFileProvider::open(default)?)));
     }
     Ok(None)
 }

@@ -246,9 +246,7 @@ impl Coordinator {
                 if reference.starts_with("sha256:") || modules.contains_key(reference) {
                     Ok(String::new())
                 } else {
-                    Err(format!(
-                        "module file `{reference}` was not sent with the runbook"
-                    ))
+                    Err(not_sent(reference))
                 }
             },
             policy_check,
@@ -295,11 +293,10 @@ impl Coordinator {
                         ))
                     };
                 }
-                registered.get(reference).cloned().unwrap_or_else(|| {
-                    Err(format!(
-                        "module file `{reference}` was not sent with the runbook"
-                    ))
-                })
+                registered
+                    .get(reference)
+                    .cloned()
+                    .unwrap_or_else(|| Err(not_sent(reference)))
             },
             policy_check,
         )?;
@@ -595,6 +592,11 @@ impl Coordinator {
         step: &str,
         view: &super::store::StepView,
     ) -> Result<(), CoordError> {
+        // Scanned for every step on every pass: nothing to look up (and no
+        // key to build) unless some claim went unanswered.
+        if self.unanswered().is_empty() {
+            return Ok(());
+        }
         let key = (runbook.to_string(), step.to_string());
         if !self.unanswered().contains(&key) {
             return Ok(());
@@ -949,6 +951,11 @@ async fn next_change(
         Some(c) => c.next().await,
         None => std::future::pending().await,
     }
+}
+
+/// Why a runbook's module file reference cannot be resolved.
+fn not_sent(reference: &str) -> String {
+    format!("module file `{reference}` was not sent with the runbook")
 }
 
 fn holder_offset(holder: &str, len: usize) -> usize {

@@ -42,11 +42,7 @@ impl TestServer {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.metrics.enabled = false;
         let mut assembled = chassis::server::assemble(&config, None).unwrap();
-        for text in policies {
-            assembled
-                .policies
-                .insert(Policy::parse(text, Path::new("test.toml")).unwrap());
-        }
+        add_policies(&mut assembled.policies, policies);
         Self::serve(config, assembled, data).await
     }
 
@@ -56,9 +52,7 @@ impl TestServer {
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.metrics.enabled = false;
         let mut set = PolicySet::default();
-        for text in policies {
-            set.insert(Policy::parse(text, Path::new("test.toml")).unwrap());
-        }
+        add_policies(&mut set, policies);
         let assembled = chassis::server::Assembled {
             host,
             policies: set,
@@ -100,6 +94,13 @@ impl TestServer {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+}
+
+/// Parses each policy text and adds it to `set`.
+fn add_policies(set: &mut PolicySet, policies: &[&str]) {
+    for text in policies {
+        set.insert(Policy::parse(text, Path::new("test.toml")).unwrap());
     }
 }
 
