@@ -202,5 +202,7 @@ fn local_host(memory_mb: u64, concurrency: usize, data_dir: PathBuf) -> Result<H
     config.sandbox_pool.min_size = slots.min(1000);
     config.audit.enabled = false;
     config.metrics.enabled = false;
-    Ok(Host::from_config(&config, None)?)
+    Host::from_config(&config, None).with_context(|| {
+        format!("a local host for --concurrency {concurrency} and --memory-mb {memory_mb}")
+    })
 }

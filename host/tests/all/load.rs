@@ -272,3 +272,25 @@ fn sandboxes_past_the_mapping_limit_are_overloaded_not_trapped() {
         "the warning is printed once: {stderr}"
     );
 }
+
+#[test]
+fn a_local_load_past_the_pool_limit_names_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args([
+            "load",
+            "--module",
+            ECHO_COMPONENT,
+            "--runs",
+            "1",
+            "--concurrency",
+            "200000",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--concurrency 200000") && stderr.contains("must be from 1 to 100000"),
+        "{stderr}"
+    );
+}
