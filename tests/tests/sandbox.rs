@@ -19,6 +19,12 @@ macro_rules! assert_test_exists {
 }
 chassis_tests::foreach_program!(assert_test_exists);
 
+#[path = "sandbox/agents.rs"]
+mod agents;
+use agents::{
+    hello_js, hello_py, hello_qjs, hostile_twin_js, hostile_twin_py, hostile_twin_qjs, http_js,
+    http_py,
+};
 #[path = "sandbox/boundary.rs"]
 mod boundary;
 use boundary::{

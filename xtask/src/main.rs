@@ -49,10 +49,12 @@ fn main() -> Result<()> {
         Task::Lint => lint(),
         Task::Guests => {
             setup::wasm_target()?;
+            setup::agent_toolchains()?;
             setup::guests()
         }
         Task::Bench { quick } => {
             setup::build_tools()?;
+            setup::agent_toolchains()?;
             bench::run(quick)
         }
     }
@@ -80,6 +82,8 @@ pub(crate) fn cargo_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Resu
 fn test(extra: &[String]) -> Result<()> {
     setup::phase("[1/5] installing what the tests need (skipping what is there)");
     setup::build_tools()?;
+    // The Python and JavaScript guests are built with these.
+    setup::agent_toolchains()?;
     // The coordination tests start real etcd servers.
     setup::debian_tools(&[("etcd", "etcd-server")])?;
     // The alert rules are unit-tested with promtool.
@@ -119,6 +123,9 @@ fn test(extra: &[String]) -> Result<()> {
 
 fn lint() -> Result<()> {
     setup::build_tools()?;
+    // clippy runs the tests crate's build script, which builds the
+    // Python and JavaScript guests.
+    setup::agent_toolchains()?;
     setup::phase("cargo fmt --check");
     cargo(&["fmt", "--all", "--", "--check"])?;
     setup::phase("cargo clippy --workspace --all-targets -D warnings");

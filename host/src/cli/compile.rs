@@ -37,6 +37,12 @@ impl CompileArgs {
                     info.id,
                     self.output.display()
                 );
+                if !info.ignored_exports.is_empty() {
+                    println!(
+                        "ignored exports (never called by the host): {}",
+                        info.ignored_exports.join(", ")
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) => Ok(fail(false, &self.input, e.kind(), &e.to_string())),

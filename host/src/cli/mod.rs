@@ -10,6 +10,7 @@ mod compile;
 mod config;
 mod load;
 mod local;
+mod new;
 mod output;
 mod policy;
 mod remote;
@@ -75,6 +76,12 @@ pub(crate) enum Command {
     /// report throughput, latency percentiles, errors by kind, RSS per live
     /// sandbox, and fuel and memory per run.
     Load(load::LoadArgs),
+    /// Start a new agent project in Rust, Python or JavaScript.
+    ///
+    /// Writes NAME/ with the agent (the `hello` example in that language),
+    /// its SDK, the WIT it is built against and a `build.sh`, then prints
+    /// the commands that build it and run it.
+    New(new::NewArgs),
 }
 
 /// Parses the command line, runs the command, and turns its result into
@@ -100,6 +107,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Runbook(command) => command.run(),
         Command::Audit(command) => command.run(),
         Command::Load(args) => args.run(),
+        Command::New(args) => args.run(),
     };
     match result {
         Ok(code) => code,

@@ -419,9 +419,10 @@ impl Chassis for ChassisService {
         while let Some(chunk) = chunks.message().await? {
             if (bytes.len() + chunk.data.len()) as u64 > self.max_module_bytes {
                 return Err(status(
-                    ErrorKind::InvalidRequest,
+                    ErrorKind::InvalidModule,
                     format!(
-                        "module is larger than the limit of {} bytes",
+                        "module of more than {} bytes is larger than the limit of {} bytes (runtime.max_module_mb)",
+                        bytes.len() + chunk.data.len(),
                         self.max_module_bytes
                     ),
                 ));
@@ -466,6 +467,7 @@ impl Chassis for ChassisService {
             id: module.id().into(),
             world: world(module.world()),
             size_bytes: module.size_bytes(),
+            ignored_exports: module.ignored_exports().to_vec(),
         }))
     }
 
@@ -483,6 +485,7 @@ impl Chassis for ChassisService {
                 id: m.id,
                 world: world(m.world),
                 size_bytes: m.size_bytes,
+                ignored_exports: m.ignored_exports,
             })
             .collect();
         Ok(Response::new(proto::ListModulesResponse { modules }))

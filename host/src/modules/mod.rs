@@ -70,7 +70,7 @@ pub enum ModuleError {
         reason: String,
     },
     /// The module is larger than the host accepts.
-    #[error("module of {size} bytes is over the limit of {limit} bytes")]
+    #[error("module of {size} bytes is over the limit of {limit} bytes (runtime.max_module_mb)")]
     TooLarge {
         /// Its size.
         size: u64,
@@ -136,7 +136,7 @@ impl ModuleError {
             | ModuleError::Serialize(_)
             | ModuleError::Lost(_) => ErrorKind::Internal,
             ModuleError::Busy(_) => ErrorKind::Overloaded,
-            ModuleError::TooLarge { .. } | ModuleError::InvalidId(_) => ErrorKind::InvalidRequest,
+            ModuleError::InvalidId(_) => ErrorKind::InvalidRequest,
             _ => ErrorKind::InvalidModule,
         }
     }
@@ -148,6 +148,7 @@ pub struct Module {
     id: String,
     world: World,
     size_bytes: u64,
+    ignored_exports: Vec<String>,
     prepared: Prepared,
 }
 
@@ -167,6 +168,12 @@ impl Module {
         self.size_bytes
     }
 
+    /// Exports other than the world's entry point: tolerated, never called
+    /// (see [`World::is_entry`]).
+    pub fn ignored_exports(&self) -> &[String] {
+        &self.ignored_exports
+    }
+
     /// The pre-instantiated form the sandbox runs.
     pub fn prepared(&self) -> &Prepared {
         &self.prepared
@@ -178,6 +185,7 @@ impl Module {
             id: self.id.clone(),
             world: self.world,
             size_bytes: self.size_bytes,
+            ignored_exports: self.ignored_exports.clone(),
         }
     }
 }
@@ -191,6 +199,9 @@ pub struct ModuleInfo {
     pub world: World,
     /// Source size.
     pub size_bytes: u64,
+    /// Exports the host never calls (see [`World::is_entry`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored_exports: Vec<String>,
 }
 
 /// Counters for what the store did, for metrics and tests.
@@ -460,10 +471,23 @@ impl ModuleStore {
         component: Component,
     ) -> Result<Arc<Module>, ModuleError> {
         let prepared = self.preparer.prepare(&component)?;
+        let world = prepared.world();
+        let ignored_exports: Vec<String> = export_names(&component)
+            .into_iter()
+            .filter(|export| !world.is_entry(export))
+            .collect();
+        if !ignored_exports.is_empty() {
+            tracing::info!(
+                module = %id,
+                ignored = ?ignored_exports,
+                "module exports more than its world; the host calls only its entry point"
+            );
+        }
         let module = Arc::new(Module {
             id: id.clone(),
-            world: prepared.world(),
+            world,
             size_bytes,
+            ignored_exports,
             prepared,
         });
         self.modules

@@ -25,6 +25,18 @@ pub enum World {
 }
 
 impl World {
+    /// Whether `export` is the entry point the host calls for this world.
+    /// Every other export of a module is never called by the host, and no
+    /// request can name one: toolchains add such exports (componentize-py's
+    /// `exports` interface with `init`, componentize-qjs's `init`), and
+    /// they are listed as the module's `ignored_exports`.
+    pub fn is_entry(self, export: &str) -> bool {
+        match self {
+            World::Agent => export == "run",
+            World::Command => export.starts_with("wasi:cli/run@"),
+        }
+    }
+
     /// The name used in listings and JSON.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -318,9 +318,14 @@ async fn oversized_modules_and_messages_are_refused() {
     let status = assert_status(
         client.register_module(tokio_stream::iter(chunks)).await,
         Code::InvalidArgument,
-        "invalid-request",
+        "invalid-module",
     );
-    assert!(status.message().contains("larger than the limit"));
+    assert!(
+        status
+            .message()
+            .contains("larger than the limit of 1048576 bytes"),
+        "{status:?}"
+    );
     // A single message over server.max_request_mb is refused by the
     // transport (tonic answers OUT_OF_RANGE) and the server keeps serving.
     let hello = register(&mut client, HELLO_COMPONENT).await;

@@ -35,7 +35,7 @@ impl Fixture {
         Self { dir }
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
@@ -50,7 +50,7 @@ impl Fixture {
         Arc::new(Policy::parse(&text, Path::new("jail.toml")).unwrap())
     }
 
-    fn assert_canary_untouched(&self) {
+    pub(crate) fn assert_canary_untouched(&self) {
         assert_eq!(
             std::fs::read_to_string(self.path("canary.txt")).unwrap(),
             CANARY
@@ -60,7 +60,7 @@ impl Fixture {
 
 /// Runs an escape request through the agent or its command twin; returns the
 /// guest-error code (or `ok`) and the text it came with.
-async fn attempt(
+pub(crate) async fn attempt(
     host: &Host,
     guest: &str,
     policy: &Arc<Policy>,
@@ -91,7 +91,7 @@ async fn attempt(
 
 /// The filesystem and environment attacks, with the exact code each must
 /// end in. Shared by the agent and the command twin.
-const FS_ATTACKS: &[(&str, &str, &str)] = &[
+pub(crate) const FS_ATTACKS: &[(&str, &str, &str)] = &[
     (
         "a benign read inside the preopen works",
         "read /jail/hello.txt",
@@ -182,8 +182,8 @@ async fn run_env_attack(guest: &str) {
 }
 
 /// A loopback listener that answers `pong` and counts connections.
-struct Listener {
-    port: u16,
+pub(crate) struct Listener {
+    pub(crate) port: u16,
     accepted: Arc<AtomicUsize>,
 }
 
@@ -210,7 +210,7 @@ impl Listener {
         Self::answering(b"pong\n")
     }
 
-    fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
 }
@@ -297,7 +297,7 @@ async fn run_network_attacks(guest: &str) {
 }
 
 /// A loopback HTTP server answering every request with `pong`.
-fn http_server() -> Listener {
+pub(crate) fn http_server() -> Listener {
     Listener::answering(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\npong")
 }
 
@@ -507,7 +507,7 @@ pub(crate) mod hostile_secret_thief {
 /// A private (0600) local secrets file and a host reading from it.
 pub(crate) struct SecretsFile {
     _dir: tempfile::TempDir,
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl SecretsFile {
