@@ -82,7 +82,7 @@ pub(crate) struct NewArgs {
     /// The agent's name: lowercase letters, digits and dashes, starting
     /// with a letter. The project is made in a new directory of this name
     /// and builds `NAME.wasm`.
-    #[arg(value_name = "NAME")]
+    #[arg(value_name = "NAME", value_parser = agent_name)]
     name: String,
     /// The language to write the agent in.
     #[arg(long, value_enum, default_value = "rust")]
@@ -95,7 +95,6 @@ pub(crate) struct NewArgs {
 impl NewArgs {
     /// Writes the project and prints the commands that build and run it.
     pub(crate) fn run(self) -> Result<ExitCode> {
-        check_name(&self.name)?;
         let dir = self.path.join(&self.name);
         if dir.exists() {
             bail!(
@@ -123,6 +122,12 @@ impl NewArgs {
         );
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// NAME as clap parses it: a bad name is a usage error (exit 2).
+fn agent_name(name: &str) -> Result<String, String> {
+    check_name(name).map_err(|e| e.to_string())?;
+    Ok(name.to_string())
 }
 
 /// Refuses names that are not a valid crate, module and file name alike.

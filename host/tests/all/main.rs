@@ -13,6 +13,7 @@ mod grpc_api;
 mod grpc_overload;
 mod grpc_tls;
 mod load;
+mod new_agent;
 mod runbooks;
 mod secrets_cli;
 mod secrets_vault;
