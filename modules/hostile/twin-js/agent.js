@@ -4,7 +4,9 @@
 // The input names the attack (like `modules/lib/probe`): `spin` loops
 // forever, `hoard` keeps every MiB it allocates, `secret NAME` asks for a
 // secret, `leak NAME` prints a granted secret to stdout and stderr, logs it
-// and returns it, and `get URL` makes an HTTP request. StarlingMonkey gives
+// and returns it, `get URL` makes an HTTP request, and `sleep MS` holds its
+// sandbox that long without using a thread (StarlingMonkey only: QuickJS's
+// runtime has no timers). StarlingMonkey gives
 // JavaScript no filesystem API, so the file escapes have no JS twin: the
 // only files a JS agent could reach are the policy's preopens, and it has
 // no call that opens them.
@@ -22,6 +24,11 @@ export const run = agent((input) => {
       let n = 0;
       for (;;) n++;
     }
+    case "sleep":
+      if (typeof setTimeout === "undefined") {
+        throw new AgentError("Unsupported", "this engine has no timers");
+      }
+      return new Promise((done) => setTimeout(() => done("slept"), Number(arg)));
     case "hoard": {
       const kept = [];
       for (;;) {

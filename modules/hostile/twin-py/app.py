@@ -10,12 +10,15 @@ The input names the attack (like `modules/lib/probe`):
 - `secret NAME`: asks for a secret (an ungranted one is `denied`);
 - `leak NAME`: prints a granted secret to stdout and stderr, logs it and
   returns it (every copy must come out redacted);
-- `get URL`: an HTTP request (off the allowlist it is `HttpRequestDenied`).
+- `get URL`: an HTTP request (off the allowlist it is `HttpRequestDenied`);
+- `sleep MS`: holds its sandbox that long without using a thread (the
+  density benchmark's sleeping agent).
 """
 
 import errno
 import os
 import sys
+import time
 
 import chassis_agent as chassis
 from chassis_agent import http
@@ -44,6 +47,9 @@ class Agent(chassis.Agent):
             n = 0
             while True:
                 n += 1
+        if op == "sleep":
+            time.sleep(int(arg) / 1000)
+            return b"slept"
         if op == "env":
             return "\n".join(sorted(f"{k}={v}" for k, v in os.environ.items())).encode()
         if op == "hoard":

@@ -277,8 +277,33 @@ async fn holds_the_common_attacks(path: &'static str, has_console: bool) {
     hello_still_works(&host).await;
 }
 
+/// A sleep holds the sandbox for its length, but not the thread: on this
+/// test's single-threaded runtime, a Rust `hello` started beside it
+/// finishes while the agent still sleeps.
+async fn sleeps_without_a_thread(path: &'static str) {
+    let host = agent_host(None);
+    compiled(path);
+    let sleeper = async {
+        let report = run_agent(&host, path, "sleep 1000", None).await;
+        (report, std::time::Instant::now())
+    };
+    let other = async {
+        hello_still_works(&host).await;
+        std::time::Instant::now()
+    };
+    let ((report, slept_at), other_at) = tokio::join!(sleeper, other);
+    assert_eq!(report.result.as_deref().unwrap(), b"slept");
+    assert!(report.usage.wall_time_us >= 1_000_000, "{:?}", report.usage);
+    assert!(other_at < slept_at, "the other run waited for the sleeping agent");
+}
+
 pub(crate) mod hostile_twin_py {
     use super::*;
+
+    #[tokio::test]
+    async fn a_sleep_holds_its_sandbox_but_no_thread() {
+        sleeps_without_a_thread(HOSTILE_TWIN_PY_COMPONENT).await;
+    }
 
     #[tokio::test]
     async fn cpu_memory_and_secret_attacks_end_as_in_rust() {
@@ -339,6 +364,11 @@ pub(crate) mod hostile_twin_py {
 
 pub(crate) mod hostile_twin_js {
     use super::*;
+
+    #[tokio::test]
+    async fn a_sleep_holds_its_sandbox_but_no_thread() {
+        sleeps_without_a_thread(HOSTILE_TWIN_JS_COMPONENT).await;
+    }
 
     #[tokio::test]
     async fn cpu_memory_and_secret_attacks_end_as_in_rust() {
