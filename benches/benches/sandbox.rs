@@ -8,7 +8,9 @@ use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{ResourceTable, WasiCtx, WasiCtxView, WasiView};
 
 use chassis::Host;
-use chassis_tests::programs::ECHO_COMPONENT;
+use chassis_tests::programs::{
+    ECHO_COMPONENT, HELLO_COMPONENT, HELLO_JS_COMPONENT, HELLO_PY_COMPONENT, HELLO_QJS_COMPONENT,
+};
 
 mod raw {
     //! The peer: the least a wasmtime embedder must write to run an agent.
@@ -224,5 +226,53 @@ fn cpu(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sandbox, cpu);
+/// `Host::run` of the `hello` agent in each language (Rust as the
+/// reference), each registered on a fresh host first: the registration is
+/// the first compile, timed and written with each component's size to
+/// target/bench-results/agents.json for `cargo xtask bench`.
+fn agents(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut group = c.benchmark_group("agents");
+    let mut compiles = serde_json::Map::new();
+    for (name, path) in [
+        ("rust", HELLO_COMPONENT),
+        ("python", HELLO_PY_COMPONENT),
+        ("starlingmonkey", HELLO_JS_COMPONENT),
+        ("quickjs", HELLO_QJS_COMPONENT),
+    ] {
+        let wasm = std::fs::read(path).unwrap();
+        let host = Host::builder().pool_slots(16).build().unwrap();
+        let started = std::time::Instant::now();
+        let module = host.modules().register(&wasm).unwrap();
+        let compile = started.elapsed();
+        compiles.insert(
+            name.to_string(),
+            serde_json::json!({
+                "bytes": wasm.len(),
+                "compile_ms": compile.as_secs_f64() * 1e3,
+            }),
+        );
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let report = runtime
+                    .block_on(host.run(&module, chassis::RunRequest::new("chassis")))
+                    .unwrap();
+                assert_eq!(report.result.unwrap(), b"Hello, chassis!");
+            })
+        });
+    }
+    group.finish();
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(
+        out.join("agents.json"),
+        serde_json::to_vec_pretty(&compiles).unwrap(),
+    )
+    .unwrap();
+}
+
+criterion_group!(benches, sandbox, cpu, agents);
 criterion_main!(benches);

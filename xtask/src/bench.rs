@@ -285,6 +285,30 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             words,
         ],
     )?;
+    let agents_dir = crate::setup::target_dir().join("guests/agents");
+    let sleeping_agents = if quick { "200" } else { "1000" };
+    let mut agent_live = Vec::new();
+    for (what, file) in [
+        ("Python", "hostile_twin_py.wasm"),
+        ("JavaScript (StarlingMonkey)", "hostile_twin_js.wasm"),
+    ] {
+        let figures = chassis_load(
+            &root,
+            &[
+                "--module",
+                &agents_dir.join(file).display().to_string(),
+                "--concurrency",
+                sleeping_agents,
+                "--runs",
+                sleeping_agents,
+                "--input",
+                "sleep 10000",
+                "--memory-mb",
+                "64",
+            ],
+        )?;
+        agent_live.push((what, figures));
+    }
     let peer_rate = wasmtime_cli(&root)
         .and_then(|cli| wasmtime_run_rate(&cli, &guests.join("wordcount.wasm"), words, 100));
 
@@ -488,6 +512,13 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             per as f64 / 1024.0
         ));
     }
+    agents_section(
+        &root,
+        &mut md,
+        &mut misses,
+        &agent_live,
+        sleeping_agents,
+    )?;
     if !misses.is_empty() {
         writeln!(md, "\n## Missed targets\n")?;
         for m in misses {
@@ -524,6 +555,112 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     )?;
     std::fs::write(root.join("BENCHMARKS.md"), md)?;
     println!("wrote {}", root.join("BENCHMARKS.md").display());
+    Ok(())
+}
+
+/// Agents in each language: component size, first compile, `Host::run`
+/// of `hello`, and RSS per live sleeping agent.
+fn agents_section(
+    root: &Path,
+    md: &mut String,
+    misses: &mut Vec<String>,
+    live: &[(&str, serde_json::Value)],
+    wanted: &str,
+) -> Result<()> {
+    let path = root.join("target/bench-results/agents.json");
+    let compiles: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    let rust = estimate_ns(root, "agents/rust")?;
+    writeln!(
+        md,
+        "\n## Agents by language\n\n\
+         The `hello` agent in each language (`modules/hello`, `modules/hello-py`, \
+         `modules/hello-js` built by both JavaScript engines), each registered on a fresh \
+         in-process host (the first registration is the compile, cranelift on every core), then \
+         `Host::run` with the default policy and limits, criterion's median.\n\n\
+         | agent | component | first registration (compile) | `Host::run` of `hello` | vs Rust | target | met |\n\
+         |---|---|---|---|---|---|---|"
+    )?;
+    for (key, what, target_ns) in [
+        ("rust", "Rust (`chassis-guest`)", None),
+        ("python", "Python (componentize-py 0.25.1)", Some(1_000_000.0)),
+        (
+            "starlingmonkey",
+            "JavaScript, StarlingMonkey (componentize-js 0.23.0)",
+            Some(1_000_000.0),
+        ),
+        (
+            "quickjs",
+            "JavaScript, QuickJS (componentize-qjs, jco 1.35)",
+            Some(300_000.0),
+        ),
+    ] {
+        let ns = estimate_ns(root, &format!("agents/{key}"))?;
+        let bytes = compiles[key]["bytes"].as_f64().unwrap_or(0.0);
+        let compile_ms = compiles[key]["compile_ms"].as_f64().unwrap_or(0.0);
+        let (target, met) = match target_ns {
+            None => ("reference".to_string(), "—".to_string()),
+            Some(t) => {
+                let met = ns <= t;
+                if !met {
+                    misses.push(format!(
+                        "- {what}: `Host::run` of `hello` {} against a target of {} ({:.0}% over).",
+                        human(ns),
+                        human(t),
+                        (ns / t - 1.0) * 100.0
+                    ));
+                }
+                (
+                    format!("≤ {}", human(t)),
+                    if met { "yes" } else { "**no**" }.to_string(),
+                )
+            }
+        };
+        writeln!(
+            md,
+            "| {what} | {:.1} MB | {:.1} s | {} | {:.1}x | {target} | {met} |",
+            bytes / 1e6,
+            compile_ms / 1e3,
+            human(ns),
+            ns / rust
+        )?;
+    }
+    writeln!(
+        md,
+        "\nLive sleeping agents (`chassis load --concurrency {wanted} --runs {wanted} --input \"sleep 10000\" \
+         --memory-mb 64` of the hostile twin, which sleeps on a host pollable):\n\n\
+         | agent | live at once | errors | RSS per live sandbox | peak RSS | target | met |\n\
+         |---|---|---|---|---|---|---|"
+    )?;
+    let want = wanted.parse::<u64>().unwrap_or(0);
+    for (what, figures) in live {
+        let peak_live = figures["peak_live_sandboxes"].as_u64().unwrap_or(0);
+        let errors = figures["errors"].as_u64().unwrap_or(u64::MAX);
+        let per = figures["rss_per_live_sandbox_bytes"].as_u64().unwrap_or(u64::MAX) as f64;
+        let peak = figures["peak_rss_bytes"].as_f64().unwrap_or(0.0);
+        let limit_mib = if what.starts_with("Python") { 8.0 } else { 3.0 };
+        let met = peak_live == want && errors == 0 && per <= limit_mib * 1024.0 * 1024.0;
+        writeln!(
+            md,
+            "| {what} | {peak_live} | {errors} | {:.2} MiB | {:.0} MiB | {want} live, 0 errors, ≤ {limit_mib} MiB each | {} |",
+            per / (1024.0 * 1024.0),
+            peak / (1024.0 * 1024.0),
+            if met { "yes" } else { "**no**" }
+        )?;
+        if !met {
+            misses.push(format!(
+                "- live {what} agents: {peak_live} of {want} live, {errors} errors, {:.2} MiB each against ≤ {limit_mib} MiB.",
+                per / (1024.0 * 1024.0)
+            ));
+        }
+    }
+    writeln!(
+        md,
+        "| JavaScript (QuickJS) | not measured | — | — | — | ≤ 0.5 MiB each | — |\n\n\
+         QuickJS's runtime (componentize-qjs `--sync`) has no timers, so a QuickJS agent cannot sleep, \
+         and its density is not measured here; its `hello` instantiates in the `Host::run` row above."
+    )?;
     Ok(())
 }
 
