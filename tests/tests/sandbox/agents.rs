@@ -17,7 +17,7 @@ use chassis::modules::World;
 use chassis::policy::Policy;
 use chassis::sandbox::{DenialKind, RunError};
 
-use super::capabilities::{FS_ATTACKS, Fixture, SecretsFile, attempt, http_server};
+use super::capabilities::{Fixture, SecretsFile, attempt, http_server, run_fs_attacks_on};
 use super::*;
 
 /// The data dir every agent host here shares (artifacts and their key).
@@ -294,7 +294,34 @@ async fn sleeps_without_a_thread(path: &'static str) {
     let ((report, slept_at), other_at) = tokio::join!(sleeper, other);
     assert_eq!(report.result.as_deref().unwrap(), b"slept");
     assert!(report.usage.wall_time_us >= 1_000_000, "{:?}", report.usage);
-    assert!(other_at < slept_at, "the other run waited for the sleeping agent");
+    assert!(
+        other_at < slept_at,
+        "the other run waited for the sleeping agent"
+    );
+}
+
+/// A request to the metadata address, and one to an allowlisted port by
+/// the name `localhost` (a name never unlocks loopback): both refused as
+/// `HttpRequestDenied` with a network denial, and nothing reaches the
+/// server.
+async fn refuses_requests_off_the_allowlist(guest: &'static str) {
+    let host = agent_host(None);
+    let server = http_server();
+    let fixture = Fixture::new();
+    let policy = fixture.policy(&format!(
+        "[network]\nallow = [\"127.0.0.1:{}\"]\n",
+        server.port
+    ));
+    for target in [
+        "http://169.254.169.254/".to_string(),
+        format!("http://localhost:{}/", server.port),
+    ] {
+        let report = run_agent(&host, guest, &format!("get {target}"), Some(&policy)).await;
+        assert_eq!(guest_error(&report).0, "HttpRequestDenied", "{target}");
+        assert_eq!(report.denials[0].kind, DenialKind::Network, "{target}");
+    }
+    assert_eq!(server.accepted(), 0);
+    hello_still_works(&host).await;
 }
 
 pub(crate) mod hostile_twin_py {
@@ -312,53 +339,18 @@ pub(crate) mod hostile_twin_py {
 
     #[tokio::test]
     async fn filesystem_escapes_end_as_in_rust_and_the_canary_is_untouched() {
-        let host = agent_host(None);
-        let fixture = Fixture::new();
-        let policy = fixture.policy("");
         let guest = HOSTILE_TWIN_PY_COMPONENT;
         compiled(guest);
-        for (what, request, want) in FS_ATTACKS {
-            let (code, text, _) = attempt(&host, guest, &policy, request).await;
-            assert_eq!(&code, want, "{what}: `{request}` gave {code}: {text}");
-            if *want == "ok" {
-                assert_eq!(text, "inside");
-            }
-            fixture.assert_canary_untouched();
-        }
-        let (code, _, _) = attempt(&host, guest, &policy, "write /out/report.txt done").await;
-        assert_eq!(code, "ok");
-        assert_eq!(
-            std::fs::read_to_string(fixture.path("out/report.txt")).unwrap(),
-            "done"
-        );
+        let host = agent_host(None);
+        run_fs_attacks_on(&host, guest).await;
         // Only the policy's environment, nothing of the host's.
-        let (code, text, _) = attempt(&host, guest, &policy, "env").await;
+        let (code, text, _) = attempt(&host, guest, &Fixture::new().policy(""), "env").await;
         assert_eq!((code.as_str(), text.as_str()), ("ok", "GREETING=hi"));
-        hello_still_works(&host).await;
     }
 
     #[tokio::test]
-    async fn requests_off_the_allowlist_are_refused() {
-        let host = agent_host(None);
-        let server = http_server();
-        let fixture = Fixture::new();
-        let policy = fixture.policy(&format!(
-            "[network]\nallow = [\"127.0.0.1:{}\"]\n",
-            server.port
-        ));
-        let guest = HOSTILE_TWIN_PY_COMPONENT;
-        let report = run_agent(&host, guest, "get http://169.254.169.254/", Some(&policy)).await;
-        assert_eq!(guest_error(&report).0, "HttpRequestDenied");
-        assert_eq!(report.denials[0].kind, DenialKind::Network);
-        let report = run_agent(
-            &host,
-            guest,
-            &format!("get http://localhost:{}/", server.port),
-            Some(&policy),
-        )
-        .await;
-        assert_eq!(guest_error(&report).0, "HttpRequestDenied");
-        assert_eq!(server.accepted(), 0);
+    async fn requests_off_the_allowlist_are_refused_by_the_host() {
+        refuses_requests_off_the_allowlist(HOSTILE_TWIN_PY_COMPONENT).await;
     }
 }
 
@@ -376,24 +368,8 @@ pub(crate) mod hostile_twin_js {
     }
 
     #[tokio::test]
-    async fn requests_off_the_allowlist_are_refused() {
-        let host = agent_host(None);
-        let server = http_server();
-        let fixture = Fixture::new();
-        let policy = fixture.policy(&format!(
-            "[network]\nallow = [\"127.0.0.1:{}\"]\n",
-            server.port
-        ));
-        let report = run_agent(
-            &host,
-            HOSTILE_TWIN_JS_COMPONENT,
-            "get http://169.254.169.254/",
-            Some(&policy),
-        )
-        .await;
-        assert_eq!(guest_error(&report).0, "HttpRequestDenied");
-        assert_eq!(report.denials[0].kind, DenialKind::Network);
-        assert_eq!(server.accepted(), 0);
+    async fn requests_off_the_allowlist_are_refused_by_the_host() {
+        refuses_requests_off_the_allowlist(HOSTILE_TWIN_JS_COMPONENT).await;
     }
 }
 

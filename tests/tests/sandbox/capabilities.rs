@@ -145,7 +145,13 @@ pub(crate) const FS_ATTACKS: &[(&str, &str, &str)] = &[
 ];
 
 async fn run_fs_attacks(guest: &str) {
-    let host = host();
+    run_fs_attacks_on(&host(), guest).await;
+}
+
+/// The filesystem attacks of `guest` (any twin speaking `probe`'s
+/// requests) on `host`, each with its exact code, the canary untouched.
+pub(crate) async fn run_fs_attacks_on(host: &Host, guest: &str) {
+    let host = host.clone();
     let fixture = Fixture::new();
     let policy = fixture.policy("");
     for (what, request, want) in FS_ATTACKS {
