@@ -96,6 +96,14 @@ impl HostBuilder {
         self
     }
 
+    /// How much of a freed slot's memory stays resident for the next run
+    /// (`sandbox_pool.keep_resident_kib`; see
+    /// [`crate::engine::DEFAULT_KEEP_RESIDENT`]).
+    pub fn keep_resident(mut self, bytes: u64) -> Self {
+        self.engine = self.engine.with_keep_resident(bytes);
+        self
+    }
+
     /// Runs slower than this count as SLO violations (`slo.target_latency_p95_ms`).
     pub fn slo_target(mut self, target: std::time::Duration) -> Self {
         self.slo_target = target;
@@ -701,17 +709,12 @@ impl Host {
     }
 }
 
-/// A random 128-bit run id, hex.
+/// A random 128-bit run id, hex, from the thread's CSPRNG (seeded from
+/// the OS, reseeded as it goes): no system call per run.
 fn new_run_id() -> String {
+    use rand::Rng;
     let mut bytes = [0u8; 16];
-    // Falls back to a time-based id only if the OS has no randomness at all.
-    if getrandom::fill(&mut bytes).is_err() {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        bytes = nanos.to_le_bytes();
-    }
+    rand::rng().fill_bytes(&mut bytes);
     hex::encode(bytes)
 }
 

@@ -162,6 +162,7 @@ pub fn assemble(
         } else {
             0
         })
+        .keep_resident(config.sandbox_pool.keep_resident_kib * 1024)
         .slo_target(Duration::from_millis(config.slo.target_latency_p95_ms))
         .max_module_bytes(config.runtime.max_module_mb * 1024 * 1024)
         .compile_limits(compile_limits(config))

@@ -474,6 +474,11 @@ pub struct SandboxPool {
     /// waiting for a slot are served in turn either way, so one caller's
     /// backlog never queues the others behind it.
     pub per_caller_max_size: u32,
+    /// KiB of a freed slot's linear memory kept resident and reset in place
+    /// for the next run instead of released (see
+    /// [`crate::engine::DEFAULT_KEEP_RESIDENT`]); at most `max_size` times
+    /// this stays resident. 0 releases every page after each run.
+    pub keep_resident_kib: u64,
 }
 
 impl Default for SandboxPool {
@@ -484,6 +489,7 @@ impl Default for SandboxPool {
             max_size: 100,
             queue_timeout_ms: 1000,
             per_caller_max_size: 0,
+            keep_resident_kib: crate::engine::DEFAULT_KEEP_RESIDENT / 1024,
         }
     }
 }
@@ -621,6 +627,16 @@ impl Config {
             return Err(bad(
                 "sandbox_pool.max_size",
                 "must be from 1 to 100000".into(),
+            ));
+        }
+        if self.sandbox_pool.keep_resident_kib > self.runtime.max_memory_mb * 1024 {
+            return Err(bad(
+                "sandbox_pool.keep_resident_kib",
+                format!(
+                    "must be at most runtime.max_memory_mb ({} MiB = {} KiB)",
+                    self.runtime.max_memory_mb,
+                    self.runtime.max_memory_mb * 1024
+                ),
             ));
         }
         if self.runtime.max_concurrent_compiles > 1024 {

@@ -124,6 +124,10 @@ fn rules_between_keys_name_the_key() {
         check("chassis:\n  runtime:\n    compile_queue_timeout_ms: 0\n")
             .contains("`chassis.runtime.compile_queue_timeout_ms`: must be greater than zero")
     );
+    assert!(
+        check("chassis:\n  runtime:\n    max_memory_mb: 32\n  sandbox_pool:\n    keep_resident_kib: 40000\n")
+            .contains("`chassis.sandbox_pool.keep_resident_kib`: must be at most runtime.max_memory_mb (32 MiB = 32768 KiB)")
+    );
 }
 
 #[test]

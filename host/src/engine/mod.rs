@@ -33,6 +33,17 @@ const TABLE_ELEMENTS: usize = 10_000;
 /// slot count, so `max_size` runs of any admitted module always fit and no
 /// module can take other tenants' share.
 pub const CORE_INSTANCES_PER_SLOT: u32 = 16;
+/// How much of a freed slot's linear memory stays resident, by default
+/// (`sandbox_pool.keep_resident_kib`). Within it, the pages a run dirtied
+/// are found with Linux's `PAGEMAP_SCAN` (kernel 6.7 or later) and reset in
+/// place, with no `madvise`: an `madvise` per run makes the kernel shoot
+/// down the TLBs of every other core running sandboxes, and the next run
+/// page-faults every page in again. Dirty pages past it are released. A
+/// host keeps at most this much per slot it has used (`max_size` times it
+/// at worst); older kernels fall back to zeroing the first this many bytes.
+pub const DEFAULT_KEEP_RESIDENT: u64 = 16 * 1024 * 1024;
+/// A freed slot's table stays resident whole (10,000 8-byte elements).
+const TABLE_KEEP_RESIDENT: usize = TABLE_ELEMENTS * 8;
 /// Linear memories per slot (see [`CORE_INSTANCES_PER_SLOT`]).
 pub const MEMORIES_PER_SLOT: u32 = 2;
 /// Tables per slot (see [`CORE_INSTANCES_PER_SLOT`]).
@@ -49,6 +60,7 @@ pub struct EngineConfig {
     pooling: bool,
     epoch_tick: Duration,
     warm_slots: u32,
+    keep_resident: u64,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +78,7 @@ impl EngineConfig {
             pooling: true,
             epoch_tick: DEFAULT_EPOCH_TICK,
             warm_slots: 10,
+            keep_resident: DEFAULT_KEEP_RESIDENT,
         }
     }
 
@@ -85,6 +98,14 @@ impl EngineConfig {
     /// How many freed slots stay warm for reuse (`sandbox_pool.min_size`).
     pub fn with_warm_slots(mut self, slots: u32) -> Self {
         self.warm_slots = slots;
+        self
+    }
+
+    /// How much of a freed slot's linear memory stays resident for the next
+    /// run (`sandbox_pool.keep_resident_kib`; see [`DEFAULT_KEEP_RESIDENT`]).
+    /// 0 releases every dirty page with `madvise` after each run.
+    pub fn with_keep_resident(mut self, bytes: u64) -> Self {
+        self.keep_resident = bytes;
         self
     }
 
@@ -143,7 +164,14 @@ impl EngineConfig {
                 .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
                 .max_memory_size(self.max_memory_bytes as usize)
                 .table_elements(TABLE_ELEMENTS)
-                .max_unused_warm_slots(self.warm_slots.min(slots));
+                .max_unused_warm_slots(self.warm_slots.min(slots))
+                .linear_memory_keep_resident(self.keep_resident.min(self.max_memory_bytes) as usize)
+                .table_keep_resident(if self.keep_resident > 0 {
+                    TABLE_KEEP_RESIDENT
+                } else {
+                    0
+                })
+                .pagemap_scan(wasmtime::Enabled::Auto);
             config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
         }
         config
