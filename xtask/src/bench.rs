@@ -576,22 +576,32 @@ fn agents_section(
          | agent | component | first registration (compile) | `Host::run` of `hello` | vs Rust | target | met |\n\
          |---|---|---|---|---|---|---|"
     )?;
-    for (key, what, target_ns) in [
-        ("rust", "Rust (`chassis-guest`)", None),
+    for (key, what, target_ns, why) in [
+        ("rust", "Rust (`chassis-guest`)", None, ""),
         (
             "python",
             "Python (componentize-py 0.25.1)",
             Some(1_000_000.0),
+            "each run instantiates componentize-py's component afresh: libc, libpython and the app \
+             are core modules wired together by thousands of function imports. A perf profile of \
+             `chassis load` at concurrency 1 puts ~21% of the time in wasmtime's \
+             `CompiledFunctionsTable::func_loc` (the lookups that build each funcref, at \
+             instantiation and at a table entry's first indirect call), ~22% in page faults, ~8% \
+             in `madvise`, and the interpreter's own work in the rest. Going lower needs funcrefs \
+             cached per module inside wasmtime, or instances reused across runs, which would \
+             share one run's state with the next",
         ),
         (
             "starlingmonkey",
             "JavaScript, StarlingMonkey (componentize-js 0.23.0)",
             Some(1_000_000.0),
+            "instantiating the 12 MB engine's component and its first run from the snapshot",
         ),
         (
             "quickjs",
             "JavaScript, QuickJS (componentize-qjs, jco 1.35)",
             Some(300_000.0),
+            "instantiating the QuickJS runtime and interpreting the handler; QuickJS has no JIT",
         ),
     ] {
         let ns = estimate_ns(root, &format!("agents/{key}"))?;
@@ -603,7 +613,7 @@ fn agents_section(
                 let met = ns <= t;
                 if !met {
                     misses.push(format!(
-                        "- {what}: `Host::run` of `hello` {} against a target of {} ({:.0}% over).",
+                        "- {what}: `Host::run` of `hello` {} against a target of {} ({:.0}% over): {why}.",
                         human(ns),
                         human(t),
                         (ns / t - 1.0) * 100.0

@@ -728,6 +728,16 @@ async fn a_host_frozen_past_its_lease_cancels_its_step_when_it_thaws() {
     assert_eq!(result.host, "other");
     assert_eq!(result.fence, taken);
     assert_eq!(result_versions(&etcd, "migrate").await["migrate"], 1);
+    // The audit writer appends in batches (up to 50 ms, longer on a busy
+    // machine), so the record can land just after the result is visible.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while other.audited("step.finished").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other host never audited its step.finished"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(other.audited("step.finished").len(), 1);
 
     // And the thawed host still serves.
