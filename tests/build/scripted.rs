@@ -142,7 +142,7 @@ pub(crate) fn build_all(
     // interpreter), so run as many at once as there are cores.
     let width = std::thread::available_parallelism().map_or(2, |n| n.get());
     for batch in pending.chunks(width) {
-        let children: Vec<(Child, &(String, String, Lang, PathBuf, PathBuf, String))> = batch
+        let children: Vec<(Child, &Job)> = batch
             .iter()
             .map(|job| (tools.spawn(root, modules, guests, job), job))
             .collect();
@@ -164,6 +164,10 @@ pub(crate) fn build_all(
     }
     built
 }
+
+/// One pending build: identifier, source dir, language, output, stamp
+/// file, input hash.
+type Job = (String, String, Lang, PathBuf, PathBuf, String);
 
 /// Where the toolchains are, and their versions (part of every input hash).
 struct Tools {
@@ -240,7 +244,7 @@ impl Tools {
         root: &Path,
         modules: &Path,
         guests: &Path,
-        (ident, dir, lang, out, _, _): &(String, String, Lang, PathBuf, PathBuf, String),
+        (ident, dir, lang, out, _, _): &Job,
     ) -> Child {
         let wit = root.join("guest-sdk/wit");
         let tmp = out.with_extension("wasm.tmp");

@@ -51,7 +51,9 @@ fn agent_host(secrets: Option<&SecretsFile>) -> Host {
 /// process, whichever test asks first; the others wait rather than compile
 /// the same module again).
 fn compiled(path: &'static str) -> Vec<u8> {
-    static DONE: OnceLock<Mutex<HashMap<&'static str, Arc<Mutex<bool>>>>> = OnceLock::new();
+    /// One gate per guest path: `true` once it is compiled.
+    type Gates = Mutex<HashMap<&'static str, Arc<Mutex<bool>>>>;
+    static DONE: OnceLock<Gates> = OnceLock::new();
     let gate = DONE
         .get_or_init(Default::default)
         .lock()
