@@ -33,20 +33,10 @@ pub(crate) fn python_client_venv() -> Result<PathBuf> {
         make_venv(&venv)?;
     }
     phase("installing the Python client and its test tools from PyPI into the venv");
-    let status = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg(format!("{}[test]", root().join("clients/python").display()))
-        .status()
-        .context("running pip")?;
-    if !status.success() {
-        bail!("pip install clients/python[test] failed ({status})");
-    }
+    pip_install(
+        &venv,
+        &format!("{}[test]", root().join("clients/python").display()),
+    )?;
     Ok(python)
 }
 
