@@ -36,24 +36,29 @@ fn write_log(data: &Path, runs: u64) -> Vec<PathBuf> {
         ..Default::default()
     };
     let log = AuditLog::open(chassis::server::audit_options(&config).unwrap()).unwrap();
-    let context = serde_json::json!({
+    let context = chassis::audit::RunContext::new(&serde_json::json!({
         "module": "9f2c6a3e1b7d4c5a8e0f2b1d3c4e5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c4",
         "world": "agent",
         "policy": "default",
         "policy_sha256": "1d3c4e5f6a7b8c9d0e1f2a3b4c5d6e7f8091a2b3c49f2c6a3e1b7d4c5a8e0f2b",
         "caller": "local",
         "limits": {"fuel": null, "memory_bytes": 536870912, "timeout": "5m", "output_bytes": 1048576, "log_records": 1000, "cpu_percent": 100},
-    });
+    }));
     for i in 0..runs {
         let id = format!("{i:032x}");
-        log.run_started(&id, context.clone()).unwrap();
+        log.run_started(id.as_str(), &context).unwrap();
         log.run_ended(
-            &id,
-            context.clone(),
-            serde_json::json!({
-                "outcome": "ok",
-                "usage": {"fuel": 12_345, "mem": 1_114_112, "wall_us": 210, "cpu_us": 190},
-            }),
+            id.as_str(),
+            &context,
+            chassis::audit::RunOutcome {
+                usage: Some(chassis::audit::RunUsage {
+                    fuel: 12_345,
+                    mem: 1_114_112,
+                    wall_us: 210,
+                    cpu_us: 190,
+                }),
+                ..chassis::audit::RunOutcome::new("ok")
+            },
         )
         .unwrap();
     }

@@ -12,78 +12,11 @@ use std::time::{Duration, Instant};
 
 use chassis::config::Config;
 use chassis::grpc::proto::chassis_client::ChassisClient;
-use chassis::grpc::proto::chassis_server::{Chassis, ChassisServer};
+use chassis::grpc::proto::chassis_server::ChassisServer;
 use chassis::grpc::proto::{self, RegisterModuleChunk};
 use chassis::policy::PolicySet;
+use chassis_benches::BareEcho;
 use chassis_tests::programs::ECHO_COMPONENT;
-use tonic::{Request, Response, Status, Streaming};
-
-/// The peer: the same service answering `Run` with the input, nothing else.
-#[derive(Debug, Default)]
-struct BareEcho;
-
-#[tonic::async_trait]
-impl Chassis for BareEcho {
-    async fn register_module(
-        &self,
-        _: Request<Streaming<RegisterModuleChunk>>,
-    ) -> Result<Response<proto::ModuleInfo>, Status> {
-        Err(Status::unimplemented("bare echo"))
-    }
-    async fn list_modules(
-        &self,
-        _: Request<proto::ListModulesRequest>,
-    ) -> Result<Response<proto::ListModulesResponse>, Status> {
-        Err(Status::unimplemented("bare echo"))
-    }
-    async fn remove_module(
-        &self,
-        _: Request<proto::RemoveModuleRequest>,
-    ) -> Result<Response<proto::RemoveModuleResponse>, Status> {
-        Err(Status::unimplemented("bare echo"))
-    }
-    async fn list_policies(
-        &self,
-        _: Request<proto::ListPoliciesRequest>,
-    ) -> Result<Response<proto::ListPoliciesResponse>, Status> {
-        Err(Status::unimplemented("bare echo"))
-    }
-    async fn run(
-        &self,
-        request: Request<proto::RunRequest>,
-    ) -> Result<Response<proto::RunResponse>, Status> {
-        Ok(Response::new(proto::RunResponse {
-            output: request.into_inner().input,
-            ..Default::default()
-        }))
-    }
-    type RunStreamStream = tokio_stream::Empty<Result<proto::RunEvent, Status>>;
-    async fn run_stream(
-        &self,
-        _: Request<proto::RunRequest>,
-    ) -> Result<Response<Self::RunStreamStream>, Status> {
-        Err(Status::unimplemented("bare echo"))
-    }
-    async fn submit_runbook(
-        &self,
-        _: Request<proto::SubmitRunbookRequest>,
-    ) -> Result<Response<proto::SubmitRunbookResponse>, Status> {
-        Err(Status::unimplemented("bare echo"))
-    }
-    async fn get_runbook(
-        &self,
-        _: Request<proto::GetRunbookRequest>,
-    ) -> Result<Response<proto::RunbookStatus>, Status> {
-        Err(Status::unimplemented("bare echo"))
-    }
-    type WatchRunbookStream = tokio_stream::Empty<Result<proto::RunbookEvent, Status>>;
-    async fn watch_runbook(
-        &self,
-        _: Request<proto::WatchRunbookRequest>,
-    ) -> Result<Response<Self::WatchRunbookStream>, Status> {
-        Err(Status::unimplemented("bare echo"))
-    }
-}
 
 async fn start_chassis() -> SocketAddr {
     let mut config = Config::default();
@@ -117,7 +50,7 @@ async fn start_bare() -> SocketAddr {
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(ChassisServer::new(BareEcho))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .serve_with_incoming(chassis::grpc::accepted(listener))
             .await
     });
     addr

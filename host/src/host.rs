@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
-use crate::audit::{AuditError, AuditLog, Event};
+use crate::audit::{AuditError, AuditLog, ContextCache, Event, RunContext, RunOutcome, RunUsage};
 use crate::disk::FreeSpaceFloor;
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::error::ErrorKind;
@@ -199,6 +199,7 @@ impl HostBuilder {
             secrets: self.secrets,
             leases,
             interrupting: Arc::new(AtomicBool::new(false)),
+            contexts: Arc::default(),
         })
     }
 }
@@ -215,6 +216,18 @@ pub struct Host {
     secrets: Option<Arc<dyn SecretProvider>>,
     leases: Option<Arc<LeaseRegistry>>,
     interrupting: Arc<AtomicBool>,
+    contexts: Arc<ContextCache<ContextKey>>,
+}
+
+/// What a run context is made of: module (which fixes the world), policy
+/// name and digest, caller and limits.
+#[derive(Debug)]
+struct ContextKey {
+    module: String,
+    policy: String,
+    policy_sha256: String,
+    caller: String,
+    limits: Limits,
 }
 
 /// Outcome audited for a run whose future was dropped before it finished.
@@ -229,9 +242,9 @@ const OUTCOME_INTERRUPTED: &str = "interrupted";
 struct RunEnd<'a> {
     host: &'a Host,
     run_id: &'a str,
-    /// The run's static fields ([`crate::audit::context`]); `None` when the
-    /// host keeps no audit log.
-    context: Option<serde_json::Value>,
+    /// The run's id as the log's messages share it, and its static fields
+    /// ([`crate::audit::context`]); `None` when the host keeps no audit log.
+    context: Option<(Arc<str>, RunContext)>,
     denials: DenialLog,
     ended: bool,
 }
@@ -239,9 +252,9 @@ struct RunEnd<'a> {
 impl RunEnd<'_> {
     /// Audits the end of the run with `fields` (outcome, error, usage,
     /// denials).
-    fn end(&self, fields: impl FnOnce() -> serde_json::Value) -> Result<(), AuditError> {
+    fn end(&self, outcome: impl FnOnce() -> RunOutcome) -> Result<(), AuditError> {
         match (self.host.audit_ready()?, &self.context) {
-            (Some(log), Some(context)) => log.run_ended(self.run_id, context.clone(), fields()),
+            (Some(log), Some((id, context))) => log.run_ended(id.clone(), context, outcome()),
             _ => Ok(()),
         }
     }
@@ -249,11 +262,9 @@ impl RunEnd<'_> {
     /// Audits the end of a run that did not reach the sandbox.
     fn refused(&mut self, error: &StartError) -> Result<(), AuditError> {
         self.ended = true;
-        self.end(|| {
-            serde_json::json!({
-                "outcome": error.kind().as_str(),
-                "error": error.to_string(),
-            })
+        self.end(|| RunOutcome {
+            error: Some(error.to_string()),
+            ..RunOutcome::new(error.kind().as_str())
         })
     }
 
@@ -270,25 +281,36 @@ impl RunEnd<'_> {
         }
         self.end(|| {
             let denials = report.denials.len() as u64 + report.denials_dropped;
-            serde_json::json!({
-                "outcome": report.outcome_name(),
-                "error": report.result.as_ref().err().map(|e| e.to_string()),
-                "usage": audit_usage(&report.usage),
-                "denials": (denials > 0).then_some(denials),
-            })
+            RunOutcome {
+                outcome: report.outcome_name().into(),
+                error: report.result.as_ref().err().map(|e| e.to_string()),
+                usage: Some(audit_usage(&report.usage)),
+                denials: (denials > 0).then_some(denials),
+            }
         })
     }
 }
 
-/// A run's usage as the audit log keeps it: short names, one per figure
-/// (`fuel` units, peak linear memory `mem` in bytes, `wall_us`, `cpu_us`).
-fn audit_usage(usage: &crate::sandbox::Usage) -> serde_json::Value {
-    serde_json::json!({
-        "fuel": usage.fuel_consumed,
-        "mem": usage.peak_memory_bytes,
-        "wall_us": usage.wall_time_us,
-        "cpu_us": usage.cpu_time_us,
-    })
+/// A run's context as the audit log keeps it, serialised straight from
+/// borrowed fields (one allocation per run), keys in order.
+#[derive(serde::Serialize)]
+struct ContextFields<'a> {
+    caller: &'a str,
+    limits: &'a Limits,
+    module: &'a str,
+    policy: &'a str,
+    policy_sha256: &'a str,
+    world: crate::modules::World,
+}
+
+/// A run's usage as the audit log keeps it.
+fn audit_usage(usage: &crate::sandbox::Usage) -> RunUsage {
+    RunUsage {
+        fuel: usage.fuel_consumed,
+        mem: usage.peak_memory_bytes,
+        wall_us: usage.wall_time_us,
+        cpu_us: usage.cpu_time_us,
+    }
 }
 
 impl Drop for RunEnd<'_> {
@@ -315,12 +337,10 @@ impl Drop for RunEnd<'_> {
             outcome,
             "run dropped before it finished"
         );
-        let _ = self.end(|| {
-            serde_json::json!({
-                "outcome": outcome,
-                "error": "the run was dropped before it finished",
-                "denials": denials.len() as u64 + dropped,
-            })
+        let _ = self.end(|| RunOutcome {
+            error: Some("the run was dropped before it finished".into()),
+            denials: Some(denials.len() as u64 + dropped),
+            ..RunOutcome::new(outcome)
         });
     }
 }
@@ -614,17 +634,37 @@ impl Host {
         // What every record of this run shares, written once per log file
         // and referenced by number (see `audit::context`).
         let context = self.audit.as_ref().map(|_| {
-            serde_json::json!({
-                "module": module.id(),
-                "world": module.world(),
-                "policy": policy.name,
-                "policy_sha256": policy.sha256,
-                "caller": request.caller,
-                "limits": limits,
-            })
+            let context = self.contexts.get_or_build(
+                |k| {
+                    k.module == module.id()
+                        && k.policy == policy.name
+                        && k.policy_sha256 == policy.sha256
+                        && k.caller == request.caller
+                        && k.limits == limits
+                },
+                || {
+                    let context = RunContext::new(&ContextFields {
+                        caller: &request.caller,
+                        limits: &limits,
+                        module: module.id(),
+                        policy: &policy.name,
+                        policy_sha256: &policy.sha256,
+                        world: module.world(),
+                    });
+                    let key = ContextKey {
+                        module: module.id().to_string(),
+                        policy: policy.name.clone(),
+                        policy_sha256: policy.sha256.clone(),
+                        caller: request.caller.clone(),
+                        limits: limits.clone(),
+                    };
+                    (key, context)
+                },
+            );
+            (Arc::<str>::from(run_id.as_str()), context)
         });
-        if let (Some(log), Some(context)) = (self.audit_ready()?, &context) {
-            log.run_started(&run_id, context.clone())?;
+        if let (Some(log), Some((id, context))) = (self.audit_ready()?, &context) {
+            log.run_started(id.clone(), context)?;
         }
         // From here on, exactly one end is recorded, even if this future is
         // dropped before the run finishes.
@@ -691,8 +731,10 @@ impl Host {
         );
         end.finished(&report)?;
         drop(end);
+        // A run that went well is the audit log's to record; at INFO it
+        // cost each served run a formatted line of ~500 bytes.
         span.in_scope(|| match &report.result {
-            Ok(_) => tracing::info!(
+            Ok(_) => tracing::debug!(
                 outcome = "ok",
                 wall_us = report.usage.wall_time_us,
                 fuel = report.usage.fuel_consumed,
@@ -737,10 +779,14 @@ mod tests {
             if interrupted {
                 host.interrupting_runs();
             }
+            let run_id = if interrupted { "r2" } else { "r1" };
             let end = RunEnd {
                 host: &host,
-                run_id: if interrupted { "r2" } else { "r1" },
-                context: Some(serde_json::json!({"module": "m", "caller": "c"})),
+                run_id,
+                context: Some((
+                    run_id.into(),
+                    RunContext::new(&serde_json::json!({"module": "m", "caller": "c"})),
+                )),
                 denials: host.runner.denial_log(Default::default()),
                 ended: false,
             };

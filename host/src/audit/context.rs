@@ -9,6 +9,7 @@
 //! resolves every reference.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -32,10 +33,136 @@ pub const CONTEXT_FIELD: &str = "ctx";
 /// counting up, so none is reused within a file).
 const MAX_CONTEXTS: usize = 4096;
 
+/// A run's context as the caller hands it to the log: the JSON object's
+/// text, made once per run and shared (not copied) by its start and end.
+/// The writer keys its table by this text, so building a context costs one
+/// serialisation on the caller and a hash lookup on the writer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RunContext(Arc<str>);
+
+impl RunContext {
+    /// The context of `fields`, which must be a JSON object.
+    pub fn new(fields: &impl serde::Serialize) -> Self {
+        Self(
+            serde_json::to_string(fields)
+                .expect("a run context always serialises")
+                .into(),
+        )
+    }
+
+    /// The context's JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The context as a JSON object (for the record that defines it).
+    pub(crate) fn to_value(&self) -> Value {
+        serde_json::from_str(&self.0).unwrap_or(Value::Null)
+    }
+}
+
+/// Most contexts a [`ContextCache`] keeps.
+const CACHED_CONTEXTS: usize = 16;
+
+/// The last few run contexts built, each with the key it was built from,
+/// so runs that share a module, policy, caller and limits share one
+/// context's text instead of each serialising it. Bounded: the oldest
+/// entry makes room for a new one.
+#[derive(Debug)]
+pub struct ContextCache<K> {
+    entries: std::sync::Mutex<(usize, Vec<(K, RunContext)>)>,
+}
+
+impl<K> Default for ContextCache<K> {
+    fn default() -> Self {
+        Self {
+            entries: std::sync::Mutex::new((0, Vec::new())),
+        }
+    }
+}
+
+impl<K> ContextCache<K> {
+    /// The context whose key `matches`, or one made by `build` (and kept).
+    pub fn get_or_build(
+        &self,
+        matches: impl Fn(&K) -> bool,
+        build: impl FnOnce() -> (K, RunContext),
+    ) -> RunContext {
+        let mut guard = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, context)) = guard.1.iter().find(|(k, _)| matches(k)) {
+            return context.clone();
+        }
+        let (key, context) = build();
+        let (next, entries) = &mut *guard;
+        if entries.len() < CACHED_CONTEXTS {
+            entries.push((key, context.clone()));
+        } else {
+            entries[*next] = (key, context.clone());
+            *next = (*next + 1) % CACHED_CONTEXTS;
+        }
+        context
+    }
+}
+
+/// How a run ended, as its `run` or `run.ended` record says it: the
+/// outcome (`ok` or an error kind, `cancelled`, `interrupted`,
+/// `host-crashed`), the error, the usage and the denial count. Typed rather
+/// than a JSON map so the end of a run costs no map building on the run's
+/// thread; absent figures are left out of the record.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunOutcome {
+    /// `ok`, or what went wrong.
+    pub outcome: std::borrow::Cow<'static, str>,
+    /// The error, as the caller was told it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the run used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<RunUsage>,
+    /// Capability denials (recorded and dropped), when there were any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denials: Option<u64>,
+}
+
+impl RunOutcome {
+    /// An outcome with nothing else to say.
+    pub fn new(outcome: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self {
+            outcome: outcome.into(),
+            error: None,
+            usage: None,
+            denials: None,
+        }
+    }
+}
+
+/// A run's usage as the audit log keeps it: short names, one per figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RunUsage {
+    /// Fuel units consumed.
+    pub fuel: u64,
+    /// Peak linear memory, bytes.
+    pub mem: u64,
+    /// Wall time, µs.
+    pub wall_us: u64,
+    /// CPU time, µs.
+    pub cpu_us: u64,
+}
+
+/// The fields of a run's end record: its id and context number, then how
+/// it ended.
+#[derive(serde::Serialize)]
+pub(crate) struct EndFields<'a> {
+    pub(crate) run_id: &'a str,
+    pub(crate) ctx: u64,
+    #[serde(flatten)]
+    pub(crate) outcome: &'a RunOutcome,
+}
+
 /// The writer's table for the current file: context → number.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
-    ids: HashMap<String, u64>,
+    ids: HashMap<RunContext, u64>,
     next: u64,
 }
 
@@ -44,7 +171,7 @@ impl Interner {
     pub(crate) fn continuing(defined: &Contexts) -> Self {
         let mut table = Self::default();
         for (id, context) in &defined.by_id {
-            table.ids.insert(context.to_string(), *id);
+            table.ids.insert(RunContext::new(context), *id);
             table.next = table.next.max(*id);
         }
         table
@@ -52,28 +179,28 @@ impl Interner {
 
     /// The number of `context`, or `None` when it must be defined first
     /// (then [`Interner::define`]).
-    pub(crate) fn get(&self, context: &Value) -> Option<u64> {
-        self.ids.get(&context.to_string()).copied()
+    pub(crate) fn get(&self, context: &RunContext) -> Option<u64> {
+        self.ids.get(context).copied()
     }
 
     /// The fields of a new `run.context` record for `context`, and its
     /// number. Call [`Interner::defined`] once the record is written.
-    pub(crate) fn define(&self, context: &Value) -> (u64, Value) {
+    pub(crate) fn define(&self, context: &RunContext) -> (u64, Value) {
         let id = self.next + 1;
         let mut fields = Map::new();
         fields.insert(CONTEXT_FIELD.into(), id.into());
-        if let Value::Object(map) = context {
-            fields.extend(map.clone());
+        if let Value::Object(map) = context.to_value() {
+            fields.extend(map);
         }
         (id, Value::Object(fields))
     }
 
     /// Records that context `id` is now on file.
-    pub(crate) fn defined(&mut self, context: &Value, id: u64) {
+    pub(crate) fn defined(&mut self, context: &RunContext, id: u64) {
         if self.ids.len() >= MAX_CONTEXTS {
             self.ids.clear();
         }
-        self.ids.insert(context.to_string(), id);
+        self.ids.insert(context.clone(), id);
         self.next = self.next.max(id);
     }
 
@@ -145,8 +272,34 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_builds_a_context_once_per_key_and_stays_bounded() {
+        let cache = ContextCache::<u32>::default();
+        let built = std::cell::Cell::new(0);
+        let get = |k: u32| {
+            cache.get_or_build(
+                |&e| e == k,
+                || {
+                    built.set(built.get() + 1);
+                    (k, RunContext::new(&serde_json::json!({ "k": k })))
+                },
+            )
+        };
+        assert_eq!(get(1).as_str(), r#"{"k":1}"#);
+        assert_eq!(get(1).as_str(), r#"{"k":1}"#);
+        assert_eq!(built.get(), 1);
+        for k in 2..=40 {
+            assert_eq!(get(k).as_str(), format!(r#"{{"k":{k}}}"#));
+        }
+        assert_eq!(built.get(), 40);
+        assert_eq!(cache.entries.lock().unwrap().1.len(), CACHED_CONTEXTS);
+        // 1 was pushed out long ago and is built again.
+        get(1);
+        assert_eq!(built.get(), 41);
+    }
+
+    #[test]
     fn a_reference_expands_to_the_context_its_file_defined() {
-        let context = serde_json::json!({"module": "m", "caller": "local"});
+        let context = RunContext::new(&serde_json::json!({"module": "m", "caller": "local"}));
         let mut table = Interner::default();
         assert_eq!(table.get(&context), None);
         let (id, fields) = table.define(&context);

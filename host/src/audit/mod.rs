@@ -23,6 +23,7 @@ mod retention;
 pub mod verify;
 mod writer;
 
+pub use context::{ContextCache, RunContext, RunOutcome, RunUsage};
 pub use event::Event;
 pub use writer::{Recovery, log_files};
 
@@ -234,13 +235,13 @@ pub(crate) enum Message {
         fields: Value,
     },
     RunStarted {
-        run_id: String,
-        context: Value,
+        run_id: Arc<str>,
+        context: RunContext,
     },
     RunEnded {
-        run_id: String,
-        context: Value,
-        fields: Value,
+        run_id: Arc<str>,
+        context: RunContext,
+        outcome: RunOutcome,
     },
     Flush(SyncSender<Result<(), String>>),
     RotateKey(Box<SigningKey>, SyncSender<Result<(), String>>),
@@ -336,20 +337,29 @@ impl AuditLog {
     /// it, so a run in flight when the host dies is on disk if it outlived
     /// one batch, the same bound batch fsync puts on every record. With
     /// `fsync: every` nothing is held back.
-    pub fn run_started(&self, run_id: &str, context: Value) -> Result<(), AuditError> {
+    pub fn run_started(
+        &self,
+        run_id: impl Into<Arc<str>>,
+        context: &RunContext,
+    ) -> Result<(), AuditError> {
         self.send(Message::RunStarted {
-            run_id: run_id.to_string(),
-            context,
+            run_id: run_id.into(),
+            context: context.clone(),
         })
     }
 
-    /// Records how run `run_id` ended: `fields` are its outcome, error,
-    /// usage and denial count; `context` is the one it started under.
-    pub fn run_ended(&self, run_id: &str, context: Value, fields: Value) -> Result<(), AuditError> {
+    /// Records how run `run_id` ended (its outcome, error, usage and
+    /// denial count); `context` is the one it started under.
+    pub fn run_ended(
+        &self,
+        run_id: impl Into<Arc<str>>,
+        context: &RunContext,
+        outcome: RunOutcome,
+    ) -> Result<(), AuditError> {
         self.send(Message::RunEnded {
-            run_id: run_id.to_string(),
-            context,
-            fields,
+            run_id: run_id.into(),
+            context: context.clone(),
+            outcome,
         })
     }
 

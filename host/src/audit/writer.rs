@@ -8,14 +8,15 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant, SystemTime};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde_json::Value;
 
 use super::context::{
-    CONTEXT_FIELD, CONTEXT_KIND, Contexts, ENDED_KIND, Interner, RUN_KIND, STARTED_KIND,
+    CONTEXT_FIELD, CONTEXT_KIND, Contexts, ENDED_KIND, EndFields, Interner, RUN_KIND, RunContext,
+    RunOutcome, STARTED_KIND,
 };
 use super::record::{
     CHECKPOINT_KIND, FORMAT, GENESIS, GENESIS_KIND, PRUNED_KIND, RECOVERED_KIND, ROTATION_KIND,
@@ -30,6 +31,20 @@ use super::{
 
 /// Checkpoint cadence when every record is synced on its own.
 const EVERY_CHECKPOINT: (u32, u64) = (256, 50);
+
+/// While records keep coming, the writer sleeps this long between rounds
+/// and takes what queued up meanwhile, instead of blocking on the queue: a
+/// sender then never has to wake it (no futex call on the run's thread),
+/// and the round's records go to the file in one write. It blocks again
+/// after a round that found nothing.
+const BUSY_POLL: Duration = Duration::from_millis(1);
+
+/// Most messages taken off the queue before they are written, so a round
+/// holds a bounded number of records in memory.
+const ROUND_MESSAGES: usize = 4096;
+
+/// Buffered record bytes that are written out before the round ends.
+const WRITE_BUFFER: usize = 256 * 1024;
 
 /// File name of the `n`th log file.
 pub(crate) fn file_name(n: u32) -> String {
@@ -76,7 +91,7 @@ struct Tail {
     last_checkpoint: Option<(u64, String)>,
     /// Runs with a `run.started` and no `run.ended`, by run id, with the
     /// context they started under.
-    open_runs: BTreeMap<String, Value>,
+    open_runs: BTreeMap<String, RunContext>,
     /// The contexts the newest file defines (the one the writer continues).
     contexts: Contexts,
 }
@@ -142,7 +157,8 @@ fn read_tail(files: &[PathBuf]) -> Result<Tail, AuditError> {
                                 "caller": record.fields["caller"],
                             })
                         });
-                        tail.open_runs.insert(id.to_string(), context);
+                        tail.open_runs
+                            .insert(id.to_string(), RunContext::new(&context));
                     }
                 }
                 ENDED_KIND => {
@@ -171,7 +187,12 @@ pub(super) struct Writer {
     max_file_bytes: u64,
     file: File,
     file_index: u32,
+    /// Bytes of the current file, those still in `out` included.
     file_bytes: u64,
+    /// Records appended but not yet written to `file`: written at the end
+    /// of each round, before every sync and when it passes
+    /// [`WRITE_BUFFER`]; kept (and retried) when a write fails.
+    out: Vec<u8>,
     next_seq: u64,
     last_hash: String,
     unsynced: u32,
@@ -180,10 +201,10 @@ pub(super) struct Writer {
     pending: VecDeque<Pending>,
     /// Runs whose `run.started` is held back, with their context and when
     /// they started.
-    deferred: HashMap<String, (Value, Instant)>,
+    deferred: HashMap<Arc<str>, (RunContext, Instant)>,
     /// The held-back runs in the order they started (entries of runs
     /// written since are skipped when they come up).
-    deferred_order: VecDeque<(Instant, String)>,
+    deferred_order: VecDeque<(Instant, Arc<str>)>,
     /// Hold `run.started` back at all (not with `fsync: every`).
     defer: bool,
     /// Contexts defined in the current file.
@@ -193,18 +214,29 @@ pub(super) struct Writer {
     _lock: File,
 }
 
+/// A [`Record`] as the writer serialises it (the same fields in the same
+/// order), from borrowed parts and any serialisable `fields`.
+#[derive(serde::Serialize)]
+struct RecordOut<'a, V> {
+    seq: u64,
+    ts: &'a str,
+    kind: &'a str,
+    fields: V,
+    prev: &'a str,
+}
+
 /// A message from [`AuditLog`](super::AuditLog) waiting to be written.
 #[derive(Debug, Clone)]
 enum Pending {
     Event(&'static str, Value),
     Started {
-        run_id: String,
-        context: Value,
+        run_id: Arc<str>,
+        context: RunContext,
     },
     Ended {
-        run_id: String,
-        context: Value,
-        fields: Value,
+        run_id: Arc<str>,
+        context: RunContext,
+        outcome: RunOutcome,
     },
 }
 
@@ -300,6 +332,7 @@ impl Writer {
             file,
             file_index,
             file_bytes,
+            out: Vec::with_capacity(WRITE_BUFFER),
             next_seq,
             last_hash,
             unsynced: 0,
@@ -320,15 +353,16 @@ impl Writer {
         };
         if tail.last.is_none() && checkpoint.is_none() {
             let public = writer.key.verifying_key();
-            writer
-                .write_record(GENESIS_KIND, |_, _, _| {
-                    serde_json::json!({
-                        "format": FORMAT,
-                        "public_key": hex::encode(public.as_bytes()),
-                        "key": key_id(&public),
-                        "host": options.host_id,
-                    })
+            writer.write_record(GENESIS_KIND, |_, _, _| {
+                serde_json::json!({
+                    "format": FORMAT,
+                    "public_key": hex::encode(public.as_bytes()),
+                    "key": key_id(&public),
+                    "host": options.host_id,
                 })
+            });
+            writer
+                .flush_out()
                 .map_err(|e| fail(format!("writing the genesis record: {e}")))?;
         } else if problem.is_none() {
             // A crash between appending a checkpoint and replacing the file
@@ -351,24 +385,28 @@ impl Writer {
             }
             recovered_at = Some(writer.next_seq);
             let why = problem.to_string();
-            writer
-                .write_record(RECOVERED_KIND, |_, _, _| {
-                    serde_json::json!({
-                        "lost_from": lost_from,
-                        "lost_to": lost_to,
-                        "problem": why,
-                        "by": "chassis audit recover",
-                    })
+            writer.write_record(RECOVERED_KIND, |_, _, _| {
+                serde_json::json!({
+                    "lost_from": lost_from,
+                    "lost_to": lost_to,
+                    "problem": why,
+                    "by": "chassis audit recover",
                 })
+            });
+            writer
+                .flush_out()
                 .map_err(|e| fail(format!("writing the recovery record: {e}")))?;
         }
         for (run_id, context) in tail.open_runs {
-            let fields = serde_json::json!({
-                "outcome": "host-crashed",
-                "error": "the host stopped without ending this run; recorded at the next start",
-            });
+            let outcome = RunOutcome {
+                error: Some(
+                    "the host stopped without ending this run; recorded at the next start".into(),
+                ),
+                ..RunOutcome::new("host-crashed")
+            };
             writer
-                .write_end(&run_id, &context, fields)
+                .write_end(&run_id, &context, &outcome)
+                .and_then(|()| writer.flush_out())
                 .map_err(|e| fail(format!("ending a run left open: {e}")))?;
         }
         if problem.is_none() {
@@ -406,45 +444,48 @@ impl Writer {
 
     /// The number of `context` in the current file, defining it first with
     /// a `run.context` record if this file has not yet.
-    fn context_id(&mut self, context: &Value) -> Result<u64, String> {
+    fn context_id(&mut self, context: &RunContext) -> u64 {
         if let Some(id) = self.contexts.get(context) {
-            return Ok(id);
+            return id;
         }
         let (id, fields) = self.contexts.define(context);
-        self.write_record(CONTEXT_KIND, |_, _, _| fields)?;
+        self.write_record(CONTEXT_KIND, |_, _, _| fields);
         self.contexts.defined(context, id);
-        Ok(id)
+        id
     }
 
     /// Writes a held-back (or, with `fsync: every`, immediate) `run.started`.
-    fn write_start(&mut self, run_id: &str, context: &Value) -> Result<(), String> {
+    fn write_start(&mut self, run_id: &str, context: &RunContext) -> Result<(), String> {
         self.rotate_if_full()?;
-        let id = self.context_id(context)?;
+        let id = self.context_id(context);
         self.write_record(
             STARTED_KIND,
             |_, _, _| serde_json::json!({ "run_id": run_id, CONTEXT_FIELD: id }),
-        )?;
+        );
         self.deferred.remove(run_id);
         Ok(())
     }
 
     /// Writes a run's end: one `run` record when its start is still held
     /// back, else `run.ended`.
-    fn write_end(&mut self, run_id: &str, context: &Value, fields: Value) -> Result<(), String> {
+    fn write_end(
+        &mut self,
+        run_id: &str,
+        context: &RunContext,
+        outcome: &RunOutcome,
+    ) -> Result<(), String> {
         self.rotate_if_full()?;
-        let id = self.context_id(context)?;
+        let id = self.context_id(context);
         let kind = if self.deferred.contains_key(run_id) {
             RUN_KIND
         } else {
             ENDED_KIND
         };
-        let mut all = serde_json::Map::new();
-        all.insert("run_id".into(), run_id.into());
-        all.insert(CONTEXT_FIELD.into(), id.into());
-        if let Value::Object(fields) = fields {
-            all.extend(fields.into_iter().filter(|(_, v)| !v.is_null()));
-        }
-        self.write_record(kind, |_, _, _| Value::Object(all))?;
+        self.write_record(kind, |_, _, _| EndFields {
+            run_id,
+            ctx: id,
+            outcome,
+        });
         self.deferred.remove(run_id);
         Ok(())
     }
@@ -460,7 +501,8 @@ impl Writer {
                     self.write_start(run_id, &context)?;
                 }
                 self.rotate_if_full()?;
-                self.write_record(kind, |_, _, _| fields.clone())
+                self.write_record(kind, |_, _, _| fields);
+                Ok(())
             }
             Pending::Started { run_id, context } if self.defer => {
                 let now = Instant::now();
@@ -472,8 +514,8 @@ impl Writer {
             Pending::Ended {
                 run_id,
                 context,
-                fields,
-            } => self.write_end(run_id, context, fields.clone()),
+                outcome,
+            } => self.write_end(run_id, context, outcome),
         }
     }
 
@@ -506,47 +548,59 @@ impl Writer {
             .map(|(at, _)| interval.saturating_sub(at.elapsed()))
     }
 
-    /// Appends one record at `next_seq`, its fields built from its seq, time
-    /// and prev (a checkpoint signs them).
-    fn write_record(
+    /// Appends one record at `next_seq` to the write buffer, its fields
+    /// built from its seq, time and prev (a checkpoint signs them). It
+    /// reaches the file at the next [`Writer::flush_out`]; a checkpoint
+    /// record is synced before the checkpoint file names it
+    /// ([`Writer::checkpoint`]).
+    fn write_record<V: serde::Serialize>(
         &mut self,
         kind: &str,
-        fields: impl FnOnce(u64, &str, &str) -> Value,
-    ) -> Result<(), String> {
+        fields: impl FnOnce(u64, &str, &str) -> V,
+    ) {
         let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
-        let record = Record {
+        let record = RecordOut {
             seq: self.next_seq,
+            ts: &ts,
+            kind,
             fields: fields(self.next_seq, &ts, &self.last_hash),
-            ts,
-            kind: kind.to_string(),
-            prev: self.last_hash.clone(),
+            prev: &self.last_hash,
         };
-        let mut line = serde_json::to_string(&record).expect("records always serialise");
-        let hash = hex::encode(line_hash(&line));
-        line.push('\n');
-        if let Err(e) = self.file.write_all(line.as_bytes()) {
-            // Never leave half a record behind.
-            let _ = self.file.set_len(self.file_bytes);
-            return Err(format!("writing {}: {e}", self.current_path().display()));
-        }
-        self.file_bytes += line.len() as u64;
+        let start = self.out.len();
+        serde_json::to_writer(&mut self.out, &record).expect("records always serialise");
+        let hash = hex::encode(line_hash(
+            std::str::from_utf8(&self.out[start..]).expect("serde_json writes UTF-8"),
+        ));
+        self.out.push(b'\n');
+        self.file_bytes += (self.out.len() - start) as u64;
         self.next_seq += 1;
         self.last_hash = hash;
         self.unsynced += 1;
         if kind == CHECKPOINT_KIND {
             self.unsigned = 0;
             self.last_checkpoint = Instant::now();
-            line.pop();
-            self.sync()?;
-            Checkpoint::write(&self.dir.join(CHECKPOINT_FILE), &line)
-                .map_err(|e| format!("writing the checkpoint file: {e}"))?;
         } else {
             self.unsigned += 1;
-            if self.fsync == FsyncPolicy::Every {
-                self.sync()?;
-            }
         }
         metrics::counter!(RECORDS_TOTAL).increment(1);
+    }
+
+    /// Writes the buffered records to the file. On failure the file is cut
+    /// back to its last whole record (never half a record left behind) and
+    /// the records stay buffered for the next attempt, so none is lost or
+    /// written twice.
+    fn flush_out(&mut self) -> Result<(), String> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(&self.out) {
+            let _ = self.file.set_len(self.file_bytes - self.out.len() as u64);
+            return Err(format!("writing {}: {e}", self.current_path().display()));
+        }
+        self.out.clear();
+        if self.out.capacity() > 4 * WRITE_BUFFER {
+            self.out.shrink_to(WRITE_BUFFER);
+        }
         Ok(())
     }
 
@@ -599,7 +653,7 @@ impl Writer {
         known.push(self.key.verifying_key());
         let key = retention::key_after(kept, &known, self.key.verifying_key());
         let fields = plan.fields(&key, retain, self.archive_dir.as_deref());
-        self.write_record(PRUNED_KIND, |_, _, _| fields)?;
+        self.write_record(PRUNED_KIND, |_, _, _| fields);
         self.checkpoint()?;
         if let Err(e) = plan.apply(self.archive_dir.as_deref()) {
             tracing::warn!(dir = %self.dir.display(), error = %e, "audit retention: a file recorded as pruned could not be removed; the next pruning names it again");
@@ -624,10 +678,21 @@ impl Writer {
         let key = self.key.clone();
         self.write_record(CHECKPOINT_KIND, |seq, ts, prev| {
             checkpoint_fields(seq, ts, prev, &key)
-        })
+        });
+        let start = self.out[..self.out.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let line = String::from_utf8_lossy(&self.out[start..self.out.len() - 1]).into_owned();
+        self.sync()?;
+        Checkpoint::write(&self.dir.join(CHECKPOINT_FILE), &line)
+            .map_err(|e| format!("writing the checkpoint file: {e}"))
     }
 
     /// Writes pending events; on failure keeps them for the next attempt.
+    /// A batch is signed as soon as it holds its record count; with
+    /// `fsync: every`, each record is synced before the next is taken. A
+    /// failed sync leaves the record buffered, not queued again.
     fn drain(&mut self, health: &Health) {
         while let Some(item) = self.pending.pop_front() {
             if let Err(e) = self.write_pending(&item) {
@@ -635,8 +700,25 @@ impl Writer {
                 self.fail(health, e);
                 return;
             }
+            // A batch closes at its record count even in a long round.
+            let flushed = if self.unsigned >= self.checkpoint_every.0 {
+                self.checkpoint()
+            } else if self.fsync == FsyncPolicy::Every {
+                self.sync()
+            } else if self.out.len() >= WRITE_BUFFER {
+                self.flush_out()
+            } else {
+                Ok(())
+            };
+            if let Err(e) = flushed {
+                self.fail(health, e);
+                return;
+            }
         }
-        health.healthy.store(true, Ordering::Relaxed);
+        match self.flush_out() {
+            Ok(()) => health.healthy.store(true, Ordering::Relaxed),
+            Err(e) => self.fail(health, e),
+        }
     }
 
     /// Writes everything queued and held back, then signs it.
@@ -664,6 +746,7 @@ impl Writer {
     }
 
     fn sync(&mut self) -> Result<(), String> {
+        self.flush_out()?;
         if self.unsynced == 0 {
             return Ok(());
         }
@@ -703,14 +786,42 @@ impl Writer {
                 "new_public_key": hex::encode(new_public.as_bytes()),
                 "endorsement": hex::encode(endorse(prev).to_bytes()),
             })
-        })?;
+        });
         self.checkpoint()?;
         keys::remember_public_key(&self.keys_dir, &new_public).map_err(|e| e.to_string())?;
         self.key = new;
         Ok(())
     }
 
+    /// Takes one message off the queue; `false` once the log must stop.
+    fn take(&mut self, message: Message, health: &Health) -> bool {
+        match message {
+            Message::Event { kind, fields } => self.pending.push_back(Pending::Event(kind, fields)),
+            Message::RunStarted { run_id, context } => {
+                self.pending.push_back(Pending::Started { run_id, context })
+            }
+            Message::RunEnded {
+                run_id,
+                context,
+                outcome,
+            } => self.pending.push_back(Pending::Ended {
+                run_id,
+                context,
+                outcome,
+            }),
+            Message::Flush(reply) => {
+                let _ = reply.send(self.flush_all(health));
+            }
+            Message::RotateKey(new, reply) => {
+                let _ = reply.send(self.rotate_key(*new, health));
+            }
+            Message::Stop => return false,
+        }
+        true
+    }
+
     pub(super) fn run(mut self, rx: Receiver<Message>, health: Arc<Health>) {
+        let mut busy = false;
         loop {
             // After a failure, retry every 500 ms rather than spin.
             let wait = if !self.pending.is_empty() || !health.healthy.load(Ordering::Relaxed) {
@@ -727,35 +838,43 @@ impl Writer {
                     .min()
                     .unwrap_or(Duration::from_secs(3600))
             };
-            match rx.recv_timeout(wait) {
-                Ok(Message::Event { kind, fields }) => {
-                    self.pending.push_back(Pending::Event(kind, fields))
+            // `None`: nothing came; `Some(None)`: every sender is gone.
+            let mut next = if busy {
+                std::thread::sleep(BUSY_POLL.min(wait));
+                match rx.try_recv() {
+                    Ok(m) => Some(Some(m)),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => Some(None),
                 }
-                Ok(Message::RunStarted { run_id, context }) => {
-                    self.pending.push_back(Pending::Started { run_id, context })
+            } else {
+                match rx.recv_timeout(wait) {
+                    Ok(m) => Some(Some(m)),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => Some(None),
                 }
-                Ok(Message::RunEnded {
-                    run_id,
-                    context,
-                    fields,
-                }) => self.pending.push_back(Pending::Ended {
-                    run_id,
-                    context,
-                    fields,
-                }),
-                Ok(Message::Flush(reply)) => {
-                    let _ = reply.send(self.flush_all(&health));
-                }
-                Ok(Message::RotateKey(new, reply)) => {
-                    let _ = reply.send(self.rotate_key(*new, &health));
-                }
-                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => {
+            };
+            busy = next.is_some();
+            let mut taken = 0;
+            while let Some(message) = next {
+                let go_on = match message {
+                    Some(m) => self.take(m, &health),
+                    None => false,
+                };
+                if !go_on {
                     if let Err(e) = self.flush_all(&health) {
                         self.fail(&health, e);
                     }
                     return;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                taken += 1;
+                if taken == ROUND_MESSAGES {
+                    break;
+                }
+                next = match rx.try_recv() {
+                    Ok(m) => Some(Some(m)),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => Some(None),
+                };
             }
             self.drain(&health);
             if self.pending.is_empty()
@@ -767,6 +886,9 @@ impl Writer {
                 && self.checkpoint_due()
                 && let Err(e) = self.checkpoint()
             {
+                self.fail(&health, e);
+            }
+            if let Err(e) = self.flush_out() {
                 self.fail(&health, e);
             }
         }

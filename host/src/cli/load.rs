@@ -57,6 +57,11 @@ pub(crate) struct LoadArgs {
     /// Also draw a latency histogram and throughput-over-time chart.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
+    /// Keep the audit log (local load only), at the shipped settings in
+    /// the data dir's `audit/`, to price auditing; the report then says how
+    /// many bytes of log each run cost.
+    #[arg(long, conflicts_with = "remote")]
+    audit: bool,
     #[command(flatten)]
     data_dir: DataDirArg,
 }
@@ -81,7 +86,12 @@ impl LoadArgs {
             None => {
                 // A pool the mapping limit cannot hold is warned about by the
                 // engine as it starts (on stderr, through the log).
-                let host = local_host(self.memory_mb, self.concurrency, self.data_dir.resolve())?;
+                let host = local_host(
+                    self.memory_mb,
+                    self.concurrency,
+                    self.audit,
+                    self.data_dir.resolve(),
+                )?;
                 let module = match host.modules().register(&bytes) {
                     Ok(m) => m,
                     Err(e) => return Ok(fail(self.json, &self.module, e.kind(), &e.to_string())),
@@ -129,6 +139,13 @@ impl LoadArgs {
                 })
             })?,
         };
+        // The log's size before, to report its growth per run.
+        let audit = match &target {
+            Target::Local { host, .. } => host.audit().cloned(),
+            Target::Remote { .. } => None,
+        };
+        let audit_dir = self.data_dir.resolve().join("audit");
+        let audit_before = audit.as_ref().map(|_| dir_bytes(&audit_dir));
         let progress = std::sync::Arc::new(Progress::default());
         let bar = if self.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             indicatif::ProgressBar::hidden()
@@ -171,6 +188,12 @@ impl LoadArgs {
             report
         });
         bar.finish_and_clear();
+        let mut report = report;
+        if let (Some(log), Some(before)) = (&audit, audit_before) {
+            log.close().context("closing the audit log")?;
+            let grown = dir_bytes(&audit_dir).saturating_sub(before);
+            report.audit_bytes_per_run = Some(grown as f64 / report.runs.max(1) as f64);
+        }
         if let Some(path) = &self.plot {
             chassis::load::write_svg(&report, path)
                 .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
@@ -187,11 +210,24 @@ impl LoadArgs {
     }
 }
 
+/// Bytes in the regular files directly under `dir` (0 when it is absent).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// The in-process host a local load runs on, assembled by the composition
 /// root like `chassis serve`'s: one pool slot per run in flight (up to 1,000
-/// kept warm), `memory_mb` of linear memory each, no audit log and no
-/// metrics port (a load measures the sandbox, not the log).
-fn local_host(memory_mb: u64, concurrency: usize, data_dir: PathBuf) -> Result<Host> {
+/// kept warm), `memory_mb` of linear memory each, no metrics port, and the
+/// audit log at its shipped settings only with `audit` (a load measures the
+/// sandbox unless asked to price the log).
+fn local_host(memory_mb: u64, concurrency: usize, audit: bool, data_dir: PathBuf) -> Result<Host> {
     let slots = u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX);
     let mut config = chassis::config::Config {
         data_dir,
@@ -200,7 +236,7 @@ fn local_host(memory_mb: u64, concurrency: usize, data_dir: PathBuf) -> Result<H
     config.runtime.max_memory_mb = memory_mb;
     config.sandbox_pool.max_size = slots;
     config.sandbox_pool.min_size = slots.min(1000);
-    config.audit.enabled = false;
+    config.audit.enabled = audit;
     config.metrics.enabled = false;
     Host::from_config(&config, None).with_context(|| {
         format!("a local host for --concurrency {concurrency} and --memory-mb {memory_mb}")

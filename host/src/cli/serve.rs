@@ -41,19 +41,34 @@ fn init_logging(
     use tracing_subscriber::{EnvFilter, Layer};
     let filter =
         EnvFilter::try_from_env("CHASSIS_LOG").unwrap_or_else(|_| EnvFilter::new(logging.filter()));
-    let writer: tracing_subscriber::fmt::writer::BoxMakeWriter = match logging.output.as_str() {
-        "stdout" => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
-        "stderr" => tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+    // Colours only for a terminal: a log file or a collector gets plain text.
+    let (writer, ansi): (tracing_subscriber::fmt::writer::BoxMakeWriter, bool) = match logging
+        .output
+        .as_str()
+    {
+        "stdout" => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout),
+            std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        ),
+        "stderr" => (
+            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr),
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
         path => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .with_context(|| format!("opening log file {path} (logging.output)"))?;
-            tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(file))
+            (
+                tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::sync::Mutex::new(file)),
+                false,
+            )
         }
     };
-    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(ansi);
     let fmt = match logging.format {
         chassis::config::LogFormat::Json => fmt.json().with_current_span(true).boxed(),
         chassis::config::LogFormat::Text => fmt.boxed(),

@@ -155,6 +155,9 @@ impl Target {
     }
 }
 
+/// Runs a load worker makes before it yields to the others on its thread.
+const YIELD_EVERY: usize = 8;
+
 /// Runs the load and reports. `progress` is updated as runs finish.
 pub async fn run(
     target: Target,
@@ -221,6 +224,19 @@ pub async fn run(
                     peak_memory: ran.peak_memory,
                     message,
                 });
+                // A short run completes in one poll, so without this a
+                // worker would loop on its own runs and starve the others
+                // (and the RSS sampler) queued on its thread: a run that
+                // yielded at an epoch tick then waited for hundreds of
+                // milliseconds, which measured the load generator, not
+                // the host. Each load worker stands for a caller's
+                // request task, and those end after one run. Yielding
+                // after every run costs a scheduler round trip (an idle
+                // worker's epoll) per run at concurrency 1, so it yields
+                // after every few.
+                if samples.len() % YIELD_EVERY == 0 {
+                    tokio::task::yield_now().await;
+                }
             }
             samples
         }));

@@ -85,6 +85,11 @@ pub struct LoadReport {
     pub peak_memory_bytes: Distribution,
     /// Runs finished in each second of the load.
     pub throughput_by_second: Vec<u64>,
+    /// Audit log bytes written per run, when the load kept one
+    /// (`chassis load --audit`): the log's growth over the load, signed
+    /// checkpoints included, divided by the runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_bytes_per_run: Option<f64>,
     /// Every latency, microseconds, for plots (not serialized).
     #[serde(skip)]
     pub latencies_us: Vec<f64>,
@@ -151,6 +156,7 @@ impl LoadReport {
                     .collect(),
             ),
             throughput_by_second: by_second,
+            audit_bytes_per_run: None,
             latencies_us: latencies,
         }
     }
@@ -201,6 +207,9 @@ impl LoadReport {
             self.peak_memory_bytes.p99 / 1024.0,
             self.peak_memory_bytes.max / 1024.0
         );
+        if let Some(bytes) = self.audit_bytes_per_run {
+            let _ = writeln!(out, "audit log       {bytes:.0} bytes per run");
+        }
         out
     }
 }
