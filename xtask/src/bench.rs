@@ -233,7 +233,12 @@ fn served(root: &Path, echo: &Path, seconds: &str) -> Result<Served> {
     // and where to listen. Its log goes to a file, as under a supervisor.
     let log = std::fs::File::create(data.join("serve.log"))?;
     let server = std::process::Command::new(release.join("chassis"))
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
         .arg(data.join("data"))
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -270,7 +275,10 @@ fn served(root: &Path, echo: &Path, seconds: &str) -> Result<Served> {
     let bare_figures = [load(bare_port, "1")?, load(bare_port, "64")?];
     stop(server)?;
     stop(bare)?;
-    let runs: u64 = chassis.iter().map(|r| r["runs"].as_u64().unwrap_or(0)).sum();
+    let runs: u64 = chassis
+        .iter()
+        .map(|r| r["runs"].as_u64().unwrap_or(0))
+        .sum();
     Ok(Served {
         chassis,
         bare: bare_figures,
@@ -631,7 +639,9 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             ));
         }
     }
-    let over = echo["latency_us"]["over_10x_p50"].as_u64().unwrap_or(u64::MAX);
+    let over = echo["latency_us"]["over_10x_p50"]
+        .as_u64()
+        .unwrap_or(u64::MAX);
     writeln!(
         md,
         "| `echo`, concurrency 16: runs over 10x p50 | {over} of {} (p50 {:.0} µs, max {:.0} µs) | — | — | none but the first | {} |",
@@ -673,7 +683,9 @@ pub(crate) fn run(quick: bool) -> Result<()> {
              a share of the same 2 cores the runs use."
         ));
     }
-    let bytes = echo_audited["audit_bytes_per_run"].as_f64().unwrap_or(f64::MAX);
+    let bytes = echo_audited["audit_bytes_per_run"]
+        .as_f64()
+        .unwrap_or(f64::MAX);
     writeln!(
         md,
         "| audit log volume per plain run (`echo`, checkpoints included) | {bytes:.0} bytes | — | — | ≤ 400 bytes | {} |",

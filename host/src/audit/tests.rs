@@ -346,6 +346,53 @@ fn a_log_that_cannot_be_written_fails_closed_and_counts_it() {
     assert!(log.failures() >= 1);
 }
 
+#[test]
+fn a_checkpoint_the_file_could_not_name_stays_owed_and_the_log_unhealthy_until_it_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.fsync = FsyncPolicy::Batch {
+        records: 10,
+        interval_ms: 20,
+    };
+    let log = AuditLog::open(o).unwrap();
+    for i in 0..5 {
+        log.record("run.ended", serde_json::json!({ "i": i }))
+            .unwrap();
+    }
+    log.flush().unwrap();
+    // The checkpoint file cannot be replaced while a directory holds its name.
+    let cp = dir.path().join("audit").join(verify::CHECKPOINT_FILE);
+    std::fs::remove_file(&cp).unwrap();
+    std::fs::create_dir_all(cp.join("blocker")).unwrap();
+    for i in 5..30 {
+        let _ = log.record("run.ended", serde_json::json!({ "i": i }));
+    }
+    // Rounds with nothing new to write come and go (the writer retries
+    // every 500 ms): the unwritten checkpoint file keeps the log unhealthy,
+    // so runs keep failing closed instead of flapping.
+    std::thread::sleep(Duration::from_millis(1_200));
+    assert!(!log.is_healthy());
+    assert!(log.flush().is_err());
+    std::fs::remove_dir_all(&cp).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !log.is_healthy() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owed checkpoint is written on a retry"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log.close().unwrap();
+    let files = log_files(&dir.path().join("audit")).unwrap();
+    let last = records(&files)
+        .into_iter()
+        .filter(|r| r.kind == CHECKPOINT_KIND)
+        .last()
+        .unwrap();
+    assert_eq!(checkpoint(dir.path()).record.seq, last.seq);
+    check(dir.path(), &files).unwrap();
+}
+
 /// `record` with the context its file defined filled in.
 fn expanded(files: &[PathBuf], record: &Record) -> Record {
     let mut contexts = context::Contexts::default();

@@ -196,6 +196,10 @@ pub(super) struct Writer {
     next_seq: u64,
     last_hash: String,
     unsynced: u32,
+    /// The line of the last checkpoint record, until it is synced and the
+    /// checkpoint file names it: a failed sync or file write is retried
+    /// from here (the record itself is already in the chain, never again).
+    checkpoint_owed: Option<String>,
     unsigned: u32,
     last_checkpoint: Instant,
     pending: VecDeque<Pending>,
@@ -336,6 +340,7 @@ impl Writer {
             next_seq,
             last_hash,
             unsynced: 0,
+            checkpoint_owed: None,
             unsigned: 0,
             last_checkpoint: Instant::now(),
             pending: VecDeque::new(),
@@ -672,21 +677,41 @@ impl Writer {
     /// replaces the checkpoint file. Nothing to do when every record is
     /// already covered.
     fn checkpoint(&mut self) -> Result<(), String> {
-        if self.unsigned == 0 {
-            return self.sync();
+        if self.unsigned > 0 {
+            let key = self.key.clone();
+            self.write_record(CHECKPOINT_KIND, |seq, ts, prev| {
+                checkpoint_fields(seq, ts, prev, &key)
+            });
+            let start = self.out[..self.out.len() - 1]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            self.checkpoint_owed =
+                Some(String::from_utf8_lossy(&self.out[start..self.out.len() - 1]).into_owned());
         }
-        let key = self.key.clone();
-        self.write_record(CHECKPOINT_KIND, |seq, ts, prev| {
-            checkpoint_fields(seq, ts, prev, &key)
-        });
-        let start = self.out[..self.out.len() - 1]
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(0, |i| i + 1);
-        let line = String::from_utf8_lossy(&self.out[start..self.out.len() - 1]).into_owned();
+        self.settle()
+    }
+
+    /// Writes and syncs everything buffered, then names the last checkpoint
+    /// in the checkpoint file if that is still owed. What fails stays owed,
+    /// so the next round retries it.
+    fn settle(&mut self) -> Result<(), String> {
         self.sync()?;
-        Checkpoint::write(&self.dir.join(CHECKPOINT_FILE), &line)
-            .map_err(|e| format!("writing the checkpoint file: {e}"))
+        if let Some(line) = &self.checkpoint_owed {
+            Checkpoint::write(&self.dir.join(CHECKPOINT_FILE), line)
+                .map_err(|e| format!("writing the checkpoint file: {e}"))?;
+            self.checkpoint_owed = None;
+        }
+        Ok(())
+    }
+
+    /// Whether something written is not yet where it must be: records in
+    /// the buffer, a checkpoint the file does not name yet, or (with
+    /// `fsync: every`) records not yet synced.
+    fn owes(&self) -> bool {
+        !self.out.is_empty()
+            || self.checkpoint_owed.is_some()
+            || (self.fsync == FsyncPolicy::Every && self.unsynced > 0)
     }
 
     /// Writes pending events; on failure keeps them for the next attempt.
@@ -715,8 +740,16 @@ impl Writer {
                 return;
             }
         }
-        match self.flush_out() {
-            Ok(()) => health.healthy.store(true, Ordering::Relaxed),
+        // Healthy again only once nothing is owed: a failed sync or
+        // checkpoint file write is retried here, not forgotten.
+        let settled = if self.checkpoint_owed.is_some() || self.fsync == FsyncPolicy::Every {
+            self.settle()
+        } else {
+            self.flush_out()
+        };
+        match settled {
+            Ok(()) if !self.owes() => health.healthy.store(true, Ordering::Relaxed),
+            Ok(()) => {}
             Err(e) => self.fail(health, e),
         }
     }
@@ -772,6 +805,9 @@ impl Writer {
         }
         self.write_held_starts(true)?;
         let new_public = new.verifying_key();
+        // Trusted before any record names it, so a failure here leaves no
+        // rotation record behind.
+        keys::remember_public_key(&self.keys_dir, &new_public).map_err(|e| e.to_string())?;
         let old = key_id(&self.key.verifying_key());
         let endorse = |prev: &str| {
             let mut message = hex::decode(prev).unwrap_or_default();
@@ -787,10 +823,12 @@ impl Writer {
                 "endorsement": hex::encode(endorse(prev).to_bytes()),
             })
         });
-        self.checkpoint()?;
-        keys::remember_public_key(&self.keys_dir, &new_public).map_err(|e| e.to_string())?;
+        // The rotation record and the old key's checkpoint over it are in
+        // the chain once buffered: from here on the new key signs, even if
+        // this sync fails (it is retried like any other).
+        let settled = self.checkpoint();
         self.key = new;
-        Ok(())
+        settled
     }
 
     /// Takes one message off the queue; `false` once the log must stop.
