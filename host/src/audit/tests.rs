@@ -386,8 +386,7 @@ fn a_checkpoint_the_file_could_not_name_stays_owed_and_the_log_unhealthy_until_i
     let files = log_files(&dir.path().join("audit")).unwrap();
     let last = records(&files)
         .into_iter()
-        .filter(|r| r.kind == CHECKPOINT_KIND)
-        .last()
+        .rfind(|r| r.kind == CHECKPOINT_KIND)
         .unwrap();
     assert_eq!(checkpoint(dir.path()).record.seq, last.seq);
     check(dir.path(), &files).unwrap();
