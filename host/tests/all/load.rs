@@ -106,6 +106,73 @@ fn sleepers_stay_live_at_once_and_the_plot_is_drawn() {
 }
 
 #[test]
+fn an_audited_load_records_every_run_once_and_reports_the_log_per_run() {
+    let data = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+            .args([
+                "load",
+                "--module",
+                ECHO_COMPONENT,
+                "--concurrency",
+                "4",
+                "--runs",
+                "300",
+                "--json",
+            ])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert_success(&out);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // Without --audit there is no log and no figure.
+    let plain = run(&[]);
+    assert!(plain.get("audit_bytes_per_run").is_none(), "{plain}");
+    assert!(!data.path().join("audit").exists());
+
+    let r = run(&["--audit"]);
+    assert_eq!(r["outcomes"]["ok"], 300);
+    let per_run = r["audit_bytes_per_run"].as_f64().unwrap();
+    assert!(
+        (100.0..=400.0).contains(&per_run),
+        "{per_run} bytes per run"
+    );
+    // Every run is in the log exactly once, signed, and the log verifies
+    // against an out-of-band copy of its key.
+    let mut ids = std::collections::BTreeSet::new();
+    for file in chassis::audit::log_files(&data.path().join("audit")).unwrap() {
+        for line in std::fs::read_to_string(file).unwrap().lines() {
+            let record: chassis::audit::record::Record = serde_json::from_str(line).unwrap();
+            if record.kind == "run" || record.kind == "run.ended" {
+                assert_eq!(record.fields["outcome"], "ok");
+                assert!(ids.insert(record.fields["run_id"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    assert_eq!(ids.len(), 300);
+    let keys = data.path().join("off-host.pub");
+    std::fs::copy(data.path().join("keys/audit.pub"), &keys).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["audit", "verify", "--require-signed-tail", "--pubkey"])
+        .arg(&keys)
+        .arg("--data-dir")
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert_success(&out);
+    // A remote load has no log of its own to price.
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["load", "--module", ECHO_COMPONENT, "--runs", "1", "--audit"])
+        .args(["--remote", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+}
+
+#[test]
 fn a_duration_bounded_load_stops_by_itself() {
     let (r, _) = load(&[
         "--module",
