@@ -573,9 +573,12 @@ impl Writer {
         };
         let start = self.out.len();
         serde_json::to_writer(&mut self.out, &record).expect("records always serialise");
-        let hash = hex::encode(line_hash(
-            std::str::from_utf8(&self.out[start..]).expect("serde_json writes UTF-8"),
-        ));
+        let line = std::str::from_utf8(&self.out[start..]).expect("serde_json writes UTF-8");
+        let hash = hex::encode(line_hash(line));
+        if kind == CHECKPOINT_KIND {
+            // Owed to the checkpoint file until it is synced ([`Writer::settle`]).
+            self.checkpoint_owed = Some(line.to_string());
+        }
         self.out.push(b'\n');
         self.file_bytes += (self.out.len() - start) as u64;
         self.next_seq += 1;
@@ -682,12 +685,6 @@ impl Writer {
             self.write_record(CHECKPOINT_KIND, |seq, ts, prev| {
                 checkpoint_fields(seq, ts, prev, &key)
             });
-            let start = self.out[..self.out.len() - 1]
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |i| i + 1);
-            self.checkpoint_owed =
-                Some(String::from_utf8_lossy(&self.out[start..self.out.len() - 1]).into_owned());
         }
         self.settle()
     }

@@ -76,6 +76,7 @@ impl LoadArgs {
             (None, None) => anyhow::bail!("say how much load: --runs N or --duration D"),
         };
         let input = self.input.clone().into_bytes();
+        let data_dir = self.data_dir.resolve();
         let bytes = std::fs::read(&self.module)
             .with_context(|| format!("reading module {}", self.module.display()))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -90,7 +91,7 @@ impl LoadArgs {
                     self.memory_mb,
                     self.concurrency,
                     self.audit,
-                    self.data_dir.resolve(),
+                    data_dir.clone(),
                 )?;
                 let module = match host.modules().register(&bytes) {
                     Ok(m) => m,
@@ -144,7 +145,7 @@ impl LoadArgs {
             Target::Local { host, .. } => host.audit().cloned(),
             Target::Remote { .. } => None,
         };
-        let audit_dir = self.data_dir.resolve().join("audit");
+        let audit_dir = data_dir.join("audit");
         let audit_before = audit.as_ref().map(|_| dir_bytes(&audit_dir));
         let progress = std::sync::Arc::new(Progress::default());
         let bar = if self.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
