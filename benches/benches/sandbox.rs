@@ -96,12 +96,20 @@ struct Chassis {
 
 impl Chassis {
     fn new(guest: &str, slots: u32) -> Self {
+        Self::with_caps(guest, slots, chassis::sandbox::HostCaps::default())
+    }
+
+    fn with_caps(guest: &str, slots: u32, caps: chassis::sandbox::HostCaps) -> Self {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
         let wasm = std::fs::read(guest).unwrap();
-        let host = Host::builder().pool_slots(slots).build().unwrap();
+        let host = Host::builder()
+            .caps(caps)
+            .pool_slots(slots)
+            .build()
+            .unwrap();
         let module = host.modules().register(&wasm).unwrap();
         let policy = std::sync::Arc::new(chassis::policy::Policy::deny_all());
         let limits = host.limits_for(&chassis::RunRequest::new(vec![])).unwrap();
@@ -183,7 +191,9 @@ fn sandbox(c: &mut Criterion) {
 }
 
 /// A CPU-bound guest (FNV over 1 MiB, 16 rounds): chassis with fuel and
-/// epoch interruption next to the same guest on an engine with neither.
+/// epoch interruption, and chassis metering epochs only
+/// (`runtime.metering = "epoch"`), next to the same guest on an engine with
+/// neither.
 fn cpu(c: &mut Criterion) {
     use chassis_tests::programs::HASHER_COMPONENT;
     let Chassis {
@@ -214,6 +224,27 @@ fn cpu(c: &mut Criterion) {
                 input.clone(),
                 &limits,
                 &policy,
+                None,
+                chassis::secrets::Granted::none(),
+            ));
+            assert!(report.result.is_ok());
+        })
+    });
+    let epoch = Chassis::with_caps(
+        HASHER_COMPONENT,
+        4,
+        chassis::sandbox::HostCaps {
+            metering: chassis::limits::Metering::Epoch,
+            ..Default::default()
+        },
+    );
+    group.bench_function("chassis-epoch", |b| {
+        b.iter(|| {
+            let report = epoch.runtime.block_on(epoch.host.runner().run(
+                &epoch.module,
+                input.clone(),
+                &epoch.limits,
+                &epoch.policy,
                 None,
                 chassis::secrets::Granted::none(),
             ));

@@ -169,7 +169,8 @@ impl HostBuilder {
     pub fn build(self) -> Result<Host, HostError> {
         let engine = Engine::new(
             self.engine
-                .with_max_memory_bytes(self.caps.max_memory_bytes),
+                .with_max_memory_bytes(self.caps.max_memory_bytes)
+                .with_metering(self.caps.metering),
         )?;
         let mut runner = Runner::new(engine.clone())?;
         if let Some(resolver) = self.resolver {

@@ -16,6 +16,33 @@ pub const DEFAULT_OUTPUT_BYTES: u64 = 1024 * 1024;
 /// Log records kept per run; the rest is counted and dropped.
 pub const DEFAULT_LOG_RECORDS: u64 = 1000;
 
+/// How a host meters busy guest code. It is compiled into every module the
+/// host runs, so it is fixed when the host starts (`runtime.metering`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metering {
+    /// A fuel budget per run (about one unit per wasm instruction, checked
+    /// at every basic block) and epoch deadlines: a run is stopped by its
+    /// budget, its timeout or its CPU share, and its fuel is reported.
+    #[default]
+    Fuel,
+    /// Epoch deadlines only: a run is stopped by its timeout or its CPU
+    /// share, checked at loop headers and function entries every epoch
+    /// tick, with no instruction budget and no fuel in its report. Cheaper
+    /// for CPU-bound guests (no counter update per basic block).
+    Epoch,
+}
+
+impl Metering {
+    /// The name the configuration uses (`fuel`, `epoch`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metering::Fuel => "fuel",
+            Metering::Epoch => "epoch",
+        }
+    }
+}
+
 /// The limits a single run is held to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
@@ -50,6 +77,9 @@ pub struct HostCaps {
     pub max_log_records: u64,
     /// `runtime.max_cpu_percent`: the most of one core any sandbox may use.
     pub max_cpu_percent: u8,
+    /// `runtime.metering`: with [`Metering::Epoch`] no run has a fuel
+    /// budget, and one asked for is refused ([`LimitsError::FuelNotMetered`]).
+    pub metering: Metering,
 }
 
 impl Default for HostCaps {
@@ -63,6 +93,7 @@ impl Default for HostCaps {
             max_output_bytes: 16 * 1024 * 1024,
             max_log_records: 10_000,
             max_cpu_percent: 100,
+            metering: Metering::Fuel,
         }
     }
 }
@@ -71,8 +102,12 @@ impl HostCaps {
     /// The limits a run gets when nothing tightens them: the caps, with the
     /// default fuel budget and output sizes where those are below the caps.
     pub fn default_limits(&self) -> Limits {
+        let fuel = match self.metering {
+            Metering::Fuel => Some(self.max_fuel.unwrap_or(DEFAULT_FUEL).min(DEFAULT_FUEL)),
+            Metering::Epoch => None,
+        };
         Limits {
-            fuel: Some(self.max_fuel.unwrap_or(DEFAULT_FUEL).min(DEFAULT_FUEL)),
+            fuel,
             memory_bytes: self.max_memory_bytes,
             timeout: self.max_timeout,
             output_bytes: self.max_output_bytes.min(DEFAULT_OUTPUT_BYTES),
@@ -121,6 +156,16 @@ pub enum LimitsError {
         asked: String,
         /// The most allowed.
         allowed: String,
+    },
+    /// A fuel budget asked (by the policy or the request) of a host that
+    /// does not meter fuel: refused rather than ignored, since whoever set
+    /// it relies on it to stop the run.
+    #[error(
+        "a fuel budget of {asked} was asked, but this host does not meter fuel (runtime.metering = \"epoch\"): its runs are bounded by their timeout and CPU share"
+    )]
+    FuelNotMetered {
+        /// The budget asked for.
+        asked: u64,
     },
     /// A limit of zero, which would make every run fail.
     #[error("{limit} must be greater than zero")]
@@ -223,8 +268,18 @@ impl Limits {
         policy: &LimitsRequest,
         request: &LimitsRequest,
     ) -> Result<Limits, LimitsError> {
+        if caps.metering == Metering::Epoch {
+            for asked in [policy.fuel, request.fuel] {
+                if let Some(FuelRequest::Budget(asked)) = asked {
+                    return Err(LimitsError::FuelNotMetered { asked });
+                }
+            }
+        }
         let ceiling = Limits {
-            fuel: caps.max_fuel,
+            fuel: match caps.metering {
+                Metering::Fuel => caps.max_fuel,
+                Metering::Epoch => None,
+            },
             memory_bytes: caps.max_memory_bytes,
             timeout: caps.max_timeout,
             output_bytes: caps.max_output_bytes,
@@ -312,6 +367,33 @@ mod tests {
             Limits::from_caps(&capped, &request),
             Err(LimitsError::AboveCap { limit: "fuel", .. })
         ));
+    }
+
+    #[test]
+    fn an_epoch_metered_host_gives_no_fuel_and_refuses_a_budget_from_policy_or_request() {
+        let caps = HostCaps {
+            metering: Metering::Epoch,
+            ..HostCaps::default()
+        };
+        let plain = Limits::from_caps(&caps, &LimitsRequest::default()).unwrap();
+        assert_eq!(plain.fuel, None);
+        assert_eq!(plain.timeout, caps.max_timeout);
+        let unmetered = LimitsRequest {
+            fuel: Some(FuelRequest::Unmetered),
+            ..Default::default()
+        };
+        assert_eq!(Limits::from_caps(&caps, &unmetered).unwrap().fuel, None);
+        let budget = LimitsRequest {
+            fuel: Some(FuelRequest::Budget(5_000)),
+            ..Default::default()
+        };
+        let refused = Limits::from_caps(&caps, &budget).unwrap_err();
+        assert_eq!(refused, LimitsError::FuelNotMetered { asked: 5_000 });
+        assert!(refused.to_string().contains("runtime.metering"), "{refused}");
+        assert_eq!(
+            Limits::resolve(&caps, &budget, &LimitsRequest::default()).unwrap_err(),
+            LimitsError::FuelNotMetered { asked: 5_000 }
+        );
     }
 
     #[test]

@@ -231,6 +231,79 @@ mod hasher {
 mod hostile_spin {
     use super::*;
 
+    /// A host started with `runtime.metering = "epoch"`: no fuel compiled in.
+    fn epoch_host() -> Host {
+        Host::builder()
+            .caps(chassis::sandbox::HostCaps {
+                metering: chassis::limits::Metering::Epoch,
+                ..Default::default()
+            })
+            .pool_slots(8)
+            .build()
+            .expect("host starts")
+    }
+
+    #[tokio::test]
+    async fn under_epoch_metering_an_endless_loop_hits_its_deadline_and_reports_no_fuel() {
+        let host = epoch_host();
+        let request = LimitsRequest {
+            fuel: None,
+            timeout: Some(Duration::from_millis(300)),
+            ..quick()
+        };
+        let report = run(&host, HOSTILE_SPIN_COMPONENT, b"", &request).await;
+        assert_eq!(kind(&report), ErrorKind::DeadlineExceeded);
+        assert_eq!(report.usage.fuel_consumed, 0);
+        assert!(report.usage.cpu_time_us > 0);
+        // The CPU share is still enforced at epoch ticks without fuel.
+        let shared = LimitsRequest {
+            cpu_percent: Some(20),
+            timeout: Some(Duration::from_millis(400)),
+            ..request
+        };
+        let report = run(&host, HOSTILE_SPIN_COMPONENT, b"", &shared).await;
+        assert_eq!(kind(&report), ErrorKind::DeadlineExceeded);
+        let (cpu, wall) = (
+            report.usage.cpu_time_us as f64,
+            report.usage.wall_time_us as f64,
+        );
+        assert!(cpu <= wall * 0.5, "cpu {cpu} µs of wall {wall} µs");
+        let hello = run(&host, HELLO_COMPONENT, b"epoch", &LimitsRequest { fuel: None, ..quick() }).await;
+        assert_eq!(hello.result.unwrap(), b"Hello, epoch!");
+        assert_eq!(hello.usage.fuel_consumed, 0);
+    }
+
+    #[tokio::test]
+    async fn under_epoch_metering_a_fuel_budget_is_refused_before_the_sandbox_starts() {
+        let host = epoch_host();
+        let module = host
+            .modules()
+            .register(&wasm(HOSTILE_SPIN_COMPONENT))
+            .expect("module registers");
+        let err = host
+            .run(&module, RunRequest::new(Vec::new()).limits(quick()))
+            .await
+            .expect_err("a fuel budget cannot be honoured without fuel");
+        assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+        assert!(
+            matches!(
+                err,
+                chassis::StartError::Limits {
+                    source: chassis::sandbox::LimitsError::FuelNotMetered { asked: 200_000_000 },
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        hello_still_works_unmetered(&host).await;
+    }
+
+    async fn hello_still_works_unmetered(host: &Host) {
+        let request = LimitsRequest { fuel: None, ..quick() };
+        let report = run(host, HELLO_COMPONENT, b"again", &request).await;
+        assert_eq!(report.result.expect("hello succeeds"), b"Hello, again!");
+    }
+
     #[tokio::test]
     async fn an_endless_loop_runs_out_of_fuel() {
         let host = host();

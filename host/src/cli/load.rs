@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use chassis::policy::Policy;
+use chassis::limits::Metering;
 use chassis::sandbox::{FuelRequest, LimitsRequest};
 use chassis::{Host, RunRequest};
 
@@ -62,6 +63,11 @@ pub(crate) struct LoadArgs {
     /// many bytes of log each run cost.
     #[arg(long, conflicts_with = "remote")]
     audit: bool,
+    /// How the local host meters busy guest code (`runtime.metering`):
+    /// `fuel` (a budget per run, and epoch deadlines) or `epoch` (deadlines
+    /// and CPU share only); a remote host meters as its config says.
+    #[arg(long, default_value = "fuel", value_parser = parse_metering, conflicts_with = "remote")]
+    metering: Metering,
     #[command(flatten)]
     data_dir: DataDirArg,
 }
@@ -91,6 +97,7 @@ impl LoadArgs {
                     self.memory_mb,
                     self.concurrency,
                     self.audit,
+                    self.metering,
                     data_dir.clone(),
                 )?;
                 let module = match host.modules().register(&bytes) {
@@ -223,12 +230,27 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// `--metering`: `fuel` or `epoch`.
+fn parse_metering(text: &str) -> Result<Metering, String> {
+    match text {
+        "fuel" => Ok(Metering::Fuel),
+        "epoch" => Ok(Metering::Epoch),
+        other => Err(format!("`{other}` is not `fuel` or `epoch`")),
+    }
+}
+
 /// The in-process host a local load runs on, assembled by the composition
 /// root like `chassis serve`'s: one pool slot per run in flight (up to 1,000
 /// kept warm), `memory_mb` of linear memory each, no metrics port, and the
 /// audit log at its shipped settings only with `audit` (a load measures the
-/// sandbox unless asked to price the log).
-fn local_host(memory_mb: u64, concurrency: usize, audit: bool, data_dir: PathBuf) -> Result<Host> {
+/// sandbox unless asked to price the log), metered as `metering` says.
+fn local_host(
+    memory_mb: u64,
+    concurrency: usize,
+    audit: bool,
+    metering: Metering,
+    data_dir: PathBuf,
+) -> Result<Host> {
     let slots = u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX);
     let mut config = chassis::config::Config {
         data_dir,
@@ -239,6 +261,7 @@ fn local_host(memory_mb: u64, concurrency: usize, audit: bool, data_dir: PathBuf
     config.sandbox_pool.min_size = slots.min(1000);
     config.audit.enabled = audit;
     config.metrics.enabled = false;
+    config.runtime.metering = metering;
     Host::from_config(&config, None).with_context(|| {
         format!("a local host for --concurrency {concurrency} and --memory-mb {memory_mb}")
     })

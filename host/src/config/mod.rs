@@ -289,6 +289,12 @@ pub struct Runtime {
     pub max_execution_time_seconds: u64,
     /// Fuel cap per run; absent lets a run be unmetered.
     pub max_fuel: Option<u64>,
+    /// How busy guest code is metered: `fuel` (default: a fuel budget per
+    /// run and epoch deadlines) or `epoch` (deadlines and CPU share only,
+    /// no fuel budget; cheaper for CPU-bound guests). Changing it
+    /// recompiles every module, and under `epoch` a policy or request that
+    /// asks for a fuel budget is refused.
+    pub metering: crate::limits::Metering,
     /// Largest `.wasm` accepted by RegisterModule.
     pub max_module_mb: u64,
     /// Allow a policy's `rw` preopen on the data dir's filesystem. A guest
@@ -312,6 +318,7 @@ impl Default for Runtime {
             max_cpu_percent: 100,
             max_execution_time_seconds: 300,
             max_fuel: None,
+            metering: crate::limits::Metering::Fuel,
             max_module_mb: 64,
             allow_shared_filesystem: false,
             max_concurrent_compiles: 0,
@@ -623,6 +630,16 @@ impl Config {
         if self.runtime.max_fuel == Some(0) {
             return Err(bad("runtime.max_fuel", "must be greater than zero".into()));
         }
+        if self.runtime.metering == crate::limits::Metering::Epoch
+            && let Some(cap) = self.runtime.max_fuel
+        {
+            return Err(bad(
+                "runtime.max_fuel",
+                format!(
+                    "is {cap}, but runtime.metering = \"epoch\" meters no fuel: remove the cap or meter \"fuel\""
+                ),
+            ));
+        }
         if self.sandbox_pool.max_size == 0 || self.sandbox_pool.max_size > 100_000 {
             return Err(bad(
                 "sandbox_pool.max_size",
@@ -841,6 +858,7 @@ impl Config {
     pub fn host_caps(&self) -> HostCaps {
         HostCaps {
             max_fuel: self.runtime.max_fuel,
+            metering: self.runtime.metering,
             max_memory_bytes: self.runtime.max_memory_mb * 1024 * 1024,
             max_timeout: Duration::from_secs(self.runtime.max_execution_time_seconds),
             max_cpu_percent: self.runtime.max_cpu_percent,

@@ -61,6 +61,7 @@ pub struct EngineConfig {
     epoch_tick: Duration,
     warm_slots: u32,
     keep_resident: u64,
+    metering: crate::limits::Metering,
 }
 
 impl Default for EngineConfig {
@@ -79,7 +80,22 @@ impl EngineConfig {
             epoch_tick: DEFAULT_EPOCH_TICK,
             warm_slots: 10,
             keep_resident: DEFAULT_KEEP_RESIDENT,
+            metering: crate::limits::Metering::Fuel,
         }
+    }
+
+    /// How busy guest code is metered (`runtime.metering`): fuel is
+    /// compiled into every module, so an engine without it cannot load
+    /// artifacts compiled with it (the [`Engine::compatibility_hash`]
+    /// differs) and its runs have no fuel budget.
+    pub fn with_metering(mut self, metering: crate::limits::Metering) -> Self {
+        self.metering = metering;
+        self
+    }
+
+    /// How busy guest code is metered.
+    pub fn metering(&self) -> crate::limits::Metering {
+        self.metering
     }
 
     /// The largest linear memory any sandbox may have (`runtime.max_memory_mb`).
@@ -143,7 +159,7 @@ impl EngineConfig {
         let mut config = wasmtime::Config::new();
         config
             .wasm_component_model(true)
-            .consume_fuel(true)
+            .consume_fuel(self.metering == crate::limits::Metering::Fuel)
             .epoch_interruption(true)
             .max_wasm_stack(MAX_WASM_STACK)
             .async_stack_size(ASYNC_STACK)
@@ -315,6 +331,22 @@ mod tests {
                 .with_max_memory_bytes(64 * 1024 * 1024),
         );
         assert!(engine.is_ok(), "{:?}", engine.err());
+    }
+
+    #[test]
+    fn artifacts_of_one_metering_do_not_load_under_the_other() {
+        let fuel = Engine::new(EngineConfig::new().with_pool_slots(2)).unwrap();
+        let epoch = Engine::new(
+            EngineConfig::new()
+                .with_pool_slots(2)
+                .with_metering(crate::limits::Metering::Epoch),
+        )
+        .unwrap();
+        assert_ne!(fuel.compatibility_hash(), epoch.compatibility_hash());
+        let cwasm = fuel.wasmtime().precompile_module(b"\0asm\x01\0\0\0").unwrap();
+        // SAFETY: the bytes were just produced by `precompile_module` above.
+        let loaded = unsafe { wasmtime::Module::deserialize(epoch.wasmtime(), &cwasm) };
+        assert!(loaded.is_err(), "a fuel-metered artifact loaded without fuel");
     }
 
     #[test]

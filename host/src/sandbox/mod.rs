@@ -236,12 +236,19 @@ impl Runner {
         // may hold at once.
         store.set_hostcall_fuel(hostcall_bytes(limits.output_bytes));
         store.set_max_component_handles(MAX_HANDLES);
+        // Without fuel metering (`runtime.metering = "epoch"`) the store has
+        // no fuel to set, and the run's report says it used none.
+        let metered = self.engine.config().metering() == crate::limits::Metering::Fuel;
         let budget = limits.fuel.unwrap_or(u64::MAX);
         let deadline = started + limits.timeout;
-        let setup = store.set_fuel(budget).map_err(|e| RunError::Internal {
-            context: "setting the fuel budget",
-            message: format!("{e:#}"),
-        });
+        let setup = if metered {
+            store.set_fuel(budget).map_err(|e| RunError::Internal {
+                context: "setting the fuel budget",
+                message: format!("{e:#}"),
+            })
+        } else {
+            Ok(())
+        };
         // Every epoch tick the guest yields to other sandboxes on this
         // thread (pausing longer if over its CPU share) or, past its
         // deadline, stops.
@@ -276,7 +283,11 @@ impl Runner {
                 }
             }
         };
-        let remaining = store.get_fuel().unwrap_or(0);
+        let remaining = if metered {
+            store.get_fuel().unwrap_or(0)
+        } else {
+            budget
+        };
         let wall = started.elapsed();
         let cpu_time = store.data().cpu.busy_until(Instant::now());
         let peak = store.data().limiter.peak_memory();

@@ -726,6 +726,46 @@ fn production_config() -> Json {
 }
 
 #[test]
+fn the_shipped_sysctl_holds_the_mappings_of_the_largest_pool_the_config_allows() {
+    let text = read("deploy/systemd/chassis.sysctl");
+    let settings: Vec<(&str, &str)> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split_once('=').expect("key = value"))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    assert_eq!(settings.len(), 1, "{settings:?}");
+    let (key, value) = settings[0];
+    assert_eq!(key, "vm.max_map_count");
+    let value: u64 = value.parse().expect("a number");
+    // The config refuses a pool past 100,000 slots; that many live needs:
+    let largest = 100_000;
+    let needed = chassis::engine::maps::needed_for(largest);
+    assert!(value >= needed, "vm.max_map_count = {value}, {largest} slots need {needed}");
+    assert_eq!(chassis::engine::maps::pool_warning(largest, value), None);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("chassis.yaml");
+    std::fs::write(&config, "chassis:\n  sandbox_pool:\n    max_size: 100001\n").unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["config", "check"])
+        .arg(&config)
+        .output()
+        .expect("chassis runs");
+    assert!(!refused.status.success(), "a pool of 100,001 slots was accepted");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("must be from 1 to 100000"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let docs = read("docs/operations.md");
+    assert!(
+        docs.contains("deploy/systemd/chassis.sysctl"),
+        "the operator guide should point at the shipped sysctl file"
+    );
+}
+
+#[test]
 fn systemd_unit_is_hardened_and_sized_for_ten_thousand_sandboxes() {
     let unit = parse_unit(&read(UNIT));
     let service = &unit["Service"];
