@@ -389,7 +389,10 @@ mod tests {
         };
         let refused = Limits::from_caps(&caps, &budget).unwrap_err();
         assert_eq!(refused, LimitsError::FuelNotMetered { asked: 5_000 });
-        assert!(refused.to_string().contains("runtime.metering"), "{refused}");
+        assert!(
+            refused.to_string().contains("runtime.metering"),
+            "{refused}"
+        );
         assert_eq!(
             Limits::resolve(&caps, &budget, &LimitsRequest::default()).unwrap_err(),
             LimitsError::FuelNotMetered { asked: 5_000 }

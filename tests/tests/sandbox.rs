@@ -268,7 +268,16 @@ mod hostile_spin {
             report.usage.wall_time_us as f64,
         );
         assert!(cpu <= wall * 0.5, "cpu {cpu} µs of wall {wall} µs");
-        let hello = run(&host, HELLO_COMPONENT, b"epoch", &LimitsRequest { fuel: None, ..quick() }).await;
+        let hello = run(
+            &host,
+            HELLO_COMPONENT,
+            b"epoch",
+            &LimitsRequest {
+                fuel: None,
+                ..quick()
+            },
+        )
+        .await;
         assert_eq!(hello.result.unwrap(), b"Hello, epoch!");
         assert_eq!(hello.usage.fuel_consumed, 0);
     }
@@ -299,7 +308,10 @@ mod hostile_spin {
     }
 
     async fn hello_still_works_unmetered(host: &Host) {
-        let request = LimitsRequest { fuel: None, ..quick() };
+        let request = LimitsRequest {
+            fuel: None,
+            ..quick()
+        };
         let report = run(host, HELLO_COMPONENT, b"again", &request).await;
         assert_eq!(report.result.expect("hello succeeds"), b"Hello, again!");
     }

@@ -183,11 +183,15 @@ fn raise_map_count(sandboxes: u64) -> String {
         Some(now) if now >= needed => format!("vm.max_map_count {now}"),
         Some(now) => match std::fs::write(PATH, needed.to_string()) {
             Ok(()) => {
-                println!("bench: raised vm.max_map_count from {now} to {needed} for {sandboxes} live sandboxes");
+                println!(
+                    "bench: raised vm.max_map_count from {now} to {needed} for {sandboxes} live sandboxes"
+                );
                 format!("vm.max_map_count raised from {now} to {needed}")
             }
             Err(e) => {
-                println!("bench: vm.max_map_count is {now}, below the {needed} that {sandboxes} live sandboxes need, and could not be raised ({e})");
+                println!(
+                    "bench: vm.max_map_count is {now}, below the {needed} that {sandboxes} live sandboxes need, and could not be raised ({e})"
+                );
                 format!("vm.max_map_count {now}: could not raise it to {needed}")
             }
         },

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::record::{CHECKPOINT_KIND, GENESIS_KIND, Record};
+use super::record::{CHECKPOINT_KIND, GENESIS_KIND, ROTATION_KIND, Record};
 use super::verify::{Checkpoint, Reason, VerifyOptions, verify};
 use super::*;
 
@@ -206,6 +206,66 @@ fn key_rotation_is_signed_by_the_old_key_and_endorsed_by_the_new() {
         trusted(dir.path()).len(),
         2,
         "the new public key is remembered"
+    );
+}
+
+#[test]
+fn a_key_rotation_that_cannot_trust_the_new_key_leaves_no_trace_and_the_old_key_signs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(options(dir.path())).unwrap();
+    log.record("host.start", serde_json::json!({})).unwrap();
+    log.flush().unwrap();
+    let old = trusted(dir.path());
+    assert_eq!(old.len(), 1);
+    // The trusted-keys file cannot be appended to while a directory holds
+    // its name, so the new key cannot be remembered.
+    let pub_file = dir.path().join("keys").join(keys::PUBLIC_KEYS_FILE);
+    std::fs::remove_file(&pub_file).unwrap();
+    std::fs::create_dir_all(pub_file.join("blocker")).unwrap();
+    let new = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+    let err = log.rotate_key(new.clone()).unwrap_err();
+    assert!(err.to_string().contains(keys::PUBLIC_KEYS_FILE), "{err}");
+    log.record("run.ended", serde_json::json!({"after": "failed rotation"}))
+        .unwrap();
+    log.flush().unwrap();
+    assert!(log.is_healthy(), "a refused rotation does not stop the log");
+    log.close().unwrap();
+    std::fs::remove_dir_all(&pub_file).unwrap();
+    let files = log_files(&dir.path().join("audit")).unwrap();
+    let all = records(&files);
+    assert!(
+        all.iter().all(|r| r.kind != ROTATION_KIND),
+        "a rotation record names a key nobody trusts"
+    );
+    assert!(
+        all.iter().any(|r| r.kind == "run.ended"),
+        "the record after it is kept"
+    );
+    // The old key alone verifies everything, tail included: it kept signing.
+    let cp = checkpoint(dir.path());
+    let ok = verify(
+        &files,
+        &VerifyOptions {
+            trusted: &old,
+            checkpoint: Some(&cp),
+            require_signed_tail: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(ok.keys.len(), 1);
+    assert_eq!(ok.unsigned_tail, 0);
+    // The new key signed nothing.
+    let only_new = [new.verifying_key()];
+    assert!(
+        verify(
+            &files,
+            &VerifyOptions {
+                trusted: &only_new,
+                ..Default::default()
+            },
+        )
+        .is_err()
     );
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use chassis::policy::Policy;
 use chassis::limits::Metering;
+use chassis::policy::Policy;
 use chassis::sandbox::{FuelRequest, LimitsRequest};
 use chassis::{Host, RunRequest};
 

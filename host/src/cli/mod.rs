@@ -115,19 +115,55 @@ pub(crate) fn main() -> ExitCode {
         // An invalid runbook is the typed `invalid-request` (exit 11),
         // as the server answers it.
         Err(e) if e.downcast_ref::<chassis::coord::RunbookError>().is_some() => {
-            eprintln!("chassis: invalid-request: {e:#}");
+            eprintln!("chassis: invalid-request: {}", causes(&e));
             output::exit_for(ErrorKind::InvalidRequest)
         }
         Err(e) => {
-            eprintln!("chassis: error: {e:#}");
+            eprintln!("chassis: error: {}", causes(&e));
             ExitCode::from(1)
         }
     }
 }
 
+/// The error and its causes joined by `: ` (as `{:#}` does), leaving out a
+/// cause the text before it already says: many library errors name their
+/// source in their own message, and `{:#}` would print it again.
+fn causes(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    #[test]
+    fn an_error_that_names_its_source_prints_it_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("creating the engine: {source}")]
+        struct Engine {
+            #[source]
+            source: std::io::Error,
+        }
+        let io = std::io::Error::other("Cannot allocate memory");
+        let e = anyhow::Error::new(Engine { source: io }).context("a local host");
+        assert_eq!(
+            super::causes(&e),
+            "a local host: creating the engine: Cannot allocate memory"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(super::causes(&plain), "outer: inner");
+    }
 
     #[test]
     fn the_help_names_every_exit_code() {

@@ -129,8 +129,9 @@ fn rules_between_keys_name_the_key() {
             .contains("`chassis.sandbox_pool.keep_resident_kib`: must be at most runtime.max_memory_mb (32 MiB = 32768 KiB)")
     );
     assert!(
-        check("chassis:\n  runtime:\n    metering: epoch\n    max_fuel: 1000\n")
-            .contains("`chassis.runtime.max_fuel`: is 1000, but runtime.metering = \"epoch\" meters no fuel")
+        check("chassis:\n  runtime:\n    metering: epoch\n    max_fuel: 1000\n").contains(
+            "`chassis.runtime.max_fuel`: is 1000, but runtime.metering = \"epoch\" meters no fuel"
+        )
     );
 }
 
@@ -138,11 +139,19 @@ fn rules_between_keys_name_the_key() {
 fn metering_is_fuel_unless_epoch_is_asked_for_and_reaches_the_caps() {
     let fuel = Config::parse("chassis:\n  runtime: {}\n", Path::new("c.yaml")).unwrap();
     assert_eq!(fuel.host_caps().metering, crate::limits::Metering::Fuel);
-    let epoch = Config::parse("chassis:\n  runtime:\n    metering: epoch\n", Path::new("c.yaml")).unwrap();
+    let epoch = Config::parse(
+        "chassis:\n  runtime:\n    metering: epoch\n",
+        Path::new("c.yaml"),
+    )
+    .unwrap();
     epoch.validate("c.yaml").unwrap();
     assert_eq!(epoch.host_caps().metering, crate::limits::Metering::Epoch);
     assert_eq!(epoch.host_caps().default_limits().fuel, None);
-    let err = Config::parse("chassis:\n  runtime:\n    metering: instructions\n", Path::new("c.yaml")).unwrap_err();
+    let err = Config::parse(
+        "chassis:\n  runtime:\n    metering: instructions\n",
+        Path::new("c.yaml"),
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("c.yaml:3:15: "), "{err}");
 }
 

@@ -343,10 +343,16 @@ mod tests {
         )
         .unwrap();
         assert_ne!(fuel.compatibility_hash(), epoch.compatibility_hash());
-        let cwasm = fuel.wasmtime().precompile_module(b"\0asm\x01\0\0\0").unwrap();
+        let cwasm = fuel
+            .wasmtime()
+            .precompile_module(b"\0asm\x01\0\0\0")
+            .unwrap();
         // SAFETY: the bytes were just produced by `precompile_module` above.
         let loaded = unsafe { wasmtime::Module::deserialize(epoch.wasmtime(), &cwasm) };
-        assert!(loaded.is_err(), "a fuel-metered artifact loaded without fuel");
+        assert!(
+            loaded.is_err(),
+            "a fuel-metered artifact loaded without fuel"
+        );
     }
 
     #[test]

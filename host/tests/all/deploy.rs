@@ -742,7 +742,10 @@ fn the_shipped_sysctl_holds_the_mappings_of_the_largest_pool_the_config_allows()
     // The config refuses a pool past 100,000 slots; that many live needs:
     let largest = 100_000;
     let needed = chassis::engine::maps::needed_for(largest);
-    assert!(value >= needed, "vm.max_map_count = {value}, {largest} slots need {needed}");
+    assert!(
+        value >= needed,
+        "vm.max_map_count = {value}, {largest} slots need {needed}"
+    );
     assert_eq!(chassis::engine::maps::pool_warning(largest, value), None);
     let dir = tempfile::tempdir().expect("temp dir");
     let config = dir.path().join("chassis.yaml");
@@ -752,7 +755,10 @@ fn the_shipped_sysctl_holds_the_mappings_of_the_largest_pool_the_config_allows()
         .arg(&config)
         .output()
         .expect("chassis runs");
-    assert!(!refused.status.success(), "a pool of 100,001 slots was accepted");
+    assert!(
+        !refused.status.success(),
+        "a pool of 100,001 slots was accepted"
+    );
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("must be from 1 to 100000"),
         "{}",
