@@ -63,6 +63,21 @@ pub enum ServerError {
         #[source]
         source: AuditError,
     },
+    /// A policy sets a fuel budget on a host that meters no fuel
+    /// (`runtime.metering = "epoch"`): every run under it would be refused,
+    /// so the host refuses to start instead.
+    #[error(
+        "policy `{policy}` ({}) sets limits.fuel = {fuel}, but runtime.metering = \"epoch\" meters no fuel, so every run under it would be refused: remove the limit or meter \"fuel\"",
+        file.display()
+    )]
+    FuelNotMetered {
+        /// The policy's name.
+        policy: String,
+        /// Its file.
+        file: PathBuf,
+        /// The budget it sets.
+        fuel: u64,
+    },
     /// The host could not start (engine, pool, data dir).
     #[error("starting the host (data dir {}): {source}", data_dir.display())]
     Host {
@@ -126,6 +141,15 @@ pub fn assemble(
         Some(dir) => PolicySet::load_dir(dir)?,
         None => PolicySet::default(),
     };
+    if config.runtime.metering == crate::limits::Metering::Epoch
+        && let Some(policy) = policies.iter().find(|p| p.limits.fuel.is_some())
+    {
+        return Err(ServerError::FuelNotMetered {
+            policy: policy.name.clone(),
+            file: policy.source.clone().unwrap_or_default(),
+            fuel: policy.limits.fuel.unwrap_or_default(),
+        });
+    }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,

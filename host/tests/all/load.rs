@@ -77,6 +77,49 @@ fn errors_are_counted_by_kind() {
 }
 
 #[test]
+fn an_epoch_metered_load_stops_a_spinning_guest_by_its_deadline_and_refuses_a_fuel_budget() {
+    let (r, _) = load(&[
+        "--module",
+        HOSTILE_SPIN_COMPONENT,
+        "--concurrency",
+        "2",
+        "--runs",
+        "4",
+        "--timeout",
+        "150ms",
+        "--metering",
+        "epoch",
+    ]);
+    assert_eq!(r["runs"], 4);
+    assert_eq!(r["outcomes"]["deadline-exceeded"], 4, "{r}");
+    assert_eq!(r["fuel"]["max"].as_f64().unwrap(), 0.0, "no fuel is metered");
+    let (r, _) = load(&[
+        "--module",
+        HOSTILE_SPIN_COMPONENT,
+        "--runs",
+        "2",
+        "--fuel",
+        "1000000",
+        "--metering",
+        "epoch",
+    ]);
+    assert_eq!(r["outcomes"]["invalid-request"], 2, "{r}");
+    let first = r["first_errors"]["invalid-request"].as_str().unwrap();
+    assert!(first.contains("runtime.metering"), "{first}");
+    for bad in [
+        vec!["--metering", "instructions", "--runs", "1"],
+        vec!["--metering", "epoch", "--remote", "http://127.0.0.1:1", "--runs", "1"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+            .args(["load", "--module", ECHO_COMPONENT])
+            .args(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: a usage error");
+    }
+}
+
+#[test]
 fn sleepers_stay_live_at_once_and_the_plot_is_drawn() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("load.svg");

@@ -86,6 +86,27 @@ fn metrics_are_exported_with_the_seed_names_and_move_with_runs() {
 }
 
 #[test]
+fn a_host_metering_epochs_only_stops_a_spin_by_its_deadline_and_refuses_a_fuel_budget() {
+    let served = Served::start("  runtime:\n    metering: epoch\n");
+    let hello = served.register(HELLO_COMPONENT);
+    let spin = served.register(HOSTILE_SPIN_COMPONENT);
+    let stderr = |out: &std::process::Output| String::from_utf8_lossy(&out.stderr).to_string();
+    // A budget cannot be honoured without fuel: invalid-request (exit 11),
+    // naming the setting, before any sandbox starts.
+    let out = served.client(&["run", &spin, "--fuel", "100000"]);
+    assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
+    assert!(stderr(&out).contains("runtime.metering"), "{}", stderr(&out));
+    // Without one, the deadline stops the endless loop: deadline-exceeded (14).
+    let out = served.client(&["run", &spin, "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(14), "{}", stderr(&out));
+    let out = served.client(&["--json", "run", &hello, "--input", "epoch"]);
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["output"], "Hello, epoch!", "{report}");
+    assert_eq!(report["usage"]["fuel_consumed"], 0, "{report}");
+}
+
+#[test]
 fn sigterm_lets_an_in_flight_run_finish_then_exits() {
     let served = Served::start("    shutdown_grace_seconds: 10\n");
     let spin = served.register(HOSTILE_SPIN_COMPONENT);
@@ -412,6 +433,41 @@ fn a_rw_preopen_on_the_data_dirs_filesystem_refuses_to_start() {
                 out.display()
             ))
             && err.contains("runtime.allow_shared_filesystem = true"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_policy_with_a_fuel_budget_refuses_to_start_a_host_that_meters_no_fuel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, policies, config) = (
+        dir.path().join("data"),
+        dir.path().join("policies"),
+        dir.path().join("chassis.yaml"),
+    );
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("metered.toml"),
+        "name = \"metered\"\n[limits]\nfuel = 5000000\n",
+    )
+    .unwrap();
+    std::fs::write(&config, "chassis:\n  runtime:\n    metering: epoch\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--policies")
+        .arg(&policies)
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("CHASSIS_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("policy `metered`")
+            && err.contains("sets limits.fuel = 5000000")
+            && err.contains("runtime.metering = \"epoch\" meters no fuel"),
         "{err}"
     );
 }
