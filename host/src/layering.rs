@@ -10,8 +10,8 @@ use std::path::Path;
 
 /// Lowest first. Modules in one layer do not use each other.
 const LAYERS: &[&[&str]] = &[
-    &["error", "engine", "slots", "limits"],
-    &["policy"],
+    &["error", "slots", "limits"],
+    &["policy", "engine"],
     &["config", "disk"],
     &["audit"],
     &["telemetry"],
