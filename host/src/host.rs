@@ -33,6 +33,14 @@ pub enum HostError {
     /// The module store could not be opened.
     #[error("opening the module store: {0}")]
     Modules(#[from] ModuleError),
+    /// A fuel cap on a host that meters no fuel: it could never be kept.
+    #[error(
+        "a fuel cap of {cap} was set on a host that meters no fuel (runtime.metering = \"epoch\"): remove the cap or meter \"fuel\""
+    )]
+    FuelCapNotMetered {
+        /// The cap.
+        cap: u64,
+    },
 }
 
 impl HostError {
@@ -167,6 +175,11 @@ impl HostBuilder {
 
     /// Starts the host.
     pub fn build(self) -> Result<Host, HostError> {
+        if self.caps.metering == crate::limits::Metering::Epoch
+            && let Some(cap) = self.caps.max_fuel
+        {
+            return Err(HostError::FuelCapNotMetered { cap });
+        }
         let engine = Engine::new(
             self.engine
                 .with_max_memory_bytes(self.caps.max_memory_bytes)
@@ -807,5 +820,23 @@ mod tests {
             assert_eq!(mine[1].fields["outcome"], outcome);
             assert_eq!(mine[1].fields["denials"], 1);
         }
+    }
+
+    #[test]
+    fn a_fuel_cap_on_a_host_that_meters_no_fuel_is_refused_at_build() {
+        let caps = HostCaps {
+            metering: crate::limits::Metering::Epoch,
+            max_fuel: Some(1_000),
+            ..HostCaps::default()
+        };
+        let err = Host::builder()
+            .caps(caps)
+            .pool_slots(1)
+            .build()
+            .unwrap_err();
+        assert!(
+            matches!(err, HostError::FuelCapNotMetered { cap: 1_000 }),
+            "{err}"
+        );
     }
 }

@@ -150,6 +150,16 @@ pub fn assemble(
             fuel: policy.limits.fuel.unwrap_or_default(),
         });
     }
+    if config.runtime.metering == crate::limits::Metering::Epoch {
+        // Under `fuel` a run that asks for nothing still stops after the
+        // default budget (about 10 s of busy guest code); here only its
+        // deadline and CPU share stop it.
+        tracing::warn!(
+            max_execution_time_seconds = config.runtime.max_execution_time_seconds,
+            max_cpu_percent = config.runtime.max_cpu_percent,
+            "runtime.metering = \"epoch\": runs have no fuel budget, so a busy guest runs until its timeout at its CPU share; keep policy timeouts tight"
+        );
+    }
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
         path: config.data_dir.clone(),
         source,

@@ -307,6 +307,37 @@ mod hostile_spin {
         hello_still_works_unmetered(&host).await;
     }
 
+    #[tokio::test]
+    async fn an_epoch_runner_given_limits_with_a_budget_refuses_them_rather_than_run_unbounded() {
+        let host = epoch_host();
+        let module = host
+            .modules()
+            .register(&wasm(HOSTILE_SPIN_COMPONENT))
+            .expect("module registers");
+        let mut limits = host
+            .limits_for(&RunRequest::new(Vec::new()).limits(LimitsRequest {
+                fuel: None,
+                ..quick()
+            }))
+            .unwrap();
+        limits.fuel = Some(1_000_000);
+        let report = host
+            .runner()
+            .run(
+                &module,
+                Vec::new(),
+                &limits,
+                &std::sync::Arc::new(chassis::policy::Policy::deny_all()),
+                None,
+                chassis::secrets::Granted::none(),
+            )
+            .await;
+        assert_eq!(kind(&report), ErrorKind::Internal);
+        let message = report.result.unwrap_err().to_string();
+        assert!(message.contains("meters no fuel"), "{message}");
+        hello_still_works_unmetered(&host).await;
+    }
+
     async fn hello_still_works_unmetered(host: &Host) {
         let request = LimitsRequest {
             fuel: None,

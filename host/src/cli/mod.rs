@@ -126,19 +126,22 @@ pub(crate) fn main() -> ExitCode {
 }
 
 /// The error and its causes joined by `: ` (as `{:#}` does), leaving out a
-/// cause the text before it already says: many library errors name their
-/// source in their own message, and `{:#}` would print it again.
+/// cause whose text the cause before it already contains: many library
+/// errors name their source in their own message, and `{:#}` would print
+/// it again. Only the cause just before is compared, so a short cause is
+/// never dropped for appearing somewhere unrelated earlier in the chain.
 fn causes(e: &anyhow::Error) -> String {
     let mut out = String::new();
+    let mut previous = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if out.contains(&text) {
-            continue;
+        if previous.is_empty() || !previous.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
         }
-        if !out.is_empty() {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
+        previous = text;
     }
     out
 }
@@ -163,6 +166,14 @@ mod tests {
         );
         let plain = anyhow::anyhow!("inner").context("outer");
         assert_eq!(super::causes(&plain), "outer: inner");
+        // A cause that only happens to appear further up is kept.
+        let unrelated = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::TimedOut))
+            .context("reading the config")
+            .context("the step `timed out` (a name) failed");
+        assert_eq!(
+            super::causes(&unrelated),
+            "the step `timed out` (a name) failed: reading the config: timed out"
+        );
     }
 
     #[test]

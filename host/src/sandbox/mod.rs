@@ -241,13 +241,21 @@ impl Runner {
         let metered = self.engine.config().metering() == crate::limits::Metering::Fuel;
         let budget = limits.fuel.unwrap_or(u64::MAX);
         let deadline = started + limits.timeout;
-        let setup = if metered {
-            store.set_fuel(budget).map_err(|e| RunError::Internal {
+        let setup = match (metered, limits.fuel) {
+            (true, _) => store.set_fuel(budget).map_err(|e| RunError::Internal {
                 context: "setting the fuel budget",
                 message: format!("{e:#}"),
-            })
-        } else {
-            Ok(())
+            }),
+            (false, None) => Ok(()),
+            // `Host::run` never gets here (`Limits::resolve` refuses the
+            // budget); a caller of the runner with limits of its own is
+            // refused rather than run without the budget it asked for.
+            (false, Some(asked)) => Err(RunError::Internal {
+                context: "setting the fuel budget",
+                message: format!(
+                    "a budget of {asked} was asked of an engine that meters no fuel (runtime.metering = \"epoch\")"
+                ),
+            }),
         };
         // Every epoch tick the guest yields to other sandboxes on this
         // thread (pausing longer if over its CPU share) or, past its

@@ -766,8 +766,10 @@ fn the_shipped_sysctl_holds_the_mappings_of_the_largest_pool_the_config_allows()
     );
     let docs = read("docs/operations.md");
     assert!(
-        docs.contains("deploy/systemd/chassis.sysctl"),
-        "the operator guide should point at the shipped sysctl file"
+        docs.contains(
+            "install -m 0644 deploy/systemd/chassis.sysctl /etc/sysctl.d/90-chassis.conf"
+        ) && docs.contains("sysctl --load /etc/sysctl.d/90-chassis.conf"),
+        "the operator guide's install steps should install and load the shipped sysctl file"
     );
 }
 

@@ -92,7 +92,11 @@ fn an_epoch_metered_load_stops_a_spinning_guest_by_its_deadline_and_refuses_a_fu
     ]);
     assert_eq!(r["runs"], 4);
     assert_eq!(r["outcomes"]["deadline-exceeded"], 4, "{r}");
-    assert_eq!(r["fuel"]["max"].as_f64().unwrap(), 0.0, "no fuel is metered");
+    assert_eq!(
+        r["fuel"]["max"].as_f64().unwrap(),
+        0.0,
+        "no fuel is metered"
+    );
     let (r, _) = load(&[
         "--module",
         HOSTILE_SPIN_COMPONENT,
@@ -108,7 +112,14 @@ fn an_epoch_metered_load_stops_a_spinning_guest_by_its_deadline_and_refuses_a_fu
     assert!(first.contains("runtime.metering"), "{first}");
     for bad in [
         vec!["--metering", "instructions", "--runs", "1"],
-        vec!["--metering", "epoch", "--remote", "http://127.0.0.1:1", "--runs", "1"],
+        vec![
+            "--metering",
+            "epoch",
+            "--remote",
+            "http://127.0.0.1:1",
+            "--runs",
+            "1",
+        ],
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
             .args(["load", "--module", ECHO_COMPONENT])

@@ -95,7 +95,11 @@ fn a_host_metering_epochs_only_stops_a_spin_by_its_deadline_and_refuses_a_fuel_b
     // naming the setting, before any sandbox starts.
     let out = served.client(&["run", &spin, "--fuel", "100000"]);
     assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
-    assert!(stderr(&out).contains("runtime.metering"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("runtime.metering"),
+        "{}",
+        stderr(&out)
+    );
     // Without one, the deadline stops the endless loop: deadline-exceeded (14).
     let out = served.client(&["run", &spin, "--timeout", "300ms"]);
     assert_eq!(out.status.code(), Some(14), "{}", stderr(&out));
