@@ -187,7 +187,8 @@ fn raise_map_count(sandboxes: u64) -> String {
         Some(now) => match std::fs::write(PATH, needed.to_string()) {
             Ok(()) => {
                 println!(
-                    "bench: raised vm.max_map_count from {now} to {needed} for {sandboxes} live sandboxes"
+                    "bench: raised vm.max_map_count from {now} to {needed} for {sandboxes} live sandboxes \
+                     (left raised: a cap costs nothing idle; `sysctl -w vm.max_map_count={now}` restores it)"
                 );
                 format!("vm.max_map_count raised from {now} to {needed}")
             }
