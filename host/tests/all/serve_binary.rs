@@ -420,16 +420,7 @@ fn a_rw_preopen_on_the_data_dirs_filesystem_refuses_to_start() {
         ),
     )
     .unwrap();
-    let out_of_serve = Command::new(env!("CARGO_BIN_EXE_chassis"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
-        .arg(&policies)
-        .arg("--data-dir")
-        .arg(&data)
-        .env_remove("CHASSIS_LOG")
-        .output()
-        .unwrap();
-    assert_eq!(out_of_serve.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out_of_serve.stderr);
+    let err = serve_refuses_to_start(&policies, &data, &[]);
     assert!(
         err.contains("policy `filler`")
             && err.contains(&format!(
@@ -456,24 +447,37 @@ fn a_policy_with_a_fuel_budget_refuses_to_start_a_host_that_meters_no_fuel() {
     )
     .unwrap();
     std::fs::write(&config, "chassis:\n  runtime:\n    metering: epoch\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--policies")
-        .arg(&policies)
-        .arg("--data-dir")
-        .arg(&data)
-        .env_remove("CHASSIS_LOG")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refuses_to_start(
+        &policies,
+        &data,
+        &[std::ffi::OsStr::new("--config"), config.as_os_str()],
+    );
     assert!(
         err.contains("policy `metered`")
             && err.contains("sets limits.fuel = 5000000")
             && err.contains("runtime.metering = \"epoch\" meters no fuel"),
         "{err}"
     );
+}
+
+/// Runs `chassis serve` on `policies` and `data` (with `extra` arguments),
+/// which must exit 1 without serving; returns its stderr.
+fn serve_refuses_to_start(
+    policies: &std::path::Path,
+    data: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_chassis"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--policies"])
+        .arg(policies)
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .env_remove("CHASSIS_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// The value of one series in a scrape, or 0 when it is absent.
