@@ -122,6 +122,19 @@ impl Chassis {
             limits,
         }
     }
+
+    /// One `Runner::run` of the module on `input`, which must succeed.
+    fn run_once(&self, input: &[u8]) {
+        let report = self.runtime.block_on(self.host.runner().run(
+            &self.module,
+            input.to_vec(),
+            &self.limits,
+            &self.policy,
+            None,
+            chassis::secrets::Granted::none(),
+        ));
+        assert!(report.result.is_ok());
+    }
 }
 
 fn sandbox(c: &mut Criterion) {
@@ -196,14 +209,7 @@ fn sandbox(c: &mut Criterion) {
 /// neither.
 fn cpu(c: &mut Criterion) {
     use chassis_tests::programs::HASHER_COMPONENT;
-    let Chassis {
-        runtime,
-        wasm,
-        host,
-        module,
-        policy,
-        limits,
-    } = Chassis::new(HASHER_COMPONENT, 4);
+    let fuel = Chassis::new(HASHER_COMPONENT, 4);
     let input = b"1048576".to_vec();
 
     // The chassis engine's exact configuration with fuel and epochs off, so
@@ -213,23 +219,11 @@ fn cpu(c: &mut Criterion) {
         .wasmtime_config();
     config.consume_fuel(false).epoch_interruption(false);
     let engine = wasmtime::Engine::new(&config).unwrap();
-    let pre = raw_pre(&engine, &wasm);
+    let pre = raw_pre(&engine, &fuel.wasm);
 
     let mut group = c.benchmark_group("cpu");
     group.sample_size(20);
-    group.bench_function("chassis", |b| {
-        b.iter(|| {
-            let report = runtime.block_on(host.runner().run(
-                &module,
-                input.clone(),
-                &limits,
-                &policy,
-                None,
-                chassis::secrets::Granted::none(),
-            ));
-            assert!(report.result.is_ok());
-        })
-    });
+    group.bench_function("chassis", |b| b.iter(|| fuel.run_once(&input)));
     let epoch = Chassis::with_caps(
         HASHER_COMPONENT,
         4,
@@ -238,21 +232,9 @@ fn cpu(c: &mut Criterion) {
             ..Default::default()
         },
     );
-    group.bench_function("chassis-epoch", |b| {
-        b.iter(|| {
-            let report = epoch.runtime.block_on(epoch.host.runner().run(
-                &epoch.module,
-                input.clone(),
-                &epoch.limits,
-                &epoch.policy,
-                None,
-                chassis::secrets::Granted::none(),
-            ));
-            assert!(report.result.is_ok());
-        })
-    });
+    group.bench_function("chassis-epoch", |b| b.iter(|| epoch.run_once(&input)));
     group.bench_function("uninstrumented", |b| {
-        b.iter(|| runtime.block_on(raw_run(&engine, &pre, &input, false)))
+        b.iter(|| fuel.runtime.block_on(raw_run(&engine, &pre, &input, false)))
     });
     group.finish();
 }

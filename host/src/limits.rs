@@ -43,6 +43,18 @@ impl Metering {
     }
 }
 
+/// Parses the configuration's name (as `chassis load --metering` takes it).
+impl std::str::FromStr for Metering {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [Metering::Fuel, Metering::Epoch]
+            .into_iter()
+            .find(|m| m.as_str() == text)
+            .ok_or_else(|| format!("`{text}` is not `fuel` or `epoch`"))
+    }
+}
+
 /// The limits a single run is held to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {

@@ -141,16 +141,17 @@ pub fn assemble(
         Some(dir) => PolicySet::load_dir(dir)?,
         None => PolicySet::default(),
     };
-    if config.runtime.metering == crate::limits::Metering::Epoch
-        && let Some(policy) = policies.iter().find(|p| p.limits.fuel.is_some())
-    {
-        return Err(ServerError::FuelNotMetered {
-            policy: policy.name.clone(),
-            file: policy.source.clone().unwrap_or_default(),
-            fuel: policy.limits.fuel.unwrap_or_default(),
-        });
-    }
     if config.runtime.metering == crate::limits::Metering::Epoch {
+        if let Some((policy, fuel)) = policies
+            .iter()
+            .find_map(|p| p.limits.fuel.map(|fuel| (p, fuel)))
+        {
+            return Err(ServerError::FuelNotMetered {
+                policy: policy.name.clone(),
+                file: policy.source.clone().unwrap_or_default(),
+                fuel,
+            });
+        }
         // Under `fuel` a run that asks for nothing still stops after the
         // default budget (about 10 s of busy guest code); here only its
         // deadline and CPU share stop it.

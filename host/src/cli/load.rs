@@ -66,7 +66,7 @@ pub(crate) struct LoadArgs {
     /// How the local host meters busy guest code (`runtime.metering`):
     /// `fuel` (a budget per run, and epoch deadlines) or `epoch` (deadlines
     /// and CPU share only); a remote host meters as its config says.
-    #[arg(long, default_value = "fuel", value_parser = parse_metering, conflicts_with = "remote")]
+    #[arg(long, default_value = "fuel", conflicts_with = "remote")]
     metering: Metering,
     #[command(flatten)]
     data_dir: DataDirArg,
@@ -228,15 +228,6 @@ fn dir_bytes(dir: &Path) -> u64 {
         .filter(|m| m.is_file())
         .map(|m| m.len())
         .sum()
-}
-
-/// `--metering`: `fuel` or `epoch`.
-fn parse_metering(text: &str) -> Result<Metering, String> {
-    match text {
-        "fuel" => Ok(Metering::Fuel),
-        "epoch" => Ok(Metering::Epoch),
-        other => Err(format!("`{other}` is not `fuel` or `epoch`")),
-    }
 }
 
 /// The in-process host a local load runs on, assembled by the composition
