@@ -17,6 +17,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -112,11 +113,24 @@ pub struct LowDisk {
 }
 
 /// The free-space floor under the audit log, checked before each record.
+///
+/// Each run checks it twice, from every worker thread, so the check reads
+/// the last measurement from atomics (no lock, no metric lookup); one
+/// caller re-measures once it is [`MEASURE_EVERY`] old, and publishes the
+/// gauges then.
 #[derive(Debug)]
 pub struct FreeSpaceFloor {
     dir: PathBuf,
     min_free_bytes: u64,
-    last: Mutex<Option<(Instant, u64)>>,
+    /// What times are counted from.
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last measurement, plus one (0:
+    /// never measured).
+    measured_at: AtomicU64,
+    /// Free bytes at the last measurement.
+    free: AtomicU64,
+    /// Held by the caller re-measuring, so one `statvfs` runs at a time.
+    measuring: Mutex<()>,
 }
 
 impl FreeSpaceFloor {
@@ -125,27 +139,52 @@ impl FreeSpaceFloor {
         Self {
             dir: dir.into(),
             min_free_bytes,
-            last: Mutex::new(None),
+            epoch: Instant::now(),
+            measured_at: AtomicU64::new(0),
+            free: AtomicU64::new(0),
+            measuring: Mutex::new(()),
         }
     }
 
-    /// Free bytes now (or as measured within the last second), also
-    /// exported as [`AUDIT_FREE_BYTES`]. A filesystem that cannot be
-    /// measured counts as full: the check fails closed.
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// Free bytes now (or as measured within the last second). A
+    /// filesystem that cannot be measured counts as full: the check fails
+    /// closed.
     pub fn free_bytes(&self) -> u64 {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let free = match *last {
-            Some((at, free)) if now.duration_since(at) < MEASURE_EVERY => free,
-            _ => {
-                let free = free_bytes(&self.dir).unwrap_or_else(|e| {
-                    tracing::warn!(dir = %self.dir.display(), error = %e, "cannot measure the audit log's free space");
-                    0
-                });
-                *last = Some((now, free));
-                free
+        let at = self.measured_at.load(Ordering::Acquire);
+        if at != 0 && self.now_ms().saturating_sub(at) < MEASURE_EVERY.as_millis() as u64 {
+            return self.free.load(Ordering::Relaxed);
+        }
+        match self.measuring.try_lock() {
+            Ok(_guard) => self.measure(),
+            // Another caller is measuring: its last answer stands, unless
+            // there is none yet.
+            Err(_) if at != 0 => self.free.load(Ordering::Relaxed),
+            Err(_) => {
+                let _guard = self.measuring.lock().unwrap_or_else(|p| p.into_inner());
+                self.free.load(Ordering::Relaxed)
             }
-        };
+        }
+    }
+
+    /// Measures now and exports the level as [`AUDIT_FREE_BYTES`] (and the
+    /// floor as [`AUDIT_MIN_FREE_BYTES`]): also called once the metrics
+    /// exporter is installed, so the gauges never wait for a run.
+    pub fn publish(&self) -> u64 {
+        let _guard = self.measuring.lock().unwrap_or_else(|p| p.into_inner());
+        self.measure()
+    }
+
+    fn measure(&self) -> u64 {
+        let free = free_bytes(&self.dir).unwrap_or_else(|e| {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot measure the audit log's free space");
+            0
+        });
+        self.free.store(free, Ordering::Relaxed);
+        self.measured_at.store(self.now_ms(), Ordering::Release);
         metrics::gauge!(AUDIT_FREE_BYTES).set(free as f64);
         metrics::gauge!(AUDIT_MIN_FREE_BYTES).set(self.min_free_bytes as f64);
         free

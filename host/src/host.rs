@@ -487,6 +487,11 @@ impl Host {
         self.audit.as_ref()
     }
 
+    /// The free-space floor under the audit log, if one is set.
+    pub fn audit_floor(&self) -> Option<&FreeSpaceFloor> {
+        self.audit_floor.as_deref()
+    }
+
     /// The secret provider, if this host has one.
     pub fn secrets(&self) -> Option<&Arc<dyn SecretProvider>> {
         self.secrets.as_ref()
@@ -771,7 +776,11 @@ fn new_run_id() -> String {
     use rand::Rng;
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
+    let mut hex = [0u8; 32];
+    hex::encode_to_slice(bytes, &mut hex).expect("16 bytes are 32 hex digits");
+    std::str::from_utf8(&hex)
+        .expect("hex digits are ASCII")
+        .to_string()
 }
 
 #[cfg(test)]

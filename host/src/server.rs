@@ -247,6 +247,10 @@ pub async fn run(
             // or the audit alert would miss the first failure.
             metrics::counter!(crate::audit::WRITE_FAILURES_TOTAL).increment(0);
             metrics::counter!(crate::audit::RECORDS_TOTAL).increment(0);
+            // Its free-space gauges are set when it is measured: measure now.
+            if let Some(floor) = host.audit_floor() {
+                floor.publish();
+            }
         }
         tracing::info!(%addr, "metrics on /metrics");
     }

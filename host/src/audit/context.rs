@@ -162,8 +162,12 @@ pub(crate) struct EndFields<'a> {
 /// The writer's table for the current file: context → number.
 #[derive(Debug, Default)]
 pub(crate) struct Interner {
-    ids: HashMap<RunContext, u64>,
+    ids: HashMap<RunContext, u64, foldhash::fast::RandomState>,
     next: u64,
+    /// The context looked up last and its number: runs sharing a context
+    /// share its `Arc` (see [`ContextCache`]), so most lookups end at a
+    /// pointer comparison instead of hashing the context's text.
+    last: Option<(RunContext, u64)>,
 }
 
 impl Interner {
@@ -179,8 +183,15 @@ impl Interner {
 
     /// The number of `context`, or `None` when it must be defined first
     /// (then [`Interner::define`]).
-    pub(crate) fn get(&self, context: &RunContext) -> Option<u64> {
-        self.ids.get(context).copied()
+    pub(crate) fn get(&mut self, context: &RunContext) -> Option<u64> {
+        if let Some((last, id)) = &self.last
+            && Arc::ptr_eq(&last.0, &context.0)
+        {
+            return Some(*id);
+        }
+        let id = self.ids.get(context).copied()?;
+        self.last = Some((context.clone(), id));
+        Some(id)
     }
 
     /// The fields of a new `run.context` record for `context`, and its
@@ -201,6 +212,7 @@ impl Interner {
             self.ids.clear();
         }
         self.ids.insert(context.clone(), id);
+        self.last = Some((context.clone(), id));
         self.next = self.next.max(id);
     }
 

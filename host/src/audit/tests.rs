@@ -676,3 +676,52 @@ fn a_pruning_record_vouches_for_a_missing_start_only_once_signed() {
     .unwrap_err();
     assert!(matches!(problem.reason, Reason::BadPruning(_)), "{problem}");
 }
+
+/// Verify reads, parses and hashes a chunk of lines at a time
+/// (`CHUNK_LINES`, 4,096): a fault past the first chunks is still named at
+/// its own line and record, and a line that is not UTF-8 stops it there.
+#[test]
+fn a_fault_far_into_a_long_log_is_named_at_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = write_log(dir.path(), 10_000);
+    assert_eq!(files.len(), 1);
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() > 2 * 4096 + 1000);
+    check(dir.path(), &files).unwrap();
+
+    // An edit on line 9,000 (the third chunk): named at that line.
+    let target = 9_000;
+    let edited: Vec<String> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| match i + 1 == target {
+            true => l.replace(r#""outcome":"ok""#, r#""outcome":"no""#),
+            false => l.to_string(),
+        })
+        .collect();
+    assert_ne!(edited[target - 1], lines[target - 1]);
+    std::fs::write(&files[0], edited.join("\n") + "\n").unwrap();
+    let seq: Record = serde_json::from_str(lines[target - 1]).unwrap();
+    let problem = check(dir.path(), &files).unwrap_err();
+    assert_eq!(problem.reason, Reason::Edited);
+    assert_eq!((problem.line, problem.seq), (target, Some(seq.seq)));
+
+    // Bytes that are not UTF-8 on line 4,097 (the second chunk's first).
+    let mut bytes = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        if i + 1 == 4_097 {
+            bytes.extend_from_slice(&[0xff, 0xfe]);
+        }
+        bytes.extend_from_slice(l.as_bytes());
+        bytes.push(b'\n');
+    }
+    std::fs::write(&files[0], bytes).unwrap();
+    let problem = check(dir.path(), &files).unwrap_err();
+    assert!(
+        matches!(problem.reason, Reason::Malformed(_)),
+        "{:?}",
+        problem.reason
+    );
+    assert_eq!((problem.line, problem.seq), (4_097, None));
+}

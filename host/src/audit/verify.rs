@@ -17,6 +17,8 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
+
+use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
@@ -24,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::parse_public_key;
 use super::record::{
-    CHECKPOINT_KIND, CheckpointFault, FORMAT, GENESIS, GENESIS_KIND, PRUNED_KIND, RECOVERED_KIND,
-    ROTATION_KIND, Record, is_format_1, key_id, line_hash,
+    CHECKPOINT_KIND, CheckpointFault, FORMAT, GENESIS, GENESIS_KIND, HexHash, PRUNED_KIND,
+    RECOVERED_KIND, ROTATION_KIND, Record, is_format_1, key_id,
 };
 
 /// File in the log dir holding the last signed checkpoint record (its exact
@@ -64,7 +66,7 @@ impl Checkpoint {
 
     /// The hash of its line, hex.
     pub fn hash(&self) -> String {
-        hex::encode(line_hash(&self.line))
+        HexHash::of(&self.line).as_str().to_string()
     }
 
     /// Writes `line` to `path` atomically and durably.
@@ -326,6 +328,13 @@ struct Envelope<'a> {
     prev: std::borrow::Cow<'a, str>,
 }
 
+/// A non-empty line's parse and hash, worked out in parallel.
+type Worked<'a> = (Result<Parsed<'a>, serde_json::Error>, HexHash);
+
+/// Lines verify reads, parses and hashes at a time (about 1 MiB of a log
+/// of run records).
+const CHUNK_LINES: usize = 4096;
+
 /// Kinds whose fields verify reads.
 const CHECKED_KINDS: &[&str] = &[
     GENESIS_KIND,
@@ -335,21 +344,32 @@ const CHECKED_KINDS: &[&str] = &[
     PRUNED_KIND,
 ];
 
+/// A line as verify reads it: its envelope, borrowed from the line, and
+/// the whole record only for the first line and the kinds whose fields
+/// verify checks ([`CHECKED_KINDS`]).
+struct Parsed<'a> {
+    seq: u64,
+    kind: std::borrow::Cow<'a, str>,
+    prev: std::borrow::Cow<'a, str>,
+    full: Option<Record>,
+}
+
 /// Parses `line`: in full when it is the first record or one whose fields
 /// verify checks, else only its envelope (building the fields of a million
 /// run records was most of verify's time, more than hashing them). The
 /// chain is over the line's bytes either way.
-fn parse(line: &str, first: bool) -> Result<Record, serde_json::Error> {
+fn parse(line: &str, first: bool) -> Result<Parsed<'_>, serde_json::Error> {
     let envelope: Envelope<'_> = serde_json::from_str(line)?;
-    if first || CHECKED_KINDS.contains(&envelope.kind.as_ref()) {
-        return serde_json::from_str(line);
-    }
-    Ok(Record {
+    let full = if first || CHECKED_KINDS.contains(&envelope.kind.as_ref()) {
+        Some(serde_json::from_str(line)?)
+    } else {
+        None
+    };
+    Ok(Parsed {
         seq: envelope.seq,
-        ts: String::new(),
-        kind: envelope.kind.into_owned(),
-        fields: serde_json::Value::Null,
-        prev: envelope.prev.into_owned(),
+        kind: envelope.kind,
+        prev: envelope.prev,
+        full,
     })
 }
 
@@ -384,7 +404,7 @@ fn first_record(files: &[PathBuf]) -> Option<Record> {
 /// before `first`, whose checkpoint `first` chains to; and the key it names.
 struct Resume {
     pruned: Pruned,
-    hash: String,
+    hash: HexHash,
     checkpoint: Checkpoint,
     key: VerifyingKey,
 }
@@ -440,7 +460,7 @@ fn find_pruning(files: &[PathBuf], first: &Record) -> Option<Resume> {
                     at: record.seq,
                     files,
                 },
-                hash: hex::encode(line_hash(&line)),
+                hash: HexHash::of(&line),
                 checkpoint,
                 key,
             });
@@ -455,7 +475,9 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
     let trusted = options.trusted;
     let start = options.from.map_or(0, |c| c.record.seq + 1);
     let mut expected = start;
-    let mut last_hash = options.from.map_or(GENESIS.to_string(), |c| c.hash());
+    let mut last_hash = options
+        .from
+        .map_or(HexHash::genesis(), |c| HexHash::of(&c.line));
     let mut active: Option<VerifyingKey> = None;
     let mut pending_key: Option<VerifyingKey> = None;
     let mut anchored = false;
@@ -467,7 +489,8 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
     let mut losses = Vec::new();
     let mut count = 0u64;
     let mut first_place: Option<(PathBuf, usize)> = None;
-    let mut prev_place: Option<(PathBuf, usize, u64)> = None;
+    // The last record read: its file's index in `files`, line and seq.
+    let mut prev_place: Option<(usize, usize, u64)> = None;
 
     if let Some(from) = options.from {
         let named = from.record.checkpoint_key().unwrap_or_default();
@@ -498,7 +521,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
     };
     let start = match &resume {
         Some(r) => {
-            last_hash = r.checkpoint.hash();
+            last_hash = HexHash::of(&r.checkpoint.line);
             active = Some(r.key);
             expected = r.to_resume();
             expected
@@ -506,181 +529,245 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
         None => start,
     };
 
-    for file in files {
-        let reader = File::open(file).map(BufReader::new).map_err(|e| Problem {
+    // Lines are read a chunk at a time into buffers reused for the whole
+    // log (a million records read through `lines()` were a million
+    // allocations), and each chunk's lines are parsed and hashed in
+    // parallel: both are per line, and only the checks below, in order,
+    // depend on the line before.
+    let mut chunk: Vec<String> = Vec::new();
+    for (index, file) in files.iter().enumerate() {
+        let mut reader = File::open(file).map(BufReader::new).map_err(|e| Problem {
             file: file.clone(),
             line: 0,
             seq: None,
             reason: Reason::Malformed(e.to_string()),
         })?;
-        for (i, line) in reader.lines().enumerate() {
-            let lineno = i + 1;
-            let bad = |seq: Option<u64>, reason: Reason| Problem {
-                file: file.clone(),
-                line: lineno,
-                seq,
-                reason,
-            };
-            let line = line.map_err(|e| bad(None, Reason::Malformed(e.to_string())))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let record = parse(&line, first_place.is_none()).map_err(|e| {
-                if is_format_1(&line) {
-                    bad(None, Reason::Format1)
-                } else {
-                    bad(None, Reason::Malformed(e.to_string()))
+        let mut read_lines = 0;
+        let mut at_end = false;
+        while !at_end {
+            let base = read_lines;
+            let mut filled = 0;
+            let mut unreadable = None;
+            while filled < CHUNK_LINES {
+                if chunk.len() == filled {
+                    chunk.push(String::new());
                 }
-            })?;
-            let seq = Some(record.seq);
-            if first_place.is_none() {
-                first_place = Some((file.clone(), lineno));
-                match options.from {
-                    None if resume.is_some() => {}
-                    None => {
-                        if record.seq != 0 || record.kind != GENESIS_KIND {
-                            return Err(bad(
-                                seq,
-                                Reason::NoGenesis {
-                                    seq: record.seq,
-                                    kind: record.kind.clone(),
-                                },
-                            ));
-                        }
-                        if record.prev != GENESIS {
-                            return Err(bad(
-                                seq,
-                                Reason::BadGenesis("its prev is not all zeros".into()),
-                            ));
-                        }
-                        let key =
-                            genesis_key(&record).map_err(|e| bad(seq, Reason::BadGenesis(e)))?;
-                        anchored = trusted.contains(&key);
-                        active = Some(key);
+                let buf = &mut chunk[filled];
+                buf.clear();
+                match reader.read_line(buf) {
+                    Ok(0) => {
+                        at_end = true;
+                        break;
                     }
-                    Some(from) => {
-                        if record.seq != start || record.prev != last_hash {
-                            return Err(bad(
-                                seq,
-                                Reason::NotAfterCheckpoint(format!(
-                                    "expected record {start} chained to the checkpoint's hash {}",
-                                    &last_hash[..16]
-                                )),
-                            ));
-                        }
-                        let _ = from;
+                    Ok(_) => filled += 1,
+                    Err(e) => {
+                        unreadable = Some(e);
+                        at_end = true;
+                        break;
                     }
                 }
-            } else if record.kind == GENESIS_KIND {
-                return Err(bad(seq, Reason::Inserted));
             }
-            if record.seq < expected {
-                return Err(bad(seq, Reason::Inserted));
-            }
-            if record.seq > expected {
-                let recorded = record.kind == RECOVERED_KIND
-                    && record.fields["lost_from"].as_u64() == Some(expected)
-                    && record.fields["lost_to"].as_u64() == Some(record.seq - 1);
-                if recorded {
-                    losses.push(Loss {
-                        from: Some(expected),
-                        to: Some(record.seq - 1),
-                        at: record.seq,
+            read_lines += filled;
+            let lines: Vec<(&str, Option<Worked<'_>>)> = chunk[..filled]
+                .par_iter()
+                .map(|buf| {
+                    let line = buf.strip_suffix('\n').unwrap_or(buf);
+                    let line = line.strip_suffix('\r').unwrap_or(line);
+                    let work =
+                        (!line.trim().is_empty()).then(|| (parse(line, false), HexHash::of(line)));
+                    (line, work)
+                })
+                .collect();
+            for (i, (line, work)) in lines.into_iter().enumerate() {
+                let lineno = base + i + 1;
+                let Some((parsed, hash)) = work else {
+                    continue;
+                };
+                let bad = |seq: Option<u64>, reason: Reason| Problem {
+                    file: file.clone(),
+                    line: lineno,
+                    seq,
+                    reason,
+                };
+                let malformed = |e: serde_json::Error| {
+                    if is_format_1(line) {
+                        bad(None, Reason::Format1)
+                    } else {
+                        bad(None, Reason::Malformed(e.to_string()))
+                    }
+                };
+                let mut parsed = parsed.map_err(malformed)?;
+                if first_place.is_none() && parsed.full.is_none() {
+                    // The first record is read in full, whatever its kind.
+                    parsed = parse(line, true).map_err(malformed)?;
+                }
+                let Parsed {
+                    seq: this,
+                    kind,
+                    prev,
+                    full,
+                } = parsed;
+                let seq = Some(this);
+                if first_place.is_none() {
+                    first_place = Some((file.clone(), lineno));
+                    match options.from {
+                        None if resume.is_some() => {}
+                        None => {
+                            if this != 0 || kind != GENESIS_KIND {
+                                return Err(bad(
+                                    seq,
+                                    Reason::NoGenesis {
+                                        seq: this,
+                                        kind: kind.into_owned(),
+                                    },
+                                ));
+                            }
+                            if prev != GENESIS {
+                                return Err(bad(
+                                    seq,
+                                    Reason::BadGenesis("its prev is not all zeros".into()),
+                                ));
+                            }
+                            let key = full
+                                .as_ref()
+                                .ok_or_else(|| "not parsed".to_string())
+                                .and_then(genesis_key)
+                                .map_err(|e| bad(seq, Reason::BadGenesis(e)))?;
+                            anchored = trusted.contains(&key);
+                            active = Some(key);
+                        }
+                        Some(_) => {
+                            if this != start || last_hash != *prev {
+                                return Err(bad(
+                                    seq,
+                                    Reason::NotAfterCheckpoint(format!(
+                                        "expected record {start} chained to the checkpoint's hash {}",
+                                        &last_hash.as_str()[..16]
+                                    )),
+                                ));
+                            }
+                        }
+                    }
+                } else if kind == GENESIS_KIND {
+                    return Err(bad(seq, Reason::Inserted));
+                }
+                if this < expected {
+                    return Err(bad(seq, Reason::Inserted));
+                }
+                // Only the kinds verify checks are parsed in full.
+                let recovered = full.as_ref().filter(|r| r.kind == RECOVERED_KIND);
+                if this > expected {
+                    let recorded = recovered.is_some_and(|r| {
+                        r.fields["lost_from"].as_u64() == Some(expected)
+                            && r.fields["lost_to"].as_u64() == Some(this - 1)
                     });
-                } else if appears(files, expected) {
-                    return Err(bad(seq, Reason::Reordered { expected }));
-                } else {
+                    if recorded {
+                        losses.push(Loss {
+                            from: Some(expected),
+                            to: Some(this - 1),
+                            at: this,
+                        });
+                    } else if appears(files, expected) {
+                        return Err(bad(seq, Reason::Reordered { expected }));
+                    } else {
+                        return Err(bad(
+                            seq,
+                            Reason::Deleted {
+                                from: expected,
+                                to: this - 1,
+                            },
+                        ));
+                    }
+                } else if recovered.is_some() {
+                    losses.push(Loss {
+                        from: None,
+                        to: None,
+                        at: this,
+                    });
+                }
+                if last_hash != *prev {
+                    return Err(match prev_place {
+                        Some((pfile, pline, pseq)) => Problem {
+                            file: files[pfile].clone(),
+                            line: pline,
+                            seq: Some(pseq),
+                            reason: Reason::Edited,
+                        },
+                        None => bad(seq, Reason::Edited),
+                    });
+                }
+                if let Some(r) = &resume
+                    && r.pruned.at == this
+                    && r.hash != hash
+                {
                     return Err(bad(
                         seq,
-                        Reason::Deleted {
-                            from: expected,
-                            to: record.seq - 1,
-                        },
+                        Reason::BadPruning(
+                            "the log.pruned record the log starts by is not the one here".into(),
+                        ),
                     ));
                 }
-            } else if record.kind == RECOVERED_KIND {
-                losses.push(Loss {
-                    from: None,
-                    to: None,
-                    at: record.seq,
-                });
-            }
-            if record.prev != last_hash {
-                return Err(match &prev_place {
-                    Some((pfile, pline, pseq)) => Problem {
-                        file: pfile.clone(),
-                        line: *pline,
-                        seq: Some(*pseq),
-                        reason: Reason::Edited,
-                    },
-                    None => bad(seq, Reason::Edited),
-                });
-            }
-            let hash = hex::encode(line_hash(&line));
-            if let Some(r) = &resume
-                && r.pruned.at == record.seq
-                && r.hash != hash
-            {
-                return Err(bad(
-                    seq,
-                    Reason::BadPruning(
-                        "the log.pruned record the log starts by is not the one here".into(),
-                    ),
-                ));
-            }
-            match record.kind.as_str() {
-                CHECKPOINT_KIND => {
-                    let key = active.expect("the genesis or --from-checkpoint set the key");
-                    record
-                        .check_checkpoint(&key)
-                        .map_err(|e| bad(seq, Reason::BadCheckpoint(e)))?;
-                    anchored |= trusted.contains(&key);
-                    let id = key_id(&key);
-                    if !used.contains(&id) {
-                        used.push(id);
+                match (kind.as_ref(), &full) {
+                    (CHECKPOINT_KIND, Some(record)) => {
+                        let key = active.expect("the genesis or --from-checkpoint set the key");
+                        record
+                            .check_checkpoint(&key)
+                            .map_err(|e| bad(seq, Reason::BadCheckpoint(e)))?;
+                        anchored |= trusted.contains(&key);
+                        let id = key_id(&key);
+                        if !used.contains(&id) {
+                            used.push(id);
+                        }
+                        if anchored {
+                            signed_through = Some(this);
+                            unsigned = 0;
+                        }
+                        if let Some(new) = pending_key.take() {
+                            active = Some(new);
+                        }
+                        last_checkpoint = Some(this);
                     }
-                    if anchored {
-                        signed_through = Some(record.seq);
-                        unsigned = 0;
+                    (ROTATION_KIND, Some(record)) => {
+                        pending_key = Some(
+                            rotation_key(record, last_hash.as_str())
+                                .map_err(|e| bad(seq, Reason::BadRotation(e)))?,
+                        );
+                        unsigned += 1;
                     }
-                    if let Some(new) = pending_key.take() {
-                        active = Some(new);
-                    }
-                    last_checkpoint = Some(record.seq);
+                    _ => unsigned += 1,
                 }
-                ROTATION_KIND => {
-                    pending_key = Some(
-                        rotation_key(&record, &last_hash)
-                            .map_err(|e| bad(seq, Reason::BadRotation(e)))?,
-                    );
-                    unsigned += 1;
-                }
-                _ => unsigned += 1,
-            }
-            if let Some(cp) = options.checkpoint
-                && cp.record.seq == record.seq
-            {
-                if cp.hash() != hash {
-                    return Err(bad(
+                if let Some(cp) = options.checkpoint
+                    && cp.record.seq == this
+                {
+                    if HexHash::of(&cp.line) != hash {
+                        return Err(bad(
                         seq,
                         Reason::CheckpointMismatch(
                             "audit.checkpoint is not the record the log holds at its sequence number"
                                 .into(),
                         ),
                     ));
+                    }
+                    checkpoint_matched = true;
                 }
-                checkpoint_matched = true;
+                expected = this + 1;
+                last_hash = hash;
+                prev_place = Some((index, lineno, this));
+                count += 1;
             }
-            expected = record.seq + 1;
-            last_hash = hash;
-            prev_place = Some((file.clone(), lineno, record.seq));
-            count += 1;
+            if let Some(e) = unreadable {
+                return Err(Problem {
+                    file: file.clone(),
+                    line: read_lines + 1,
+                    seq: None,
+                    reason: Reason::Malformed(e.to_string()),
+                });
+            }
         }
     }
     let end = |seq: Option<u64>, reason: Reason| {
         let (file, line) = prev_place
-            .as_ref()
-            .map(|(f, l, _)| (f.clone(), *l))
+            .map(|(f, l, _)| (files[f].clone(), l))
             .unwrap_or_else(|| (files.first().cloned().unwrap_or_default(), 0));
         Problem {
             file,
@@ -689,7 +776,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
             reason,
         }
     };
-    let Some((_, _, last_seq)) = prev_place.clone() else {
+    let Some((_, _, last_seq)) = prev_place else {
         return Err(end(
             None,
             Reason::NoGenesis {
@@ -777,7 +864,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
         files: files.len(),
         first_seq: start,
         last_seq,
-        last_hash,
+        last_hash: last_hash.as_str().to_string(),
         keys: used,
         signed_through,
         unsigned_tail: unsigned,

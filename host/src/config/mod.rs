@@ -194,9 +194,10 @@ pub struct Audit {
     pub key_file: Option<PathBuf>,
     /// `every` record, or `batch` (at most `batch_records` or `batch_interval_ms` unsynced).
     pub fsync: AuditFsync,
-    /// Records per fsync in batch mode.
+    /// Records per signed checkpoint in batch mode (the writer syncs once
+    /// per round, which under load covers several batches).
     pub batch_records: u32,
-    /// Longest time between fsyncs in batch mode.
+    /// Longest time between checkpoints (and so fsyncs) in batch mode.
     pub batch_interval_ms: u64,
     /// Start a new file past this size.
     pub max_file_mb: u64,
