@@ -729,10 +729,12 @@ impl Host {
         )
         .await;
         report.run_id = run_id.clone();
-        span.record("outcome", report.outcome_name());
-        span.record("fuel", report.usage.fuel_consumed);
-        span.record("peak_memory_bytes", report.usage.peak_memory_bytes);
-        span.record("wall_us", report.usage.wall_time_us);
+        if crate::telemetry::traces::exporting() {
+            span.record("outcome", report.outcome_name());
+            span.record("fuel", report.usage.fuel_consumed);
+            span.record("peak_memory_bytes", report.usage.peak_memory_bytes);
+            span.record("wall_us", report.usage.wall_time_us);
+        }
         // The sandbox is gone, whatever ended it: its leases go now.
         if let Some(leases) = leases {
             leases.finish().await;
@@ -763,6 +765,8 @@ impl Host {
                 outcome = e.kind().as_str(),
                 error = %e,
                 wall_us = report.usage.wall_time_us,
+                fuel = report.usage.fuel_consumed,
+                peak_memory_bytes = report.usage.peak_memory_bytes,
                 "run finished"
             ),
         });

@@ -34,6 +34,7 @@
 //! | `if_chassis_stream_events_dropped_total` | counter | RunStream events dropped because the client did not read them |
 //! | `if_chassis_audit_records_total`, `if_chassis_audit_write_failures_total` | counter | see [`crate::audit`] |
 
+mod handles;
 pub mod health;
 mod http;
 pub mod traces;
@@ -257,6 +258,7 @@ pub fn install_prometheus(
             addr,
             message: e.to_string(),
         })?;
+    handles::recorder_installed();
     http::spawn(listener, handle);
     metrics::describe_gauge!(SANDBOX_COUNT, "Sandboxes running now");
     metrics::describe_gauge!(
@@ -367,7 +369,7 @@ pub(crate) fn live_memory_delta(delta: i64) {
     } else {
         LIVE_MEMORY.fetch_sub(delta.unsigned_abs(), Ordering::Relaxed) - delta.unsigned_abs()
     };
-    metrics::gauge!(MEMORY_USAGE_MB).set(now as f64 / (1024.0 * 1024.0));
+    handles::with(|h| h.memory.set(now as f64 / (1024.0 * 1024.0)));
 }
 
 /// Counts one running sandbox for as long as it lives, cancellation included.
@@ -376,14 +378,14 @@ pub(crate) struct LiveSandbox;
 
 impl LiveSandbox {
     pub(crate) fn start() -> Self {
-        metrics::gauge!(SANDBOX_COUNT).increment(1.0);
+        handles::with(|h| h.sandboxes.increment(1.0));
         LiveSandbox
     }
 }
 
 impl Drop for LiveSandbox {
     fn drop(&mut self) {
-        metrics::gauge!(SANDBOX_COUNT).decrement(1.0);
+        handles::with(|h| h.sandboxes.decrement(1.0));
     }
 }
 
@@ -414,22 +416,25 @@ pub(crate) fn record_run(
     denials: impl IntoIterator<Item = &'static str>,
     slo_target_us: u64,
 ) {
-    let module: String = run.module_id.chars().take(12).collect();
-    metrics::counter!(MODULE_FUEL, "module" => module.clone()).increment(run.fuel_consumed);
-    metrics::gauge!(MODULE_PEAK_MEMORY_MB, "module" => module)
-        .set(run.peak_memory_bytes as f64 / (1024.0 * 1024.0));
-    metrics::counter!(RUNS_TOTAL, "outcome" => run.outcome).increment(1);
-    metrics::histogram!(RUN_DURATION).record(run.wall_time_us as f64 / 1e6);
-    metrics::histogram!(RUN_FUEL).record(run.fuel_consumed as f64);
-    if run.wall_time_us > slo_target_us {
-        metrics::counter!(SLO_VIOLATIONS).increment(1);
-    }
-    if run.outcome == crate::ErrorKind::Internal.as_str() {
-        metrics::counter!(SANDBOX_ESCAPES).increment(1);
-    }
-    for kind in denials {
-        metrics::counter!(DENIALS_TOTAL, "kind" => kind).increment(1);
-    }
+    let id = run.module_id;
+    let module = &id[..id.char_indices().nth(12).map_or(id.len(), |(i, _)| i)];
+    handles::with(|h| {
+        let (fuel, peak) = h.module(module);
+        fuel.increment(run.fuel_consumed);
+        peak.set(run.peak_memory_bytes as f64 / (1024.0 * 1024.0));
+        h.runs(run.outcome).increment(1);
+        h.duration.record(run.wall_time_us as f64 / 1e6);
+        h.fuel.record(run.fuel_consumed as f64);
+        if run.wall_time_us > slo_target_us {
+            h.slo_violations.increment(1);
+        }
+        if run.outcome == crate::ErrorKind::Internal.as_str() {
+            h.escapes.increment(1);
+        }
+        for kind in denials {
+            h.denials(kind).increment(1);
+        }
+    })
 }
 
 /// Counts one secret read by `result`: `granted` (read from the provider),

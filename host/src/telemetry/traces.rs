@@ -23,6 +23,17 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::TelemetryError;
 
+/// Whether a [`Traces`] exporter was started in this process.
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans are exported (a [`Traces`] was started): only then are a
+/// run's figures recorded on its span, where the text log would format
+/// them into the span's fields on every run and show them only on the
+/// rare line logged inside it (which carries them itself).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// The exporter of a host that sends traces. Dropping it flushes the spans
 /// still queued and stops the exporter.
 #[derive(Debug)]
@@ -66,6 +77,7 @@ impl Traces {
             .with_resource(resource)
             .build();
         let tracer = provider.tracer("chassis");
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok((
             Self { provider },
             tracing_opentelemetry::layer().with_tracer(tracer),

@@ -85,6 +85,29 @@ fn metrics_are_exported_with_the_seed_names_and_move_with_runs() {
     assert!(value("if_chassis_run_duration_seconds_count") >= 3.0);
 }
 
+/// The free-space gauges are set when the floor is measured, which a run
+/// does at most once a second: a host that has served nothing yet still
+/// exports them, measured once the exporter is up, so the disk alert
+/// never reads a missing or zero level.
+#[test]
+fn the_audit_free_space_gauges_are_exported_before_any_run() {
+    let served = Served::start("");
+    let text = served.scrape_until(|t| t.contains("if_chassis_audit_free_bytes "));
+    let s = samples(&text);
+    let value = |name: &str| {
+        s.iter()
+            .find(|(series, _)| series == name)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    assert!(value("if_chassis_audit_free_bytes") > 0.0, "{text}");
+    assert_eq!(
+        value("if_chassis_audit_min_free_bytes"),
+        256.0 * 1024.0 * 1024.0,
+        "the default audit.min_free_mb"
+    );
+}
+
 #[test]
 fn a_host_metering_epochs_only_stops_a_spin_by_its_deadline_and_refuses_a_fuel_budget() {
     let served = Served::start("  runtime:\n    metering: epoch\n");
