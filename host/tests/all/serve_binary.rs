@@ -54,13 +54,7 @@ fn metrics_are_exported_with_the_seed_names_and_move_with_runs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = served.scrape_until(|t| t.contains("if_chassis_sandbox_count 0"));
-    let s = samples(&text);
-    let value = |name: &str| {
-        s.iter()
-            .find(|(series, _)| series == name)
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-    };
+    let value = |name: &str| present(&text, name);
     for name in chassis::telemetry::ALL_METRICS {
         // A histogram has no series until its first sample: claim latency
         // appears once a runbook step is claimed (host/tests/all/deploy.rs).
@@ -93,13 +87,7 @@ fn metrics_are_exported_with_the_seed_names_and_move_with_runs() {
 fn the_audit_free_space_gauges_are_exported_before_any_run() {
     let served = Served::start("");
     let text = served.scrape_until(|t| t.contains("if_chassis_audit_free_bytes "));
-    let s = samples(&text);
-    let value = |name: &str| {
-        s.iter()
-            .find(|(series, _)| series == name)
-            .map(|(_, v)| *v)
-            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
-    };
+    let value = |name: &str| present(&text, name);
     assert!(value("if_chassis_audit_free_bytes") > 0.0, "{text}");
     assert_eq!(
         value("if_chassis_audit_min_free_bytes"),
@@ -501,6 +489,15 @@ fn serve_refuses_to_start(
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The value of one series in a scrape, which must be there.
+fn present(text: &str, name: &str) -> f64 {
+    samples(text)
+        .into_iter()
+        .find(|(s, _)| s == name)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
 }
 
 /// The value of one series in a scrape, or 0 when it is absent.
