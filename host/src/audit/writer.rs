@@ -46,6 +46,13 @@ const ROUND_MESSAGES: usize = 4096;
 /// Buffered record bytes that are written out before the round ends.
 const WRITE_BUFFER: usize = 256 * 1024;
 
+/// Attempts at the log's lock, [`LOCK_RETRY`] apart, before it counts as
+/// held by another writer (about one second in all).
+const LOCK_TRIES: u32 = 20;
+
+/// Time between attempts at the log's lock.
+const LOCK_RETRY: Duration = Duration::from_millis(50);
+
 /// File name of the `n`th log file.
 pub(crate) fn file_name(n: u32) -> String {
     format!("audit-{n:06}.jsonl")
@@ -269,8 +276,18 @@ impl Writer {
             .write(true)
             .open(&lock_path)
             .map_err(io(&lock_path))?;
-        if lock.try_lock().is_err() {
-            return Err(AuditError::Locked { path: lock_path });
+        // A lock is tied to the open file, which a child forked by another
+        // thread of this process holds too until it execs (the descriptor
+        // is close-on-exec, but not yet closed): a log just closed can look
+        // held for that instant, so a held lock is tried again for a while
+        // before another writer is blamed.
+        let mut tries = 0;
+        while lock.try_lock().is_err() {
+            tries += 1;
+            if tries == LOCK_TRIES {
+                return Err(AuditError::Locked { path: lock_path });
+            }
+            std::thread::sleep(LOCK_RETRY);
         }
         let files = log_files(&options.dir).map_err(io(&options.dir))?;
         let tail = read_tail(&files)?;
