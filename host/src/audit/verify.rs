@@ -64,9 +64,9 @@ impl Checkpoint {
         })
     }
 
-    /// The hash of its line, hex.
-    pub fn hash(&self) -> String {
-        HexHash::of(&self.line).as_str().to_string()
+    /// The hash of its line: what the record after it names as `prev`.
+    pub fn hash(&self) -> HexHash {
+        HexHash::of(&self.line)
     }
 
     /// Writes `line` to `path` atomically and durably.
@@ -444,7 +444,7 @@ fn find_pruning(files: &[PathBuf], first: &Record) -> Option<Resume> {
             else {
                 continue;
             };
-            if checkpoint.hash() != first.prev || checkpoint.record.seq + 1 != first.seq {
+            if checkpoint.hash() != *first.prev || checkpoint.record.seq + 1 != first.seq {
                 continue;
             }
             let files = record.fields["files"]
@@ -475,9 +475,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
     let trusted = options.trusted;
     let start = options.from.map_or(0, |c| c.record.seq + 1);
     let mut expected = start;
-    let mut last_hash = options
-        .from
-        .map_or(HexHash::genesis(), |c| HexHash::of(&c.line));
+    let mut last_hash = options.from.map_or(HexHash::genesis(), Checkpoint::hash);
     let mut active: Option<VerifyingKey> = None;
     let mut pending_key: Option<VerifyingKey> = None;
     let mut anchored = false;
@@ -521,7 +519,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
     };
     let start = match &resume {
         Some(r) => {
-            last_hash = HexHash::of(&r.checkpoint.line);
+            last_hash = r.checkpoint.hash();
             active = Some(r.key);
             expected = r.to_resume();
             expected
@@ -739,7 +737,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
                 if let Some(cp) = options.checkpoint
                     && cp.record.seq == this
                 {
-                    if HexHash::of(&cp.line) != hash {
+                    if cp.hash() != hash {
                         return Err(bad(
                         seq,
                         Reason::CheckpointMismatch(
