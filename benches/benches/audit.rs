@@ -45,11 +45,10 @@ fn write_log(data: &Path, runs: u64) -> Vec<PathBuf> {
         "limits": {"fuel": null, "memory_bytes": 536870912, "timeout": "5m", "output_bytes": 1048576, "log_records": 1000, "cpu_percent": 100},
     }));
     for i in 0..runs {
-        let id = format!("{i:032x}");
-        log.run_started(id.as_str(), &context).unwrap();
+        let id = chassis::audit::RunId::new(&format!("{i:032x}")).unwrap();
+        log.run_started(id, context.clone()).unwrap();
         log.run_ended(
-            id.as_str(),
-            &context,
+            id,
             chassis::audit::RunOutcome {
                 usage: Some(chassis::audit::RunUsage {
                     fuel: 12_345,
@@ -99,7 +98,7 @@ fn main() {
     let mut floor = [0u8; 32];
     for f in &files {
         for line in std::io::BufReader::new(std::fs::File::open(f).unwrap()).lines() {
-            let hash = chassis::audit::record::line_hash(&line.unwrap());
+            let hash = chassis::audit::record::line_hash(line.unwrap());
             floor[0] ^= hash[0];
         }
     }

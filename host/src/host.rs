@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
-use crate::audit::{AuditError, AuditLog, ContextCache, Event, RunContext, RunOutcome, RunUsage};
+use crate::audit::{
+    AuditError, AuditLog, ContextCache, Event, RunContext, RunId, RunOutcome, RunUsage,
+};
 use crate::disk::FreeSpaceFloor;
 use crate::engine::{Engine, EngineConfig, EngineError};
 use crate::error::ErrorKind;
@@ -256,9 +258,9 @@ const OUTCOME_INTERRUPTED: &str = "interrupted";
 struct RunEnd<'a> {
     host: &'a Host,
     run_id: &'a str,
-    /// The run's id as the log's messages share it, and its static fields
-    /// ([`crate::audit::context`]); `None` when the host keeps no audit log.
-    context: Option<(Arc<str>, RunContext)>,
+    /// The run's id as the log's messages carry it; `None` when the host
+    /// keeps no audit log.
+    audit_id: Option<RunId>,
     denials: DenialLog,
     ended: bool,
 }
@@ -267,8 +269,8 @@ impl RunEnd<'_> {
     /// Audits the end of the run with `fields` (outcome, error, usage,
     /// denials).
     fn end(&self, outcome: impl FnOnce() -> RunOutcome) -> Result<(), AuditError> {
-        match (self.host.audit_ready()?, &self.context) {
-            (Some(log), Some((id, context))) => log.run_ended(id.clone(), context, outcome()),
+        match (self.host.audit_ready()?, self.audit_id) {
+            (Some(log), Some(id)) => log.run_ended(id, outcome()),
             _ => Ok(()),
         }
     }
@@ -649,11 +651,12 @@ impl Host {
             });
         }
         let limits = self.limits_for(&request)?;
-        let run_id = new_run_id();
+        let id = new_run_id();
+        let run_id = id.to_string();
         // What every record of this run shares, written once per log file
         // and referenced by number (see `audit::context`).
         let context = self.audit.as_ref().map(|_| {
-            let context = self.contexts.get_or_build(
+            self.contexts.get_or_build(
                 |k| {
                     k.module == module.id()
                         && k.policy == policy.name
@@ -679,18 +682,18 @@ impl Host {
                     };
                     (key, context)
                 },
-            );
-            (Arc::<str>::from(run_id.as_str()), context)
+            )
         });
-        if let (Some(log), Some((id, context))) = (self.audit_ready()?, &context) {
-            log.run_started(id.clone(), context)?;
+        let audit_id = context.as_ref().map(|_| id);
+        if let (Some(log), Some(context)) = (self.audit_ready()?, context) {
+            log.run_started(id, context)?;
         }
         // From here on, exactly one end is recorded, even if this future is
         // dropped before the run finishes.
         let mut end = RunEnd {
             host: self,
             run_id: &run_id,
-            context,
+            audit_id,
             // Replaced once the secrets are read, by one that redacts them.
             denials: self.runner.denial_log(Default::default()),
             ended: false,
@@ -776,15 +779,14 @@ impl Host {
 
 /// A random 128-bit run id, hex, from the thread's CSPRNG (seeded from
 /// the OS, reseeded as it goes): no system call per run.
-fn new_run_id() -> String {
+fn new_run_id() -> RunId {
     use rand::Rng;
     let mut bytes = [0u8; 16];
     rand::rng().fill_bytes(&mut bytes);
-    let mut hex = [0u8; 32];
+    let mut hex = [0u8; RunId::MAX];
     hex::encode_to_slice(bytes, &mut hex).expect("16 bytes are 32 hex digits");
-    std::str::from_utf8(&hex)
-        .expect("hex digits are ASCII")
-        .to_string()
+    RunId::new(std::str::from_utf8(&hex).expect("hex digits are ASCII"))
+        .expect("32 hex digits fit a run id")
 }
 
 #[cfg(test)]
@@ -807,13 +809,16 @@ mod tests {
                 host.interrupting_runs();
             }
             let run_id = if interrupted { "r2" } else { "r1" };
+            let id = RunId::new(run_id).unwrap();
+            log.run_started(
+                id,
+                RunContext::new(&serde_json::json!({"module": "m", "caller": "c"})),
+            )
+            .unwrap();
             let end = RunEnd {
                 host: &host,
                 run_id,
-                context: Some((
-                    run_id.into(),
-                    RunContext::new(&serde_json::json!({"module": "m", "caller": "c"})),
-                )),
+                audit_id: Some(id),
                 denials: host.runner.denial_log(Default::default()),
                 ended: false,
             };
@@ -826,12 +831,17 @@ mod tests {
         let all = records(dir.path());
         for (run, outcome) in [("r1", "cancelled"), ("r2", "interrupted")] {
             let mine: Vec<&Record> = all.iter().filter(|r| r.fields["run_id"] == run).collect();
-            assert_eq!(mine.len(), 2, "{mine:?}");
-            assert_eq!(mine[0].kind, "capability.denied");
-            assert_eq!(mine[0].fields["target"], "root-password");
-            assert_eq!(mine[1].kind, "run.ended");
-            assert_eq!(mine[1].fields["outcome"], outcome);
-            assert_eq!(mine[1].fields["denials"], 1);
+            // The denial names the run, so its held-back start comes first.
+            assert_eq!(mine.len(), 3, "{mine:?}");
+            assert_eq!(mine[0].kind, "run.started");
+            assert_eq!(mine[1].kind, "capability.denied");
+            assert_eq!(mine[1].fields["target"], "root-password");
+            assert_eq!(mine[2].kind, "run.ended");
+            assert_eq!(mine[2].fields["outcome"], outcome);
+            assert_eq!(mine[2].fields["denials"], 1);
+            // The end names the context the run started under.
+            assert_eq!(mine[2].fields["ctx"], mine[0].fields["ctx"]);
+            assert!(mine[0].fields["ctx"].is_u64());
         }
     }
 

@@ -29,6 +29,50 @@ pub const ENDED_KIND: &str = "run.ended";
 /// The field that carries a context number.
 pub const CONTEXT_FIELD: &str = "ctx";
 
+/// A run's id as the log's messages carry it: at most [`RunId::MAX`]
+/// bytes, kept inline, so handing a run's start and end to the writer
+/// allocates nothing on the run's thread and frees nothing on the writer's
+/// (a shared `Arc<str>` per run cost both, and freeing memory another
+/// thread allocated is the slow path of the allocator).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RunId {
+    len: u8,
+    bytes: [u8; RunId::MAX],
+}
+
+impl RunId {
+    /// The longest id: 32 bytes, the hex of the host's 128-bit run ids.
+    pub const MAX: usize = 32;
+
+    /// `id` as a run id, or `None` when it is longer than [`RunId::MAX`].
+    pub fn new(id: &str) -> Option<Self> {
+        let mut bytes = [0u8; Self::MAX];
+        bytes.get_mut(..id.len())?.copy_from_slice(id.as_bytes());
+        Some(Self {
+            len: id.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)])
+            .expect("made from a str, cut at its end")
+    }
+}
+
+impl std::fmt::Debug for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Most contexts one file's table keeps before starting over (numbers keep
 /// counting up, so none is reused within a file).
 const MAX_CONTEXTS: usize = 4096;
@@ -147,16 +191,6 @@ pub struct RunUsage {
     pub wall_us: u64,
     /// CPU time, µs.
     pub cpu_us: u64,
-}
-
-/// The fields of a run's end record: its id and context number, then how
-/// it ended.
-#[derive(serde::Serialize)]
-pub(crate) struct EndFields<'a> {
-    pub(crate) run_id: &'a str,
-    pub(crate) ctx: u64,
-    #[serde(flatten)]
-    pub(crate) outcome: &'a RunOutcome,
 }
 
 /// The writer's table for the current file: context → number.

@@ -18,12 +18,13 @@
 pub mod context;
 mod event;
 pub mod keys;
+mod line;
 pub mod record;
 mod retention;
 pub mod verify;
 mod writer;
 
-pub use context::{ContextCache, RunContext, RunOutcome, RunUsage};
+pub use context::{ContextCache, RunContext, RunId, RunOutcome, RunUsage};
 pub use event::Event;
 pub use writer::{Recovery, log_files};
 
@@ -235,12 +236,12 @@ pub(crate) enum Message {
         fields: Value,
     },
     RunStarted {
-        run_id: Arc<str>,
+        run_id: RunId,
         context: RunContext,
     },
+    /// The writer knows the run's context from its start.
     RunEnded {
-        run_id: Arc<str>,
-        context: RunContext,
+        run_id: RunId,
         outcome: RunOutcome,
     },
     Flush(SyncSender<Result<(), String>>),
@@ -337,30 +338,15 @@ impl AuditLog {
     /// it, so a run in flight when the host dies is on disk if it outlived
     /// one batch, the same bound batch fsync puts on every record. With
     /// `fsync: every` nothing is held back.
-    pub fn run_started(
-        &self,
-        run_id: impl Into<Arc<str>>,
-        context: &RunContext,
-    ) -> Result<(), AuditError> {
-        self.send(Message::RunStarted {
-            run_id: run_id.into(),
-            context: context.clone(),
-        })
+    pub fn run_started(&self, run_id: RunId, context: RunContext) -> Result<(), AuditError> {
+        self.send(Message::RunStarted { run_id, context })
     }
 
     /// Records how run `run_id` ended (its outcome, error, usage and
-    /// denial count); `context` is the one it started under.
-    pub fn run_ended(
-        &self,
-        run_id: impl Into<Arc<str>>,
-        context: &RunContext,
-        outcome: RunOutcome,
-    ) -> Result<(), AuditError> {
-        self.send(Message::RunEnded {
-            run_id: run_id.into(),
-            context: context.clone(),
-            outcome,
-        })
+    /// denial count). The record names the context the run started under
+    /// ([`AuditLog::run_started`]), which the writer keeps until the end.
+    pub fn run_ended(&self, run_id: RunId, outcome: RunOutcome) -> Result<(), AuditError> {
+        self.send(Message::RunEnded { run_id, outcome })
     }
 
     fn send(&self, message: Message) -> Result<(), AuditError> {

@@ -52,8 +52,8 @@ pub struct Record {
 }
 
 /// The hash of a record: sha256 of its line, without the newline.
-pub fn line_hash(line: &str) -> [u8; 32] {
-    Sha256::digest(line.as_bytes()).into()
+pub fn line_hash(line: impl AsRef<[u8]>) -> [u8; 32] {
+    Sha256::digest(line.as_ref()).into()
 }
 
 /// A line's hash as the log spells it (64 lowercase hex digits), kept
@@ -64,7 +64,7 @@ pub struct HexHash([u8; 64]);
 
 impl HexHash {
     /// The hash of `line` ([`line_hash`]), hex.
-    pub fn of(line: &str) -> Self {
+    pub fn of(line: impl AsRef<[u8]>) -> Self {
         let mut hex = [0u8; 64];
         hex::encode_to_slice(line_hash(line), &mut hex).expect("32 bytes are 64 hex digits");
         Self(hex)

@@ -478,6 +478,10 @@ fn slow_batches(dir: &Path) -> AuditOptions {
     o
 }
 
+fn rid(id: &str) -> RunId {
+    RunId::new(id).unwrap()
+}
+
 fn run_context(module: &str) -> RunContext {
     RunContext::new(&serde_json::json!({"module": module, "policy": "default", "caller": "local"}))
 }
@@ -488,9 +492,8 @@ fn a_short_plain_run_is_one_record_naming_a_context_written_once() {
     let log = AuditLog::open(slow_batches(dir.path())).unwrap();
     for i in 0..3 {
         let id = format!("r{i}");
-        log.run_started(id.as_str(), &run_context("m")).unwrap();
-        log.run_ended(id.as_str(), &run_context("m"), RunOutcome::new("ok"))
-            .unwrap();
+        log.run_started(rid(id.as_str()), run_context("m")).unwrap();
+        log.run_ended(rid(&id), RunOutcome::new("ok")).unwrap();
     }
     log.close().unwrap();
     let files = log_files(&dir.path().join("audit")).unwrap();
@@ -518,7 +521,7 @@ fn a_run_that_outlives_its_batch_or_has_records_of_its_own_keeps_its_start() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::open(slow_batches(dir.path())).unwrap();
     // Still going when the batch is signed: its start is written then.
-    log.run_started("long", &run_context("m")).unwrap();
+    log.run_started(rid("long"), run_context("m")).unwrap();
     log.flush().unwrap();
     let files = log_files(&dir.path().join("audit")).unwrap();
     assert!(
@@ -528,19 +531,14 @@ fn a_run_that_outlives_its_batch_or_has_records_of_its_own_keeps_its_start() {
         "a run in flight at a checkpoint is on disk before it ends"
     );
     // A record about a run comes after its start.
-    log.run_started("secret", &run_context("n")).unwrap();
+    log.run_started(rid("secret"), run_context("n")).unwrap();
     log.record(
         "secret.granted",
         serde_json::json!({"run_id": "secret", "name": "db"}),
     )
     .unwrap();
     for id in ["long", "secret"] {
-        log.run_ended(
-            id,
-            &run_context(if id == "long" { "m" } else { "n" }),
-            RunOutcome::new("ok"),
-        )
-        .unwrap();
+        log.run_ended(rid(id), RunOutcome::new("ok")).unwrap();
     }
     log.close().unwrap();
     let all = records(&files);
@@ -566,9 +564,8 @@ fn with_fsync_every_nothing_is_held_back() {
     let mut o = options(dir.path());
     o.fsync = FsyncPolicy::Every;
     let log = AuditLog::open(o).unwrap();
-    log.run_started("r", &run_context("m")).unwrap();
-    log.run_ended("r", &run_context("m"), RunOutcome::new("ok"))
-        .unwrap();
+    log.run_started(rid("r"), run_context("m")).unwrap();
+    log.run_ended(rid("r"), RunOutcome::new("ok")).unwrap();
     log.close().unwrap();
     let files = log_files(&dir.path().join("audit")).unwrap();
     let kinds: Vec<String> = records(&files)
@@ -586,21 +583,16 @@ fn contexts_are_defined_again_in_each_file_and_after_a_restart_continue() {
     o.max_file_bytes = 2048;
     let log = AuditLog::open(o.clone()).unwrap();
     for i in 0..40 {
-        log.run_started(format!("r{i}").as_str(), &run_context("m"))
+        log.run_started(rid(format!("r{i}").as_str()), run_context("m"))
             .unwrap();
-        log.run_ended(
-            format!("r{i}").as_str(),
-            &run_context("m"),
-            RunOutcome::new("ok"),
-        )
-        .unwrap();
+        log.run_ended(rid(&format!("r{i}")), RunOutcome::new("ok"))
+            .unwrap();
     }
     log.close().unwrap();
     drop(log);
     let log = AuditLog::open(o).unwrap();
-    log.run_started("after", &run_context("m")).unwrap();
-    log.run_ended("after", &run_context("m"), RunOutcome::new("ok"))
-        .unwrap();
+    log.run_started(rid("after"), run_context("m")).unwrap();
+    log.run_ended(rid("after"), RunOutcome::new("ok")).unwrap();
     log.close().unwrap();
     let files = log_files(&dir.path().join("audit")).unwrap();
     assert!(files.len() >= 3, "{files:?}");
