@@ -331,6 +331,60 @@ struct Envelope<'a> {
 /// A non-empty line's parse and hash, worked out in parallel.
 type Worked<'a> = (Result<Parsed<'a>, serde_json::Error>, HexHash);
 
+/// What reading a line gave, worked out in parallel: its text and, unless
+/// it is blank, its parse and hash; `Err` when it is not UTF-8.
+type Read<'a> = Result<(&'a str, Option<Worked<'a>>), std::str::Utf8Error>;
+
+/// Why a line that is not UTF-8 is not a record (the words `read_line`
+/// used when verify read lines as text).
+const NOT_UTF8: &str = "stream did not contain valid UTF-8";
+
+/// How one [`fill`] ended.
+#[derive(Default)]
+struct Filled {
+    /// Lines read into the chunk.
+    lines: usize,
+    /// The file ended (or failed) within them.
+    at_end: bool,
+    /// Why it failed, if it did.
+    unreadable: Option<std::io::Error>,
+}
+
+/// Reads up to [`CHUNK_LINES`] lines of `reader` into `chunk`, reusing
+/// its buffers.
+fn fill(reader: &mut impl BufRead, chunk: &mut Vec<Vec<u8>>) -> Filled {
+    let mut filled = Filled::default();
+    while filled.lines < CHUNK_LINES {
+        if chunk.len() == filled.lines {
+            chunk.push(Vec::new());
+        }
+        let buf = &mut chunk[filled.lines];
+        buf.clear();
+        match reader.read_until(b'\n', buf) {
+            Ok(0) => {
+                filled.at_end = true;
+                break;
+            }
+            Ok(_) => filled.lines += 1,
+            Err(e) => {
+                filled.unreadable = Some(e);
+                filled.at_end = true;
+                break;
+            }
+        }
+    }
+    filled
+}
+
+/// Works out one line read by [`fill`].
+fn work(buf: &[u8]) -> Read<'_> {
+    let line = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = std::str::from_utf8(line)?;
+    let worked = (!line.trim().is_empty()).then(|| (parse(line, false), HexHash::of(line)));
+    Ok((line, worked))
+}
+
 /// Lines verify reads, parses and hashes at a time (about 1 MiB of a log
 /// of run records).
 const CHUNK_LINES: usize = 4096;
@@ -529,10 +583,11 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
 
     // Lines are read a chunk at a time into buffers reused for the whole
     // log (a million records read through `lines()` were a million
-    // allocations), and each chunk's lines are parsed and hashed in
-    // parallel: both are per line, and only the checks below, in order,
-    // depend on the line before.
-    let mut chunk: Vec<String> = Vec::new();
+    // allocations), and each chunk's lines are checked for UTF-8, parsed
+    // and hashed in parallel while the next chunk is read: all of that is
+    // per line, and only the checks below, in order, depend on the line
+    // before.
+    let (mut current, mut next): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
     for (index, file) in files.iter().enumerate() {
         let mut reader = File::open(file).map(BufReader::new).map_err(|e| Problem {
             file: file.clone(),
@@ -541,51 +596,38 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
             reason: Reason::Malformed(e.to_string()),
         })?;
         let mut read_lines = 0;
-        let mut at_end = false;
-        while !at_end {
+        let mut filled = fill(&mut reader, &mut current);
+        loop {
             let base = read_lines;
-            let mut filled = 0;
-            let mut unreadable = None;
-            while filled < CHUNK_LINES {
-                if chunk.len() == filled {
-                    chunk.push(String::new());
-                }
-                let buf = &mut chunk[filled];
-                buf.clear();
-                match reader.read_line(buf) {
-                    Ok(0) => {
-                        at_end = true;
-                        break;
+            read_lines += filled.lines;
+            let at_end = filled.at_end;
+            let (next_filled, lines) = rayon::join(
+                || {
+                    if at_end {
+                        Filled::default()
+                    } else {
+                        fill(&mut reader, &mut next)
                     }
-                    Ok(_) => filled += 1,
-                    Err(e) => {
-                        unreadable = Some(e);
-                        at_end = true;
-                        break;
-                    }
-                }
-            }
-            read_lines += filled;
-            let lines: Vec<(&str, Option<Worked<'_>>)> = chunk[..filled]
-                .par_iter()
-                .map(|buf| {
-                    let line = buf.strip_suffix('\n').unwrap_or(buf);
-                    let line = line.strip_suffix('\r').unwrap_or(line);
-                    let work =
-                        (!line.trim().is_empty()).then(|| (parse(line, false), HexHash::of(line)));
-                    (line, work)
-                })
-                .collect();
-            for (i, (line, work)) in lines.into_iter().enumerate() {
+                },
+                || {
+                    current[..filled.lines]
+                        .par_iter()
+                        .map(|buf| work(buf))
+                        .collect::<Vec<Read<'_>>>()
+                },
+            );
+            for (i, read) in lines.into_iter().enumerate() {
                 let lineno = base + i + 1;
-                let Some((parsed, hash)) = work else {
-                    continue;
-                };
                 let bad = |seq: Option<u64>, reason: Reason| Problem {
                     file: file.clone(),
                     line: lineno,
                     seq,
                     reason,
+                };
+                let (line, worked) =
+                    read.map_err(|_| bad(None, Reason::Malformed(NOT_UTF8.into())))?;
+                let Some((parsed, hash)) = worked else {
+                    continue;
                 };
                 let malformed = |e: serde_json::Error| {
                     if is_format_1(line) {
@@ -753,7 +795,7 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
                 prev_place = Some((index, lineno, this));
                 count += 1;
             }
-            if let Some(e) = unreadable {
+            if let Some(e) = filled.unreadable {
                 return Err(Problem {
                     file: file.clone(),
                     line: read_lines + 1,
@@ -761,6 +803,11 @@ pub fn verify(files: &[PathBuf], options: &VerifyOptions<'_>) -> Result<Verified
                     reason: Reason::Malformed(e.to_string()),
                 });
             }
+            if at_end {
+                break;
+            }
+            std::mem::swap(&mut current, &mut next);
+            filled = next_filled;
         }
     }
     let end = |seq: Option<u64>, reason: Reason| {
