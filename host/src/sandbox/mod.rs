@@ -259,7 +259,8 @@ impl Runner {
         };
         // Every epoch tick the guest yields to other sandboxes on this
         // thread (pausing longer if over its CPU share) or, past its
-        // deadline, stops.
+        // deadline, stops; one that has held its thread for less than
+        // `cpu::MIN_SLICE` runs on to the next tick.
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let now = Instant::now();
@@ -267,6 +268,9 @@ impl Runner {
                 return Err(DeadlineHit.into());
             }
             let cpu = &mut ctx.data_mut().cpu;
+            if cpu.slice(now) < cpu::MIN_SLICE {
+                return Ok(UpdateDeadline::Continue(1));
+            }
             let pause = cpu.tick(now).map(|p| p.min(deadline - now));
             Ok(UpdateDeadline::YieldCustom(1, cpu.yield_then_resume(pause)))
         });
