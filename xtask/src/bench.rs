@@ -53,11 +53,13 @@ const PAIRS: &[Pair] = &[
         peer: "sandbox/host-run",
         peer_name: "the same host without an audit log",
         max_ratio: 1.05,
-        why_missed: "the run's own thread now only sends its start and end (a cached context, a \
-                     typed outcome, no wake-up of the writer); the writer thread serialises, hashes and \
-                     appends one ~276-byte `run` record per run, buffered into one write per 1 ms round, \
-                     signs a checkpoint per 256 records and syncs once per round. On 2 cores that \
-                     thread's ~1.5 µs per run shares the cores the runs use",
+        why_missed: "the run's own thread only sends its start and end (a cached context, an \
+                     inline run id, a typed outcome, no wake-up of the writer), each send a cache miss \
+                     on the queue's slot; the writer thread spells, hashes and appends one ~276-byte \
+                     `run` record per run, buffered into one write per 10 ms round, signs a checkpoint \
+                     per 256 records and syncs once per round. On 2 cores that thread's ~1 µs per run \
+                     shares the cores the runs use, and criterion's spread between the two rows is \
+                     about as large as the gap",
     },
 ];
 
@@ -715,11 +717,12 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     )?;
     if over > 1 {
         misses.push(format!(
-            "- `echo` at concurrency 16: {over} runs over 10x p50 against none but the first. 10x p50 is ~0.2 ms: \
-             on 2 cores a run preempted once by another thread (the epoch ticker, the kernel's writeback, the other \
-             15 tasks' worker) crosses it. The ~700 ms stalls of before are gone: they were the load generator's \
-             own workers starving each other (a run completes in one poll, so a worker never yielded); the \
-             longest run is now a few ms."
+            "- `echo` at concurrency 16: {over} runs over 10x p50 against none but the first. 10x p50 is ~70 µs: \
+             on 2 cores a run preempted once by another thread (the epoch ticker, the load's RSS sampler, the \
+             kernel's writeback) or waiting on a lock the other worker holds (wasmtime's slot allocator, tokio's \
+             timer wheel) crosses it. Runs that a 10 ms epoch tick fell in no longer yield unless they have run \
+             1 ms (that halved the count: 168–194 → 67–80 in alternated pairs). The ~700 ms stalls of before \
+             are gone: they were the load generator's own workers starving each other."
         ));
     }
     let echo_rate = f(&echo, "throughput_per_s");
@@ -741,10 +744,13 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     )?;
     if ratio < 0.9 {
         misses.push(format!(
-            "- audited throughput: {ratio:.2}x unaudited against ≥ 0.90x. The writer thread (one JSON line, its \
-             SHA-256 and a buffered append per run, an Ed25519 signature per batch of 256, one fsync per round) \
-             takes ~1.5 µs of CPU per run out of the same 2 cores the runs use, which at concurrency 16 are both \
-             busy with sandboxes; the run's own thread pays two queue sends and the context lookup."
+            "- audited throughput: {ratio:.2}x unaudited against ≥ 0.90x. The writer thread takes ~0.8–1.0 µs \
+             of CPU per run out of the same 2 cores the runs use, which at concurrency 16 are both busy with \
+             sandboxes (machine CPU per run from /proc/stat: ~7.3 µs unaudited, ~8.3 µs audited). A profile \
+             of the writer: SHA-256 of each ~280-byte line (SHA-NI, ~1.4 GB/s) is 30% of it, the kernel's copy \
+             of the line into the page cache and the write about 15%, the line's JSON, the clock and the \
+             held-back-run table most of the rest, an Ed25519 signature per 256 records ~5%. The run's own \
+             thread pays two queue sends (each a cache miss on the queue's slot) and the context lookup."
         ));
     }
     let bytes = echo_audited["audit_bytes_per_run"]
@@ -896,8 +902,9 @@ fn served_section(md: &mut String, misses: &mut Vec<String>, s: &Served) -> Resu
         misses.push(format!(
             "- served throughput at concurrency 64: {ratio:.2}x the bare echo against ≥ 0.60x. Server and load \
              client share 2 cores, so the ratio is chassis's whole CPU per run against the bare RPC's: on top of \
-             the RPC each run pays the sandbox (~20 µs), the audit record (~1.5 µs on the writer thread), two \
-             tracing spans whose fields the text log formats as they open, and the per-run metrics."
+             the RPC each run pays the sandbox (~20 µs: instantiation, and the store's teardown, where wasmtime's \
+             pooling allocator resets memory by pagemap and copies its slot lists), the audit record (~1 µs on \
+             the writer thread), two tracing spans and the per-run metrics."
         ));
     }
     let ratio = l(c64, "p99") / l(b64, "p99");
@@ -1154,8 +1161,9 @@ fn audit_section(root: &Path, md: &mut String, misses: &mut Vec<String>) -> Resu
             "- audit verify: {ratio:.2}x the time of hashing alone against {AUDIT_VERIFY_MAX_RATIO:.1}x. \
              Past the SHA-256 per line, verify reads each line (UTF-8 checked), parses its envelope \
              (fields skipped unread except for genesis, checkpoint, rotation, recovery and pruning \
-             records) and compares its `prev` to the previous line's hash; parsing and hashing run in \
-             parallel over chunks of 4,096 lines, the reading and the checks in order."
+             records) and compares its `prev` to the previous line's hash; UTF-8 checks, parsing and \
+             hashing run in parallel over chunks of 4,096 lines while the next chunk is read, the checks \
+             in order."
         ));
     }
     Ok(())

@@ -531,13 +531,14 @@ async fn a_run_stream_client_that_never_reads_holds_neither_its_run_nor_the_host
             .unwrap();
         ChassisClient::new(channel)
     };
-    // The flood writes 8 MiB to each of stdout and stderr in 1 KiB lines;
-    // at 3% of a core it cannot finish within seconds, so it ends at its
-    // deadline with thousands of events captured on the way.
+    // The flood writes 1 GiB to each of stdout and stderr in 1 KiB lines
+    // (two million host calls); at 3% of a core it cannot finish within
+    // seconds however fast the build, so it ends at its deadline with
+    // thousands of events captured on the way.
     let chatty = |timeout_ms: u64| proto::RunRequest {
         module_id: flood.clone(),
         policy: String::new(),
-        input: Vec::new(),
+        input: b"1024".to_vec(),
         limits: Some(proto::Limits {
             fuel: 1_000_000_000_000,
             timeout_ms,
