@@ -12,6 +12,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::context::{CONTEXT_FIELD, RunOutcome};
+use super::record::HexHash;
 
 /// Length of a record's timestamp: `2026-12-03T01:11:34.299097Z`.
 pub(crate) const TS_LEN: usize = 27;
@@ -71,11 +72,16 @@ fn json(out: &mut Vec<u8>, value: &(impl serde::Serialize + ?Sized)) {
     serde_json::to_writer(&mut *out, value).expect("a string or number always serialises");
 }
 
+/// Appends `n` in digits.
+fn number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
 /// Appends a record's envelope up to its fields: `{"seq":..,"ts":..,
 /// "kind":..,"fields":`. The fields follow, then [`close`].
 pub(crate) fn open(out: &mut Vec<u8>, seq: u64, ts: &Timestamp, kind: &str) {
     out.extend_from_slice(br#"{"seq":"#);
-    json(out, &seq);
+    number(out, seq);
     out.extend_from_slice(br#","ts":""#);
     out.extend_from_slice(&ts.0);
     out.extend_from_slice(br#"","kind":"#);
@@ -83,11 +89,12 @@ pub(crate) fn open(out: &mut Vec<u8>, seq: u64, ts: &Timestamp, kind: &str) {
     out.extend_from_slice(br#","fields":"#);
 }
 
-/// Closes a record opened by [`open`] with its `prev` (64 hex digits).
-pub(crate) fn close(out: &mut Vec<u8>, prev: &str) {
-    out.extend_from_slice(br#","prev":"#);
-    json(out, prev);
-    out.push(b'}');
+/// Closes a record opened by [`open`] with its `prev`: 64 hex digits,
+/// which JSON never escapes, so they are copied as they are.
+pub(crate) fn close(out: &mut Vec<u8>, prev: &HexHash) {
+    out.extend_from_slice(br#","prev":""#);
+    out.extend_from_slice(prev.as_bytes());
+    out.extend_from_slice(br#""}"#);
 }
 
 /// The fields of a `run.started` record: the run's id and context number.
@@ -97,7 +104,7 @@ pub(crate) fn start_fields(out: &mut Vec<u8>, run_id: &str, ctx: u64) {
     out.extend_from_slice(br#",""#);
     out.extend_from_slice(CONTEXT_FIELD.as_bytes());
     out.extend_from_slice(br#"":"#);
-    json(out, &ctx);
+    number(out, ctx);
     out.push(b'}');
 }
 
@@ -111,7 +118,7 @@ pub(crate) fn end_fields(out: &mut Vec<u8>, run_id: &str, ctx: Option<u64>, end:
         out.extend_from_slice(br#",""#);
         out.extend_from_slice(CONTEXT_FIELD.as_bytes());
         out.extend_from_slice(br#"":"#);
-        json(out, &ctx);
+        number(out, ctx);
     }
     out.extend_from_slice(br#","outcome":"#);
     json(out, end.outcome.as_ref());
@@ -121,18 +128,18 @@ pub(crate) fn end_fields(out: &mut Vec<u8>, run_id: &str, ctx: Option<u64>, end:
     }
     if let Some(usage) = &end.usage {
         out.extend_from_slice(br#","usage":{"fuel":"#);
-        json(out, &usage.fuel);
+        number(out, usage.fuel);
         out.extend_from_slice(br#","mem":"#);
-        json(out, &usage.mem);
+        number(out, usage.mem);
         out.extend_from_slice(br#","wall_us":"#);
-        json(out, &usage.wall_us);
+        number(out, usage.wall_us);
         out.extend_from_slice(br#","cpu_us":"#);
-        json(out, &usage.cpu_us);
+        number(out, usage.cpu_us);
         out.push(b'}');
     }
     if let Some(denials) = end.denials {
         out.extend_from_slice(br#","denials":"#);
-        json(out, &denials);
+        number(out, denials);
     }
     out.push(b'}');
 }
@@ -188,12 +195,12 @@ mod tests {
         let mut out = Vec::new();
         open(&mut out, 42, &ts, "run\"kind");
         end_fields(&mut out, "run\"id", Some(7), &end);
-        close(&mut out, &"a".repeat(64));
+        close(&mut out, &HexHash::genesis());
         let record: Record = serde_json::from_slice(&out).unwrap();
         assert_eq!(record.seq, 42);
         assert_eq!(record.ts, "2026-12-03T23:59:59.000007Z");
         assert_eq!(record.kind, "run\"kind");
-        assert_eq!(record.prev, "a".repeat(64));
+        assert_eq!(record.prev, "0".repeat(64));
         assert_eq!(
             record.fields,
             json!({
@@ -203,6 +210,20 @@ mod tests {
             })
         );
         assert!(!out.contains(&b'\n'), "one record, one line");
+    }
+
+    #[test]
+    fn numbers_and_prev_are_the_json_serde_writes() {
+        for n in [0, 7, 10, 999_999, u64::MAX] {
+            let mut out = Vec::new();
+            number(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+        let prev = HexHash::of(b"a line");
+        let mut out = b"{\"a\":1".to_vec();
+        close(&mut out, &prev);
+        let value = parse(&out);
+        assert_eq!(value["prev"], prev.as_str());
     }
 
     #[test]

@@ -75,6 +75,11 @@ impl HexHash {
         Self([b'0'; 64])
     }
 
+    /// The hex digits, as bytes.
+    pub fn as_bytes(&self) -> &[u8; 64] {
+        &self.0
+    }
+
     /// The hex digits.
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.0).expect("hex digits are ASCII")

@@ -51,7 +51,7 @@ const BUSY_POLL: Duration = Duration::from_millis(10);
 const ROUND_MESSAGES: usize = 65_536;
 
 /// Buffered record bytes that are written out before the round ends.
-const WRITE_BUFFER: usize = 256 * 1024;
+const WRITE_BUFFER: usize = 32 * 1024;
 
 /// Attempts at the log's lock, [`LOCK_RETRY`] apart, before it counts as
 /// held by another writer (about one second in all).
@@ -231,6 +231,8 @@ pub(super) struct Writer {
     open: HashMap<RunId, RunContext, foldhash::fast::RandomState>,
     /// Formats each record's `ts`.
     clock: Clock,
+    /// When the current round began taking messages off the queue.
+    round_started: Instant,
     /// Hold `run.started` back at all (not with `fsync: every`).
     defer: bool,
     /// Contexts defined in the current file.
@@ -358,6 +360,7 @@ impl Writer {
             checkpoint_owed: None,
             unsigned: 0,
             last_checkpoint: Instant::now(),
+            round_started: Instant::now(),
             pending: VecDeque::new(),
             deferred: HashMap::default(),
             deferred_order: VecDeque::new(),
@@ -488,17 +491,15 @@ impl Writer {
         self.open.insert(run_id, context);
     }
 
-    /// Writes how the run `run_id` ended: one `run` record when its start is
-    /// still held back, else `run.ended` naming the context it started
-    /// under.
-    fn write_run_end(&mut self, run_id: RunId, outcome: &RunOutcome) -> Result<(), String> {
-        self.rotate_if_full()?;
+    /// Writes how the run `run_id` ended (after [`Writer::rotate_if_full`]):
+    /// one `run` record when its start is still held back, else `run.ended`
+    /// naming the context it started under.
+    fn write_run_end(&mut self, run_id: RunId, outcome: &RunOutcome) {
         let (kind, context) = match self.deferred.remove(&run_id) {
             Some((context, _)) => (RUN_KIND, Some(context)),
             None => (ENDED_KIND, self.open.remove(&run_id)),
         };
         self.write_end(kind, run_id.as_str(), context.as_ref(), outcome);
-        Ok(())
     }
 
     /// Writes a `run` or `run.ended` record (after
@@ -515,32 +516,34 @@ impl Writer {
         self.write_record_with(kind, |out| line::end_fields(out, run_id, ctx, outcome));
     }
 
-    /// Writes one queued message.
-    fn write_pending(&mut self, item: &Pending) -> Result<(), String> {
+    /// Whether writing `item` appends a record (and so needs room in the
+    /// file, [`Writer::rotate_if_full`]): all but a start held back.
+    fn appends(&self, item: &Pending) -> bool {
+        !(self.defer && matches!(item, Pending::Started { .. }))
+    }
+
+    /// Writes one queued message (after [`Writer::rotate_if_full`] when it
+    /// [`Writer::appends`]).
+    fn write_pending(&mut self, item: Pending) {
         match item {
             Pending::Event(kind, fields) => {
-                self.rotate_if_full()?;
                 // A record about a held-back run comes after its start.
                 if let Some(run_id) = fields["run_id"].as_str().and_then(RunId::new)
                     && let Some((context, _)) = self.deferred.remove(&run_id)
                 {
                     self.write_start(run_id, context);
                 }
-                self.write_record(kind, |_, _, _| fields);
-                Ok(())
+                self.write_record(kind, |_, _, _| &fields);
             }
             Pending::Started { run_id, context } if self.defer => {
-                let now = Instant::now();
-                self.deferred.insert(*run_id, (context.clone(), now));
-                self.deferred_order.push_back((now, *run_id));
-                Ok(())
+                // The round's start stands for when the run started: it
+                // was queued at most one round before.
+                let at = self.round_started;
+                self.deferred.insert(run_id, (context, at));
+                self.deferred_order.push_back((at, run_id));
             }
-            Pending::Started { run_id, context } => {
-                self.rotate_if_full()?;
-                self.write_start(*run_id, context.clone());
-                Ok(())
-            }
-            Pending::Ended { run_id, outcome } => self.write_run_end(*run_id, outcome),
+            Pending::Started { run_id, context } => self.write_start(run_id, context),
+            Pending::Ended { run_id, outcome } => self.write_run_end(run_id, &outcome),
         }
     }
 
@@ -606,7 +609,7 @@ impl Writer {
         let start = self.out.len();
         line::open(&mut self.out, self.next_seq, &ts, kind);
         fields(&mut self.out, ts.as_str());
-        line::close(&mut self.out, self.last_hash.as_str());
+        line::close(&mut self.out, &self.last_hash);
         let hash = HexHash::of(&self.out[start..]);
         if kind == CHECKPOINT_KIND {
             // Owed to the checkpoint file until it is synced ([`Writer::settle`]).
@@ -762,24 +765,7 @@ impl Writer {
     /// failed sync leaves the record buffered, not queued again.
     fn drain(&mut self, health: &Health) {
         while let Some(item) = self.pending.pop_front() {
-            if let Err(e) = self.write_pending(&item) {
-                self.pending.push_front(item);
-                self.fail(health, e);
-                return;
-            }
-            // A batch closes at its record count even in a long round.
-            if self.unsigned >= self.checkpoint_every.0 {
-                self.sign();
-            }
-            let flushed = if self.fsync == FsyncPolicy::Every {
-                self.sync()
-            } else if self.out.len() >= WRITE_BUFFER {
-                self.flush_out()
-            } else {
-                Ok(())
-            };
-            if let Err(e) = flushed {
-                self.fail(health, e);
+            if !self.write_one(item, health) {
                 return;
             }
         }
@@ -794,6 +780,52 @@ impl Writer {
             Ok(()) if !self.owes() => health.healthy.store(true, Ordering::Relaxed),
             Ok(()) => {}
             Err(e) => self.fail(health, e),
+        }
+    }
+
+    /// Writes one message's records, signing a batch that reached its
+    /// record count and writing out a full buffer. `false` after a
+    /// failure: a message that could not be written goes back to the front
+    /// of `pending`, to be retried before anything after it.
+    fn write_one(&mut self, item: Pending, health: &Health) -> bool {
+        if self.appends(&item)
+            && let Err(e) = self.rotate_if_full()
+        {
+            // The file is full and the next would not open.
+            self.pending.push_front(item);
+            self.fail(health, e);
+            return false;
+        }
+        self.write_pending(item);
+        // A batch closes at its record count even in a long round.
+        if self.unsigned >= self.checkpoint_every.0 {
+            self.sign();
+        }
+        let flushed = if self.fsync == FsyncPolicy::Every {
+            self.sync()
+        } else if self.out.len() >= WRITE_BUFFER {
+            self.flush_out()
+        } else {
+            Ok(())
+        };
+        if let Err(e) = flushed {
+            self.fail(health, e);
+            return false;
+        }
+        true
+    }
+
+    /// Writes a message as it is taken off the queue, unless older ones
+    /// wait to be retried or the log is failing (then it queues, and the
+    /// round's [`Writer::drain`] retries as before). Written as it
+    /// comes, a round's messages are each touched once while still in the
+    /// cache, instead of all copied into `pending` and read back: at
+    /// thousands of messages per round that copy was megabytes.
+    fn write_or_queue(&mut self, item: Pending, health: &Health) {
+        if self.pending.is_empty() && health.healthy.load(Ordering::Relaxed) {
+            self.write_one(item, health);
+        } else {
+            self.pending.push_back(item);
         }
     }
 
@@ -877,12 +909,14 @@ impl Writer {
     /// Takes one message off the queue; `false` once the log must stop.
     fn take(&mut self, message: Message, health: &Health) -> bool {
         match message {
-            Message::Event { kind, fields } => self.pending.push_back(Pending::Event(kind, fields)),
+            Message::Event { kind, fields } => {
+                self.write_or_queue(Pending::Event(kind, fields), health)
+            }
             Message::RunStarted { run_id, context } => {
-                self.pending.push_back(Pending::Started { run_id, context })
+                self.write_or_queue(Pending::Started { run_id, context }, health)
             }
             Message::RunEnded { run_id, outcome } => {
-                self.pending.push_back(Pending::Ended { run_id, outcome })
+                self.write_or_queue(Pending::Ended { run_id, outcome }, health)
             }
             Message::Flush(reply) => {
                 let _ = reply.send(self.flush_all(health));
@@ -932,6 +966,7 @@ impl Writer {
             };
             busy = next.is_some();
             full = false;
+            self.round_started = Instant::now();
             let mut taken = 0;
             while let Some(message) = next {
                 let go_on = match message {
