@@ -744,13 +744,16 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     )?;
     if ratio < 0.9 {
         misses.push(format!(
-            "- audited throughput: {ratio:.2}x unaudited against ≥ 0.90x. The writer thread takes ~0.8–1.0 µs \
-             of CPU per run out of the same 2 cores the runs use, which at concurrency 16 are both busy with \
-             sandboxes (machine CPU per run from /proc/stat: ~7.3 µs unaudited, ~8.3 µs audited). A profile \
-             of the writer: SHA-256 of each ~280-byte line (SHA-NI, ~1.4 GB/s) is 30% of it, the kernel's copy \
-             of the line into the page cache and the write about 15%, the line's JSON, the clock and the \
-             held-back-run table most of the rest, an Ed25519 signature per 256 records ~5%. The run's own \
-             thread pays two queue sends (each a cache miss on the queue's slot) and the context lookup."
+            "- audited throughput: {ratio:.2}x unaudited against ≥ 0.90x. At concurrency 16 both cores are \
+             busy with sandboxes, so whatever the log costs comes out of the runs: machine CPU per run from \
+             /proc/stat is ~7.3–7.5 µs unaudited and ~8.8–9.3 µs audited. The writer thread is ~0.85 µs of \
+             that (perf, 5 kHz: ~1,300 samples per 300,000 runs, after writing messages as they come instead \
+             of through a copy, and a 32 KiB write buffer the kernel copies from cache: it was ~1,500–2,200): \
+             SHA-256 of each ~270-byte line (SHA-NI) ~22% of it, an Ed25519 signature per 256 records ~6%, \
+             the queue's receive, the held-back-run table, the clock and the line's bytes the rest; the \
+             copy into the page cache is now ~2%. The run's own thread pays ~0.6 µs: two queue sends and the \
+             context lookup (~2% of a worker's samples each; the lookup's 64-byte module-id compare misses \
+             the cache), and the caches the writer's work evicts on the core it shares."
         ));
     }
     let bytes = echo_audited["audit_bytes_per_run"]
