@@ -16,7 +16,8 @@ use crate::error::ErrorKind;
 use crate::modules::{Module, ModuleError, ModuleStore};
 use crate::policy::Policy;
 use crate::sandbox::{
-    DenialLog, HostCaps, Limits, LimitsError, LimitsRequest, LinkerError, RunReport, Runner, Tap,
+    Denial, DenialLog, HostCaps, Limits, LimitsError, LimitsRequest, LinkerError, RunReport,
+    Runner, Tap,
 };
 use crate::secrets::{Granted, LeaseGuard, LeaseRegistry, SecretError, SecretProvider};
 
@@ -268,8 +269,9 @@ struct RunEnd<'a> {
 impl RunEnd<'_> {
     /// Audits the end of the run with `fields` (outcome, error, usage,
     /// denials).
-    /// The free-space floor is not asked: it refuses new runs, never the
-    /// end of one it admitted, which would leave a half run.
+    /// Neither the free-space floor nor the log's health is asked: they
+    /// refuse new runs, never the end of one admitted, which would leave a
+    /// half run.
     fn end(&self, outcome: impl FnOnce() -> RunOutcome) -> Result<(), AuditError> {
         match (&self.host.audit, self.audit_id) {
             (Some(log), Some(id)) => log.run_ended(id, outcome()),
@@ -286,18 +288,32 @@ impl RunEnd<'_> {
         })
     }
 
-    /// Audits the denials and end of a run that finished.
-    fn finished(&mut self, report: &RunReport) -> Result<(), AuditError> {
-        self.ended = true;
-        for denial in &report.denials {
-            self.host.audit_event(|| Event::CapabilityDenied {
+    /// Audits one denial of the run. Like its end, never refused by the
+    /// free-space floor or the log's health: the run was admitted.
+    fn deny(&self, denial: &Denial) -> Result<(), AuditError> {
+        match &self.host.audit {
+            Some(log) => log.run_event(Event::CapabilityDenied {
                 run_id: self.run_id,
                 kind: denial.kind.as_str(),
                 target: &denial.target,
                 reason: &denial.reason,
-            })?;
+            }),
+            None => Ok(()),
         }
-        self.end(|| {
+    }
+
+    /// Audits the denials and end of a run that finished: all of them are
+    /// sent whatever one meets, and the first error is returned.
+    fn finished(&mut self, report: &RunReport) -> Result<(), AuditError> {
+        self.ended = true;
+        let mut denied = Ok(());
+        for denial in &report.denials {
+            let sent = self.deny(denial);
+            if denied.is_ok() {
+                denied = sent;
+            }
+        }
+        let ended = self.end(|| {
             let denials = report.denials.len() as u64 + report.denials_dropped;
             RunOutcome {
                 outcome: report.outcome_name().into(),
@@ -305,7 +321,8 @@ impl RunEnd<'_> {
                 usage: Some(audit_usage(&report.usage)),
                 denials: (denials > 0).then_some(denials),
             }
-        })
+        });
+        denied.and(ended)
     }
 }
 
@@ -343,12 +360,7 @@ impl Drop for RunEnd<'_> {
         };
         let (denials, dropped) = self.denials.take();
         for denial in &denials {
-            let _ = self.host.audit_event(|| Event::CapabilityDenied {
-                run_id: self.run_id,
-                kind: denial.kind.as_str(),
-                target: &denial.target,
-                reason: &denial.reason,
-            });
+            let _ = self.deny(denial);
         }
         tracing::info!(
             run_id = self.run_id,
@@ -595,7 +607,9 @@ impl Host {
     /// Appends an event to the audit log, if there is one. `event` is only
     /// built when there is a log, so hosts without one pay nothing per run.
     /// Below the free-space floor the event is refused ([`AuditError::LowDisk`]):
-    /// every audit write of the host passes here, so this is the one check.
+    /// every audit write of the host passes here but the start (checked in
+    /// [`Host::run`]) and the denials and end of a run already admitted,
+    /// which are never refused (see `RunEnd`).
     pub fn audit_event<'a>(
         &self,
         event: impl FnOnce() -> crate::audit::Event<'a>,
@@ -845,6 +859,73 @@ mod tests {
             assert_eq!(mine[2].fields["ctx"], mine[0].fields["ctx"]);
             assert!(mine[0].fields["ctx"].is_u64());
         }
+    }
+
+    /// A log that fails closed refuses new records while it cannot write,
+    /// but not the denials and end of a run it already admitted: those wait
+    /// in the writer's queue and reach the file once it recovers, so the
+    /// run is not left half told.
+    #[test]
+    fn a_run_that_ends_while_the_log_is_failing_still_gets_its_denials_and_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = AuditOptions::in_data_dir(dir.path());
+        options.max_file_bytes = 2048;
+        assert!(!options.fail_open);
+        let log = AuditLog::open(options).unwrap();
+        let host = Host::builder().audit(log.clone()).build().unwrap();
+        let id = RunId::new("r-failing").unwrap();
+        log.run_started(
+            id,
+            RunContext::new(&serde_json::json!({"module": "m", "caller": "c"})),
+        )
+        .unwrap();
+        // The next file cannot be opened: a directory holds its name.
+        let next = dir.path().join("audit/audit-000002.jsonl");
+        std::fs::create_dir(&next).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while log.is_healthy() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the rotation never failed"
+            );
+            let _ = log.record("test.filler", serde_json::json!({ "pad": "x".repeat(64) }));
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(
+            matches!(
+                log.record("test.filler", serde_json::json!({})),
+                Err(AuditError::Unavailable(_))
+            ),
+            "a failing log refuses new records"
+        );
+        let end = RunEnd {
+            host: &host,
+            run_id: "r-failing",
+            audit_id: Some(id),
+            denials: host.runner.denial_log(Default::default()),
+            ended: false,
+        };
+        end.denials
+            .record(DenialKind::Secret, "root-password", "not granted");
+        drop(end);
+        std::fs::remove_dir(&next).unwrap();
+        while log.flush().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log never recovered"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        log.close().unwrap();
+        let all = records(dir.path());
+        let mine: Vec<&Record> = all
+            .iter()
+            .filter(|r| r.fields["run_id"] == "r-failing")
+            .collect();
+        let kinds: Vec<&str> = mine.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["run.started", "capability.denied", "run.ended"]);
+        assert_eq!(mine[2].fields["outcome"], "cancelled");
+        assert_eq!(mine[2].fields["denials"], 1);
     }
 
     #[test]

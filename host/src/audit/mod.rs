@@ -320,6 +320,17 @@ impl AuditLog {
         self.record(event.kind(), event.fields())
     }
 
+    /// Queues `event`, a record of a run already admitted (its denials),
+    /// even while the log is failing: refused, it would be lost from the
+    /// story of a run whose start is on record. The writer queues it behind
+    /// whatever failed, and writes it once the log recovers.
+    pub fn run_event(&self, event: Event<'_>) -> Result<(), AuditError> {
+        self.send_admitted(Message::Event {
+            kind: event.kind(),
+            fields: event.fields(),
+        })
+    }
+
     /// Queues a record of any `kind` with any `fields`: for tools and
     /// tests writing kinds the host does not define. The host records
     /// only [`Event`]s (and runs, through the run calls below).
@@ -345,8 +356,11 @@ impl AuditLog {
     /// Records how run `run_id` ended (its outcome, error, usage and
     /// denial count). The record names the context the run started under
     /// ([`AuditLog::run_started`]), which the writer keeps until the end.
+    ///
+    /// Never refused for the log's health (see [`AuditLog::run_event`]):
+    /// every `run.started` gets its one end.
     pub fn run_ended(&self, run_id: RunId, outcome: RunOutcome) -> Result<(), AuditError> {
-        self.send(Message::RunEnded { run_id, outcome })
+        self.send_admitted(Message::RunEnded { run_id, outcome })
     }
 
     fn send(&self, message: Message) -> Result<(), AuditError> {
@@ -360,6 +374,12 @@ impl AuditLog {
                 .unwrap_or_default();
             return Err(AuditError::Unavailable(why));
         }
+        self.send_admitted(message)
+    }
+
+    /// Queues `message` whatever the log's health; fails only once the
+    /// writer has stopped.
+    fn send_admitted(&self, message: Message) -> Result<(), AuditError> {
         self.tx
             .send(message)
             .map_err(|_| AuditError::Unavailable("the audit writer has stopped".into()))

@@ -717,3 +717,80 @@ fn a_fault_far_into_a_long_log_is_named_at_its_own_line() {
     );
     assert_eq!((problem.line, problem.seq), (4_097, None));
 }
+
+/// With `fail_open`, records keep coming while the log cannot be written:
+/// the writer then queues them behind the one that failed instead of
+/// writing them as they come, and once the file opens again every record
+/// is written once, in the order it was sent, and the log verifies.
+#[test]
+fn records_sent_while_the_log_is_failing_are_written_once_in_order_when_it_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = options(dir.path());
+    o.fail_open = true;
+    o.max_file_bytes = 2048;
+    let log = AuditLog::open(o).unwrap();
+    // The file the writer rotates into cannot be opened: a directory holds its name.
+    let next = dir.path().join("audit").join(writer::file_name(2));
+    std::fs::create_dir(&next).unwrap();
+    let context = RunContext::new(&serde_json::json!({"module": "m", "caller": "local"}));
+    let sent = 60;
+    for i in 0..sent {
+        log.record(
+            "capability.denied",
+            serde_json::json!({ "i": i, "pad": "x".repeat(64) }),
+        )
+        .unwrap();
+        let run = RunId::new(&format!("run-{i}")).unwrap();
+        log.run_started(run, context.clone()).unwrap();
+        log.run_ended(run, RunOutcome::new("ok")).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.is_healthy() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rotation never failed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        log.flush().is_err(),
+        "nothing is flushed past a record that failed"
+    );
+    std::fs::remove_dir(&next).unwrap();
+    while log.flush().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the log never recovered"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(log.is_healthy());
+    log.close().unwrap();
+
+    let files = log_files(&dir.path().join("audit")).unwrap();
+    assert!(files.len() >= 2, "{files:?}");
+    check(dir.path(), &files).unwrap();
+    let all = records(&files);
+    let denials: Vec<u64> = all
+        .iter()
+        .filter(|r| r.kind == "capability.denied")
+        .map(|r| r.fields["i"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        denials,
+        (0..sent).collect::<Vec<_>>(),
+        "each once, in order"
+    );
+    for i in 0..sent {
+        let id = format!("run-{i}");
+        let of_run: Vec<&str> = all
+            .iter()
+            .filter(|r| r.fields["run_id"] == id.as_str())
+            .map(|r| r.kind.as_str())
+            .collect();
+        assert!(
+            of_run == ["run"] || of_run == ["run.started", "run.ended"],
+            "{id}: {of_run:?}"
+        );
+    }
+}

@@ -45,10 +45,17 @@ const EVERY_CHECKPOINT: (u32, u64) = (256, 50);
 /// this much more than the queue held.
 const BUSY_POLL: Duration = Duration::from_millis(10);
 
-/// Most messages taken off the queue before they are written, so a round
-/// holds a bounded number of records in memory (as many as the default
-/// queue). A round that reaches it starts the next without sleeping.
+/// Most messages one round takes off the queue (as many as the default
+/// queue holds), so a round's end (held-back starts, a due checkpoint, the
+/// write and the sync) comes however fast messages arrive. A round that
+/// reaches it starts the next without sleeping.
 const ROUND_MESSAGES: usize = 65_536;
+
+/// Messages between readings of the clock for [`Writer::taken_at`]: a
+/// reading per message was a measurable share of the writer's time, one
+/// per round could date a start a whole long round early (and so write
+/// a short run's start on its own).
+const TAKEN_AT_EVERY: usize = 256;
 
 /// Buffered record bytes that are written out before the round ends.
 const WRITE_BUFFER: usize = 32 * 1024;
@@ -218,6 +225,9 @@ pub(super) struct Writer {
     checkpoint_owed: Option<String>,
     unsigned: u32,
     last_checkpoint: Instant,
+    /// Messages waiting for a retry: the one whose write failed, then those
+    /// taken after it (written in order once the log recovers). Empty while
+    /// the log is healthy: messages are written as they are taken.
     pending: VecDeque<Pending>,
     /// Runs whose `run.started` is held back, with their context and when
     /// they started.
@@ -231,8 +241,9 @@ pub(super) struct Writer {
     open: HashMap<RunId, RunContext, foldhash::fast::RandomState>,
     /// Formats each record's `ts`.
     clock: Clock,
-    /// When the current round began taking messages off the queue.
-    round_started: Instant,
+    /// When the message being written was taken off the queue, to within
+    /// [`TAKEN_AT_EVERY`] messages: a held-back start's time.
+    taken_at: Instant,
     /// Hold `run.started` back at all (not with `fsync: every`).
     defer: bool,
     /// Contexts defined in the current file.
@@ -360,7 +371,7 @@ impl Writer {
             checkpoint_owed: None,
             unsigned: 0,
             last_checkpoint: Instant::now(),
-            round_started: Instant::now(),
+            taken_at: Instant::now(),
             pending: VecDeque::new(),
             deferred: HashMap::default(),
             deferred_order: VecDeque::new(),
@@ -536,9 +547,9 @@ impl Writer {
                 self.write_record(kind, |_, _, _| &fields);
             }
             Pending::Started { run_id, context } if self.defer => {
-                // The round's start stands for when the run started: it
+                // When it was taken stands for when the run started: it
                 // was queued at most one round before.
-                let at = self.round_started;
+                let at = self.taken_at;
                 self.deferred.insert(run_id, (context, at));
                 self.deferred_order.push_back((at, run_id));
             }
@@ -966,7 +977,7 @@ impl Writer {
             };
             busy = next.is_some();
             full = false;
-            self.round_started = Instant::now();
+            self.taken_at = Instant::now();
             let mut taken = 0;
             while let Some(message) = next {
                 let go_on = match message {
@@ -980,6 +991,9 @@ impl Writer {
                     return;
                 }
                 taken += 1;
+                if taken % TAKEN_AT_EVERY == 0 {
+                    self.taken_at = Instant::now();
+                }
                 if taken == ROUND_MESSAGES {
                     full = true;
                     break;
