@@ -815,6 +815,21 @@ mod tests {
         crate::audit::tests::records(&log_files(&dir.join("audit")).unwrap())
     }
 
+    /// Drops the end guard of run `run_id` mid-flight, after the sandbox
+    /// recorded one denial.
+    fn drop_with_a_denial(host: &Host, run_id: &str, id: RunId) {
+        let end = RunEnd {
+            host,
+            run_id,
+            audit_id: Some(id),
+            denials: host.runner.denial_log(Default::default()),
+            ended: false,
+        };
+        end.denials
+            .record(DenialKind::Secret, "root-password", "not granted");
+        drop(end);
+    }
+
     #[test]
     fn a_run_dropped_mid_flight_is_ended_once_with_its_denials() {
         let dir = tempfile::tempdir().unwrap();
@@ -831,17 +846,7 @@ mod tests {
                 RunContext::new(&serde_json::json!({"module": "m", "caller": "c"})),
             )
             .unwrap();
-            let end = RunEnd {
-                host: &host,
-                run_id,
-                audit_id: Some(id),
-                denials: host.runner.denial_log(Default::default()),
-                ended: false,
-            };
-            // What the sandbox recorded before its future was dropped.
-            end.denials
-                .record(DenialKind::Secret, "root-password", "not granted");
-            drop(end);
+            drop_with_a_denial(&host, run_id, id);
         }
         log.close().unwrap();
         let all = records(dir.path());
@@ -898,16 +903,7 @@ mod tests {
             ),
             "a failing log refuses new records"
         );
-        let end = RunEnd {
-            host: &host,
-            run_id: "r-failing",
-            audit_id: Some(id),
-            denials: host.runner.denial_log(Default::default()),
-            ended: false,
-        };
-        end.denials
-            .record(DenialKind::Secret, "root-password", "not granted");
-        drop(end);
+        drop_with_a_denial(&host, "r-failing", id);
         std::fs::remove_dir(&next).unwrap();
         while log.flush().is_err() {
             assert!(
