@@ -240,7 +240,8 @@ pub struct Host {
 /// name and digest, caller and limits.
 #[derive(Debug)]
 struct ContextKey {
-    module: String,
+    /// [`Module::serial`]: which fixes the module's id and world.
+    module: u64,
     policy: String,
     policy_sha256: String,
     caller: String,
@@ -262,6 +263,11 @@ struct RunEnd<'a> {
     /// The run's id as the log's messages carry it; `None` when the host
     /// keeps no audit log.
     audit_id: Option<RunId>,
+    /// The run's context while its start is not yet sent: a run that
+    /// never waits and about which nothing else is recorded sends its
+    /// start with its end, one queue message instead of two (see
+    /// [`RunEnd::start`]).
+    start: Option<RunContext>,
     denials: DenialLog,
     ended: bool,
 }
@@ -272,9 +278,24 @@ impl RunEnd<'_> {
     /// Neither the free-space floor nor the log's health is asked: they
     /// refuse new runs, never the end of one admitted, which would leave a
     /// half run.
-    fn end(&self, outcome: impl FnOnce() -> RunOutcome) -> Result<(), AuditError> {
+    fn end(&mut self, outcome: impl FnOnce() -> RunOutcome) -> Result<(), AuditError> {
         match (&self.host.audit, self.audit_id) {
-            (Some(log), Some(id)) => log.run_ended(id, outcome()),
+            (Some(log), Some(id)) => match self.start.take() {
+                Some(context) => log.run_completed(id, context, outcome()),
+                None => log.run_ended(id, outcome()),
+            },
+            _ => Ok(()),
+        }
+    }
+
+    /// Sends the run's start if it is not sent yet: before any other
+    /// record of the run (a secret's, a denial), and as soon as the run
+    /// first waits (so a run in flight is on record within one batch of
+    /// its first wait, and a run that never waits ends within its first
+    /// poll). Never refused: the run was admitted.
+    fn start(&mut self) -> Result<(), AuditError> {
+        match (&self.host.audit, self.audit_id, self.start.take()) {
+            (Some(log), Some(id), Some(context)) => log.run_started_admitted(id, context),
             _ => Ok(()),
         }
     }
@@ -306,7 +327,10 @@ impl RunEnd<'_> {
     /// sent whatever one meets, and the first error is returned.
     fn finished(&mut self, report: &RunReport) -> Result<(), AuditError> {
         self.ended = true;
-        let mut denied = Ok(());
+        let mut denied = match report.denials.is_empty() {
+            true => Ok(()),
+            false => self.start(),
+        };
         for denial in &report.denials {
             let sent = self.deny(denial);
             if denied.is_ok() {
@@ -359,6 +383,9 @@ impl Drop for RunEnd<'_> {
             OUTCOME_CANCELLED
         };
         let (denials, dropped) = self.denials.take();
+        if !denials.is_empty() {
+            let _ = self.start();
+        }
         for denial in &denials {
             let _ = self.deny(denial);
         }
@@ -674,11 +701,11 @@ impl Host {
         let context = self.audit.as_ref().map(|_| {
             self.contexts.get_or_build(
                 |k| {
-                    k.module == module.id()
+                    k.module == module.serial()
+                        && k.limits == limits
                         && k.policy == policy.name
                         && k.policy_sha256 == policy.sha256
                         && k.caller == request.caller
-                        && k.limits == limits
                 },
                 || {
                     let context = RunContext::new(&ContextFields {
@@ -690,7 +717,7 @@ impl Host {
                         world: module.world(),
                     });
                     let key = ContextKey {
-                        module: module.id().to_string(),
+                        module: module.serial(),
                         policy: policy.name.clone(),
                         policy_sha256: policy.sha256.clone(),
                         caller: request.caller.clone(),
@@ -701,19 +728,32 @@ impl Host {
             )
         });
         let audit_id = context.as_ref().map(|_| id);
-        if let (Some(log), Some(context)) = (self.audit_ready()?, context) {
-            log.run_started(id, context)?;
-        }
+        let start = match (self.audit_ready()?, context) {
+            (Some(log), Some(context)) if log.holds_starts() => {
+                log.admit_run()?;
+                Some(context)
+            }
+            (Some(log), Some(context)) => {
+                log.run_started(id, context)?;
+                None
+            }
+            _ => None,
+        };
         // From here on, exactly one end is recorded, even if this future is
         // dropped before the run finishes.
         let mut end = RunEnd {
             host: self,
             run_id: &run_id,
             audit_id,
+            start,
             // Replaced once the secrets are read, by one that redacts them.
             denials: self.runner.denial_log(Default::default()),
             ended: false,
         };
+        if !request.policy.secrets.is_empty() {
+            // Its secrets' records name the run, so they follow its start.
+            end.start()?;
+        }
         let (granted, leases) = match self.resolve_secrets(&run_id, &request, &limits).await {
             Ok(resolved) => resolved,
             Err(e) => {
@@ -734,7 +774,7 @@ impl Host {
             peak_memory_bytes = tracing::field::Empty,
             wall_us = tracing::field::Empty,
         );
-        let mut report = tracing::Instrument::instrument(
+        let mut run = std::pin::pin!(tracing::Instrument::instrument(
             self.runner.run_recording(
                 module,
                 request.input,
@@ -745,7 +785,17 @@ impl Host {
                 end.denials.clone(),
             ),
             span.clone(),
-        )
+        ));
+        let mut report = std::future::poll_fn(|cx| {
+            let polled = run.as_mut().poll(cx);
+            if polled.is_pending() {
+                // Waiting, the run may outlive a batch: its start goes now.
+                // This fails only once the writer has stopped, which the
+                // run's end reports.
+                let _ = end.start();
+            }
+            polled
+        })
         .await;
         report.run_id = run_id.clone();
         if crate::telemetry::traces::exporting() {
@@ -822,12 +872,65 @@ mod tests {
             host,
             run_id,
             audit_id: Some(id),
+            start: None,
             denials: host.runner.denial_log(Default::default()),
             ended: false,
         };
         end.denials
             .record(DenialKind::Secret, "root-password", "not granted");
         drop(end);
+    }
+
+    fn context() -> RunContext {
+        RunContext::new(&serde_json::json!({"module": "m", "caller": "c"}))
+    }
+
+    /// A run dropped before its start was sent (it never waited) is still
+    /// told whole: alone, as one `run` record naming its context; with a
+    /// denial, as its start, the denial and its end, in that order.
+    #[test]
+    fn a_run_dropped_before_its_start_was_sent_is_told_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(AuditOptions::in_data_dir(dir.path())).unwrap();
+        assert!(log.holds_starts());
+        let host = Host::builder().audit(log.clone()).build().unwrap();
+        for (run_id, denied) in [("quiet", false), ("denied", true)] {
+            let end = RunEnd {
+                host: &host,
+                run_id,
+                audit_id: RunId::new(run_id),
+                start: Some(context()),
+                denials: host.runner.denial_log(Default::default()),
+                ended: false,
+            };
+            if denied {
+                end.denials
+                    .record(DenialKind::Secret, "root-password", "not granted");
+            }
+            drop(end);
+        }
+        log.close().unwrap();
+        let all = records(dir.path());
+        let kinds = |run: &str| -> Vec<(String, serde_json::Value)> {
+            all.iter()
+                .filter(|r| r.fields["run_id"] == run)
+                .map(|r| (r.kind.clone(), r.fields["outcome"].clone()))
+                .collect()
+        };
+        assert_eq!(
+            kinds("quiet"),
+            [("run".to_string(), serde_json::json!("cancelled"))]
+        );
+        assert_eq!(
+            kinds("denied"),
+            [
+                ("run.started".to_string(), serde_json::Value::Null),
+                ("capability.denied".to_string(), serde_json::Value::Null),
+                ("run.ended".to_string(), serde_json::json!("cancelled")),
+            ]
+        );
+        let quiet = all.iter().find(|r| r.fields["run_id"] == "quiet").unwrap();
+        assert!(quiet.fields["ctx"].is_u64(), "{quiet:?}");
     }
 
     #[test]
@@ -841,11 +944,7 @@ mod tests {
             }
             let run_id = if interrupted { "r2" } else { "r1" };
             let id = RunId::new(run_id).unwrap();
-            log.run_started(
-                id,
-                RunContext::new(&serde_json::json!({"module": "m", "caller": "c"})),
-            )
-            .unwrap();
+            log.run_started(id, context()).unwrap();
             drop_with_a_denial(&host, run_id, id);
         }
         log.close().unwrap();
@@ -879,11 +978,7 @@ mod tests {
         let log = AuditLog::open(options).unwrap();
         let host = Host::builder().audit(log.clone()).build().unwrap();
         let id = RunId::new("r-failing").unwrap();
-        log.run_started(
-            id,
-            RunContext::new(&serde_json::json!({"module": "m", "caller": "c"})),
-        )
-        .unwrap();
+        log.run_started(id, context()).unwrap();
         // The next file cannot be opened: a directory holds its name.
         let next = dir.path().join("audit/audit-000002.jsonl");
         std::fs::create_dir(&next).unwrap();

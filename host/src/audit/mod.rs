@@ -244,6 +244,13 @@ pub(crate) enum Message {
         run_id: RunId,
         outcome: RunOutcome,
     },
+    /// A whole run about which nothing else was recorded: its start and
+    /// end in one message (see [`AuditLog::run_completed`]).
+    RunCompleted {
+        run_id: RunId,
+        context: RunContext,
+        outcome: RunOutcome,
+    },
     Flush(SyncSender<Result<(), String>>),
     RotateKey(Box<SigningKey>, SyncSender<Result<(), String>>),
     Stop,
@@ -262,6 +269,9 @@ pub struct AuditLog {
     tx: SyncSender<Message>,
     health: Arc<Health>,
     fail_open: bool,
+    /// Whether the writer holds `run.started` back (not with `fsync:
+    /// every`), so a run's start may also be sent late or with its end.
+    holds_starts: bool,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -308,6 +318,7 @@ impl AuditLog {
                 tx,
                 health,
                 fail_open: options.fail_open,
+                holds_starts: options.fsync != FsyncPolicy::Every,
                 thread: Mutex::new(Some(thread)),
             }),
             recovery,
@@ -353,6 +364,61 @@ impl AuditLog {
         self.send(Message::RunStarted { run_id, context })
     }
 
+    /// Whether a new run may start: `Err` (fail closed) while the log
+    /// cannot be written, unless opened with `fail_open`. A run admitted
+    /// here has its start recorded later, with
+    /// [`AuditLog::run_started_admitted`] or [`AuditLog::run_completed`].
+    pub fn admit_run(&self) -> Result<(), AuditError> {
+        if !self.fail_open && !self.health.healthy.load(Ordering::Relaxed) {
+            let why = self
+                .health
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_default();
+            return Err(AuditError::Unavailable(why));
+        }
+        Ok(())
+    }
+
+    /// Whether a run's start may be sent after it started: true unless
+    /// every record is synced as it comes (`fsync: every`), where the
+    /// writer writes each start at once, and so must get it at once.
+    pub fn holds_starts(&self) -> bool {
+        self.holds_starts
+    }
+
+    /// [`AuditLog::run_started`] for a run [`AuditLog::admit_run`] already
+    /// admitted: queued whatever the log's health, like its end.
+    pub fn run_started_admitted(
+        &self,
+        run_id: RunId,
+        context: RunContext,
+    ) -> Result<(), AuditError> {
+        self.send_admitted(Message::RunStarted { run_id, context })
+    }
+
+    /// Records a whole run (admitted by [`AuditLog::admit_run`]) in one
+    /// message: its context and how it ended, for a run about which
+    /// nothing else was recorded and that never waited, so that it had no
+    /// reason to be on record before it ended. The writer writes it as
+    /// one `run` record, as it does a run whose end came while its start
+    /// was held back, at the cost of one queue message instead of two.
+    /// Never refused for the log's health.
+    pub fn run_completed(
+        &self,
+        run_id: RunId,
+        context: RunContext,
+        outcome: RunOutcome,
+    ) -> Result<(), AuditError> {
+        self.send_admitted(Message::RunCompleted {
+            run_id,
+            context,
+            outcome,
+        })
+    }
+
     /// Records how run `run_id` ended (its outcome, error, usage and
     /// denial count). The record names the context the run started under
     /// ([`AuditLog::run_started`]), which the writer keeps until the end.
@@ -364,16 +430,7 @@ impl AuditLog {
     }
 
     fn send(&self, message: Message) -> Result<(), AuditError> {
-        if !self.fail_open && !self.health.healthy.load(Ordering::Relaxed) {
-            let why = self
-                .health
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .unwrap_or_default();
-            return Err(AuditError::Unavailable(why));
-        }
+        self.admit_run()?;
         self.send_admitted(message)
     }
 

@@ -257,8 +257,20 @@ pub(super) struct Writer {
 #[derive(Debug, Clone)]
 enum Pending {
     Event(&'static str, Value),
-    Started { run_id: RunId, context: RunContext },
-    Ended { run_id: RunId, outcome: RunOutcome },
+    Started {
+        run_id: RunId,
+        context: RunContext,
+    },
+    Ended {
+        run_id: RunId,
+        outcome: RunOutcome,
+    },
+    /// A whole run in one message ([`super::AuditLog::run_completed`]).
+    Completed {
+        run_id: RunId,
+        context: RunContext,
+        outcome: RunOutcome,
+    },
 }
 
 /// What `chassis audit recover` found and recorded.
@@ -555,6 +567,11 @@ impl Writer {
             }
             Pending::Started { run_id, context } => self.write_start(run_id, context),
             Pending::Ended { run_id, outcome } => self.write_run_end(run_id, &outcome),
+            Pending::Completed {
+                run_id,
+                context,
+                outcome,
+            } => self.write_end(RUN_KIND, run_id.as_str(), Some(&context), &outcome),
         }
     }
 
@@ -929,6 +946,18 @@ impl Writer {
             Message::RunEnded { run_id, outcome } => {
                 self.write_or_queue(Pending::Ended { run_id, outcome }, health)
             }
+            Message::RunCompleted {
+                run_id,
+                context,
+                outcome,
+            } => self.write_or_queue(
+                Pending::Completed {
+                    run_id,
+                    context,
+                    outcome,
+                },
+                health,
+            ),
             Message::Flush(reply) => {
                 let _ = reply.send(self.flush_all(health));
             }

@@ -146,6 +146,9 @@ impl ModuleError {
 #[derive(Debug)]
 pub struct Module {
     id: String,
+    /// Unique to this `Module` for the life of the process (see
+    /// [`Module::serial`]).
+    serial: u64,
     world: World,
     size_bytes: u64,
     ignored_exports: Vec<String>,
@@ -156,6 +159,14 @@ impl Module {
     /// The sha256 of the source `.wasm`, lower-case hex.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// A number no other `Module` of this process has had or will have,
+    /// even one of the same id registered again: a key per-run caches
+    /// compare with one integer, instead of the 64-byte id, and that never
+    /// names a module since freed.
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     /// The world it implements.
@@ -483,8 +494,10 @@ impl ModuleStore {
                 "module exports more than its world; the host calls only its entry point"
             );
         }
+        static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let module = Arc::new(Module {
             id: id.clone(),
+            serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             world,
             size_bytes,
             ignored_exports,

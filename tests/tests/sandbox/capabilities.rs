@@ -942,3 +942,90 @@ async fn a_full_audit_disk_refuses_runs_as_unavailable() {
     assert!(audit_text(&audit_dir).contains(r#""kind":"run"#));
     log.close().unwrap();
 }
+
+/// The audit log's records of `run_id`, in order, as (kind, outcome).
+fn run_records(dir: &Path, run_id: &str) -> Vec<(String, serde_json::Value)> {
+    audit_text(dir)
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|r| r["fields"]["run_id"] == run_id)
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap().to_string(),
+                r["fields"]["outcome"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// A run that never waits sends its start with its end, so it is one
+/// `run` record; a run that waits sends its start when it first waits, so
+/// a run in flight is on disk within a batch of that, long before it
+/// ends, and gets its `run.ended` after.
+#[tokio::test]
+async fn a_run_that_waits_is_on_record_before_it_ends() {
+    use chassis::audit::{AuditLog, AuditOptions};
+
+    let data = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
+    let audit_dir = data.path().join("audit");
+    let host = Host::builder()
+        .pool_slots(2)
+        .audit(log.clone())
+        .build()
+        .unwrap();
+    let echo = host.modules().register(&wasm(ECHO_COMPONENT)).unwrap();
+    let report = host
+        .run(&echo, RunRequest::new("x").limits(quick()))
+        .await
+        .unwrap();
+    log.flush().unwrap();
+    assert_eq!(
+        run_records(&audit_dir, &report.run_id),
+        [("run".to_string(), serde_json::json!("ok"))]
+    );
+
+    let sleeper = host.modules().register(&wasm(SLEEPER_COMPONENT)).unwrap();
+    let sleeping = tokio::spawn({
+        let host = host.clone();
+        async move {
+            host.run(&sleeper, RunRequest::new("3000").limits(quick()))
+                .await
+                .unwrap()
+        }
+    });
+    // No flush: the writer writes a held-back start once it has waited a
+    // batch interval (50 ms), within a round (10 ms).
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let started = loop {
+        let text = audit_text(&audit_dir);
+        let started: Vec<String> = text
+            .lines()
+            .filter(|line| line.contains(r#""kind":"run.started""#))
+            .map(|line| {
+                let r: serde_json::Value = serde_json::from_str(line).unwrap();
+                r["fields"]["run_id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        if let [one] = started.as_slice() {
+            break one.clone();
+        }
+        assert!(
+            started.is_empty() && std::time::Instant::now() < deadline,
+            "the sleeping run is not on record while it sleeps: {started:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(!sleeping.is_finished(), "the run ended before the check");
+    let report = sleeping.await.unwrap();
+    assert_eq!(report.run_id, started);
+    log.flush().unwrap();
+    assert_eq!(
+        run_records(&audit_dir, &started),
+        [
+            ("run.started".to_string(), serde_json::Value::Null),
+            ("run.ended".to_string(), serde_json::json!("ok")),
+        ]
+    );
+    log.close().unwrap();
+}
