@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use smallvec::SmallVec;
 use thiserror::Error;
 
 use crate::audit::{
@@ -238,14 +239,26 @@ pub struct Host {
 
 /// What a run context is made of: module (which fixes the world), policy
 /// name and digest, caller and limits.
+///
+/// Every run compares its own against the cached keys, so a key keeps its
+/// text inline (heap only past the inline size): the strings of a key on
+/// the heap were out of cache by the next run, and their compare was ~2.5%
+/// of a worker's samples.
 #[derive(Debug)]
 struct ContextKey {
     /// [`Module::serial`]: which fixes the module's id and world.
     module: u64,
-    policy: String,
-    policy_sha256: String,
-    caller: String,
     limits: Limits,
+    /// The policy the key was built for: a run of the same `Arc` matches
+    /// without reading the policy's text, whose bytes may share a cache
+    /// line with the `Arc`'s count, which every run's clone writes. Weak,
+    /// so the key keeps no policy alive, and its address is never reused
+    /// while the key holds it.
+    policy_ref: std::sync::Weak<Policy>,
+    policy: SmallVec<[u8; 24]>,
+    /// Hex sha256, or empty.
+    policy_sha256: SmallVec<[u8; 64]>,
+    caller: SmallVec<[u8; 32]>,
 }
 
 /// Outcome audited for a run whose future was dropped before it finished.
@@ -703,9 +716,10 @@ impl Host {
                 |k| {
                     k.module == module.serial()
                         && k.limits == limits
-                        && k.policy == policy.name
-                        && k.policy_sha256 == policy.sha256
-                        && k.caller == request.caller
+                        && k.caller[..] == *request.caller.as_bytes()
+                        && (std::ptr::eq(k.policy_ref.as_ptr(), Arc::as_ptr(policy))
+                            || (k.policy[..] == *policy.name.as_bytes()
+                                && k.policy_sha256[..] == *policy.sha256.as_bytes()))
                 },
                 || {
                     let context = RunContext::new(&ContextFields {
@@ -718,10 +732,11 @@ impl Host {
                     });
                     let key = ContextKey {
                         module: module.serial(),
-                        policy: policy.name.clone(),
-                        policy_sha256: policy.sha256.clone(),
-                        caller: request.caller.clone(),
                         limits: limits.clone(),
+                        policy_ref: Arc::downgrade(policy),
+                        policy: SmallVec::from_slice(policy.name.as_bytes()),
+                        policy_sha256: SmallVec::from_slice(policy.sha256.as_bytes()),
+                        caller: SmallVec::from_slice(request.caller.as_bytes()),
                     };
                     (key, context)
                 },

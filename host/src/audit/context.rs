@@ -128,14 +128,18 @@ pub struct ContextCache<K> {
 }
 
 /// One shard of a [`ContextCache`]: its entries and the one the next new
-/// context replaces once it is full.
-type Shard<K> = std::sync::Mutex<(usize, Vec<(K, RunContext)>)>;
+/// context replaces once it is full. Each on cache lines of its own: two
+/// shards side by side shared a line, which the two workers' locks then
+/// took from each other on every run.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard<K>(std::sync::Mutex<(usize, Vec<(K, RunContext)>)>);
 
 impl<K> Default for ContextCache<K> {
     fn default() -> Self {
         Self {
             shards: (0..CACHE_SHARDS)
-                .map(|_| std::sync::Mutex::new((0, Vec::new())))
+                .map(|_| Shard(std::sync::Mutex::new((0, Vec::new()))))
                 .collect(),
         }
     }
@@ -158,7 +162,7 @@ impl<K> ContextCache<K> {
         matches: impl Fn(&K) -> bool,
         build: impl FnOnce() -> (K, RunContext),
     ) -> RunContext {
-        let shard = &self.shards[shard_of_thread()];
+        let shard = &self.shards[shard_of_thread()].0;
         let mut guard = shard.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, context)) = guard.1.iter().find(|(k, _)| matches(k)) {
             return context.clone();
@@ -382,7 +386,7 @@ mod tests {
             assert_eq!(get(k).as_str(), format!(r#"{{"k":{k}}}"#));
         }
         assert_eq!(built.get(), 40);
-        let shard = &cache.shards[shard_of_thread()];
+        let shard = &cache.shards[shard_of_thread()].0;
         assert_eq!(shard.lock().unwrap().1.len(), CACHED_CONTEXTS);
         // 1 was pushed out long ago and is built again.
         get(1);

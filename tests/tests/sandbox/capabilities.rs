@@ -1029,3 +1029,54 @@ async fn a_run_that_waits_is_on_record_before_it_ends() {
     );
     log.close().unwrap();
 }
+
+/// Each run is recorded under its own policy: the host's context cache
+/// matches a policy by its `Arc` only while it holds it (weakly), so a
+/// policy dropped and another allocated where it was never inherits its
+/// context.
+#[tokio::test]
+async fn each_run_is_recorded_under_its_own_policy() {
+    use chassis::audit::{AuditLog, AuditOptions};
+
+    let data = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
+    let audit_dir = data.path().join("audit");
+    let host = Host::builder()
+        .pool_slots(2)
+        .audit(log.clone())
+        .build()
+        .unwrap();
+    let echo = host.modules().register(&wasm(ECHO_COMPONENT)).unwrap();
+    let mut runs = Vec::new();
+    for i in 0..24 {
+        // Half the runs share a name and differ only in their digest.
+        let mut policy = Policy::deny_all();
+        policy.name = format!("policy-{}", i % 12);
+        policy.sha256 = format!("{i:064x}");
+        let mut request = RunRequest::new("x").limits(quick());
+        request.policy = Arc::new(policy);
+        let report = host.run(&echo, request).await.unwrap();
+        runs.push((report.run_id, i));
+    }
+    log.close().unwrap();
+    let records: Vec<serde_json::Value> = audit_text(&audit_dir)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let context = |ctx: &serde_json::Value| {
+        records
+            .iter()
+            .find(|r| r["kind"] == "run.context" && r["fields"]["ctx"] == *ctx)
+            .map(|r| r["fields"].clone())
+            .unwrap()
+    };
+    for (run_id, i) in runs {
+        let run = records
+            .iter()
+            .find(|r| r["kind"] == "run" && r["fields"]["run_id"] == run_id.as_str())
+            .unwrap();
+        let context = context(&run["fields"]["ctx"]);
+        assert_eq!(context["policy"], format!("policy-{}", i % 12), "run {i}");
+        assert_eq!(context["policy_sha256"], format!("{i:064x}"), "run {i}");
+    }
+}
