@@ -259,8 +259,24 @@ pub(crate) enum Message {
 #[derive(Debug, Default)]
 pub(crate) struct Health {
     pub(crate) healthy: AtomicBool,
+    /// Set once the writer thread has returned or unwound: from then on
+    /// nothing sent is written, so no run may start (fail closed).
+    pub(crate) stopped: AtomicBool,
     pub(crate) failures: AtomicU64,
     pub(crate) last_error: Mutex<Option<String>>,
+}
+
+/// Marks the log stopped when the writer thread ends, by returning or by
+/// unwinding from a panic: held by the thread, so a writer that dies takes
+/// admission with it rather than leaving runs to start whose records
+/// nothing will write.
+struct StoppedOnExit(Arc<Health>);
+
+impl Drop for StoppedOnExit {
+    fn drop(&mut self) {
+        self.0.healthy.store(false, Ordering::Relaxed);
+        self.0.stopped.store(true, Ordering::Release);
+    }
 }
 
 /// A running audit log; cheap to share.
@@ -307,7 +323,10 @@ impl AuditLog {
             let health = health.clone();
             std::thread::Builder::new()
                 .name("chassis-audit".into())
-                .spawn(move || state.run(rx, health))
+                .spawn(move || {
+                    let _stopped = StoppedOnExit(health.clone());
+                    state.run(rx, health)
+                })
                 .map_err(|source| AuditError::Io {
                     path: options.dir.clone(),
                     source,
@@ -369,7 +388,15 @@ impl AuditLog {
     /// here has its start recorded later, with
     /// [`AuditLog::run_started_admitted`] or [`AuditLog::run_completed`].
     pub fn admit_run(&self) -> Result<(), AuditError> {
-        if !self.fail_open && !self.health.healthy.load(Ordering::Relaxed) {
+        if self.fail_open {
+            return Ok(());
+        }
+        if self.health.stopped.load(Ordering::Acquire) {
+            return Err(AuditError::Unavailable(
+                "the audit writer has stopped".into(),
+            ));
+        }
+        if !self.health.healthy.load(Ordering::Relaxed) {
             let why = self
                 .health
                 .last_error
@@ -467,7 +494,7 @@ impl AuditLog {
             .map_err(AuditError::Unavailable)
     }
 
-    /// Whether the last write succeeded.
+    /// Whether the last write succeeded (false once the writer stopped).
     pub fn is_healthy(&self) -> bool {
         self.health.healthy.load(Ordering::Relaxed)
     }

@@ -809,3 +809,33 @@ fn records_sent_while_the_log_is_failing_are_written_once_in_order_when_it_recov
         );
     }
 }
+
+/// A writer thread that dies, returning or unwinding from a panic, takes
+/// admission with it: `admit_run` refuses from then on, so no run starts
+/// whose records nothing would write.
+#[test]
+fn a_writer_that_dies_stops_admitting_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(options(dir.path())).unwrap();
+    log.admit_run().unwrap();
+    log.close().unwrap();
+    assert!(!log.is_healthy());
+    let err = log.admit_run().unwrap_err();
+    assert!(
+        matches!(&err, AuditError::Unavailable(why) if why == "the audit writer has stopped"),
+        "{err:?}"
+    );
+
+    // The same guard on a thread that panics.
+    let health = Arc::new(Health::default());
+    health.healthy.store(true, Ordering::Relaxed);
+    let guard_health = health.clone();
+    let died = std::thread::spawn(move || {
+        let _stopped = StoppedOnExit(guard_health);
+        panic!("the writer fell over");
+    })
+    .join();
+    assert!(died.is_err());
+    assert!(health.stopped.load(Ordering::Acquire));
+    assert!(!health.healthy.load(Ordering::Relaxed));
+}

@@ -559,8 +559,9 @@ impl Writer {
                 self.write_record(kind, |_, _, _| &fields);
             }
             Pending::Started { run_id, context } if self.defer => {
-                // When it was taken stands for when the run started: it
-                // was queued at most one round before.
+                // When it was taken stands for when the run was queued
+                // (at most one round before), which is when the run first
+                // waited, or its first record was due: not when it started.
                 let at = self.taken_at;
                 self.deferred.insert(run_id, (context, at));
                 self.deferred_order.push_back((at, run_id));

@@ -943,6 +943,93 @@ async fn a_full_audit_disk_refuses_runs_as_unavailable() {
     log.close().unwrap();
 }
 
+/// A log whose writer has stopped refuses every run before the guest
+/// starts (fail closed): nothing would write the run's records, so the
+/// guest must not get to act. Here the guest would replace a directory
+/// under its `rw` preopen with a symlink; refused, the directory is still
+/// a directory, and a host with a working log runs the same request.
+#[tokio::test]
+async fn a_stopped_audit_writer_refuses_runs_before_the_guest_acts() {
+    use chassis::audit::{AuditError, AuditLog, AuditOptions};
+
+    let fixture = Fixture::new();
+    std::fs::create_dir_all(fixture.path("x/in")).unwrap();
+    let text = format!(
+        "name = \"work\"\n[[filesystem]]\nhost = \"{}\"\nguest = \"/work\"\nmode = \"rw\"\n",
+        fixture.path("x").display()
+    );
+    let work = Arc::new(Policy::parse(&text, Path::new("work.toml")).unwrap());
+    let data = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
+    let host = Host::builder()
+        .pool_slots(2)
+        .audit(log.clone())
+        .build()
+        .unwrap();
+    let module = host
+        .modules()
+        .register(&wasm(HOSTILE_PREOPEN_PLANT_COMPONENT))
+        .unwrap();
+    // The writer thread ends (as it would on a panic); the host keeps the log.
+    log.close().unwrap();
+    assert!(
+        matches!(log.admit_run(), Err(AuditError::Unavailable(why)) if why.contains("stopped"))
+    );
+    for _ in 0..2 {
+        let err = host
+            .run(
+                &module,
+                RunRequest::new("plant")
+                    .policy(work.clone())
+                    .limits(quick()),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, chassis::StartError::Audit(AuditError::Unavailable(why)) if why.contains("audit writer has stopped")),
+            "{err:?}"
+        );
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(
+            fixture.path("x/in").symlink_metadata().unwrap().is_dir(),
+            "the refused guest acted"
+        );
+    }
+    fixture.assert_canary_untouched();
+
+    // The same request on a host whose writer runs does act, so the
+    // refusal above is what kept the directory.
+    let data = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
+    let live = Host::builder()
+        .pool_slots(2)
+        .audit(log.clone())
+        .build()
+        .unwrap();
+    let module = live
+        .modules()
+        .register(&wasm(HOSTILE_PREOPEN_PLANT_COMPONENT))
+        .unwrap();
+    let report = live
+        .run(
+            &module,
+            RunRequest::new("plant")
+                .policy(work.clone())
+                .limits(quick()),
+        )
+        .await
+        .unwrap();
+    assert!(report.result.is_ok(), "{:?}", report.result);
+    assert!(
+        fixture
+            .path("x/in")
+            .symlink_metadata()
+            .unwrap()
+            .is_symlink()
+    );
+    log.close().unwrap();
+}
+
 /// The audit log's records of `run_id`, in order, as (kind, outcome).
 fn run_records(dir: &Path, run_id: &str) -> Vec<(String, serde_json::Value)> {
     audit_text(dir)
