@@ -746,14 +746,13 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         misses.push(format!(
             "- audited throughput: {ratio:.2}x unaudited against ≥ 0.90x. At concurrency 16 both cores are \
              busy with sandboxes, so whatever the log costs comes out of the runs: machine CPU per run from \
-             /proc/stat is ~7.3–7.5 µs unaudited and ~8.8–9.3 µs audited. The writer thread is ~0.85 µs of \
-             that (perf, 5 kHz: ~1,300 samples per 300,000 runs, after writing messages as they come instead \
-             of through a copy, and a 32 KiB write buffer the kernel copies from cache: it was ~1,500–2,200): \
-             SHA-256 of each ~270-byte line (SHA-NI) ~22% of it, an Ed25519 signature per 256 records ~6%, \
-             the queue's receive, the held-back-run table, the clock and the line's bytes the rest; the \
-             copy into the page cache is now ~2%. The run's own thread pays ~0.6 µs: two queue sends and the \
-             context lookup (~2% of a worker's samples each; the lookup's 64-byte module-id compare misses \
-             the cache), and the caches the writer's work evicts on the core it shares."
+             /proc/stat is ~6.8–7.0 µs unaudited and ~7.6–7.9 µs audited (alternated runs, 300,000 each). \
+             The writer thread is ~0.7 µs of that (perf, 5 kHz: ~1,000–1,130 samples per 300,000 runs): \
+             SHA-256 of each ~270-byte line (SHA-NI) ~26% of it, an Ed25519 signature per 256 records ~8%, \
+             the clock ~5%, the kernel's write path and the line's bytes the rest. The run's own thread pays \
+             ~0.15 µs: one queue send of a ~160-byte message (a short run sends its start with its end; the \
+             context lookup no longer compares module ids), and the caches the writer's work evicts on the \
+             core it shares. What is left is the chain's hashing, which every record needs."
         ));
     }
     let bytes = echo_audited["audit_bytes_per_run"]
@@ -904,10 +903,15 @@ fn served_section(md: &mut String, misses: &mut Vec<String>, s: &Served) -> Resu
     if ratio < 0.6 {
         misses.push(format!(
             "- served throughput at concurrency 64: {ratio:.2}x the bare echo against ≥ 0.60x. Server and load \
-             client share 2 cores, so the ratio is chassis's whole CPU per run against the bare RPC's: on top of \
-             the RPC each run pays the sandbox (~20 µs: instantiation, and the store's teardown, where wasmtime's \
-             pooling allocator resets memory by pagemap and copies its slot lists), the audit record (~1 µs on \
-             the writer thread), two tracing spans and the per-run metrics."
+             client share 2 cores, so the ratio is chassis's whole CPU per run against the bare RPC's: machine \
+             CPU per run from /proc/stat is ~53–55 µs served against ~28.5–29.5 µs for the bare echo \
+             (alternated, 10 s each; 0.52–0.53x in that sitting). A perf profile of the server (2 kHz): glibc's \
+             malloc and free ~12% of its samples (with `malloc_consolidate`, so large buffers are freed and \
+             taken per run), `memmove` ~6%, the kernel's socket wake-ups and context switches ~12%; the \
+             sandbox itself (instantiation, the pooling allocator's slot reset by pagemap) a few percent, \
+             tracing spans and per-run metrics ~3%, the audit writer ~5%. The allocation and copy traffic \
+             is the next thing to cut (a per-run buffer that can be reused, or an allocator that keeps \
+             large chunks per thread)."
         ));
     }
     let ratio = l(c64, "p99") / l(b64, "p99");
