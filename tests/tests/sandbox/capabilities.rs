@@ -888,6 +888,28 @@ fn audit_text(dir: &Path) -> String {
     text
 }
 
+/// A host of two slots with an audit log at its shipped settings in a
+/// fresh data dir: the dir (kept alive by the caller), the log, its
+/// directory and the host.
+fn audited_host() -> (
+    tempfile::TempDir,
+    Arc<chassis::audit::AuditLog>,
+    PathBuf,
+    Host,
+) {
+    use chassis::audit::{AuditLog, AuditOptions};
+
+    let data = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
+    let audit_dir = data.path().join("audit");
+    let host = Host::builder()
+        .pool_slots(2)
+        .audit(log.clone())
+        .build()
+        .unwrap();
+    (data, log, audit_dir, host)
+}
+
 /// A host whose audit log's filesystem is below `audit.min_free_mb` refuses
 /// runs as `unavailable` before recording anything (there is still room to
 /// write, so nothing is half-written), and the same log serves as soon as
@@ -950,7 +972,7 @@ async fn a_full_audit_disk_refuses_runs_as_unavailable() {
 /// a directory, and a host with a working log runs the same request.
 #[tokio::test]
 async fn a_stopped_audit_writer_refuses_runs_before_the_guest_acts() {
-    use chassis::audit::{AuditError, AuditLog, AuditOptions};
+    use chassis::audit::AuditError;
 
     let fixture = Fixture::new();
     std::fs::create_dir_all(fixture.path("x/in")).unwrap();
@@ -959,13 +981,7 @@ async fn a_stopped_audit_writer_refuses_runs_before_the_guest_acts() {
         fixture.path("x").display()
     );
     let work = Arc::new(Policy::parse(&text, Path::new("work.toml")).unwrap());
-    let data = tempfile::tempdir().unwrap();
-    let log = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
-    let host = Host::builder()
-        .pool_slots(2)
-        .audit(log.clone())
-        .build()
-        .unwrap();
+    let (_data, log, _, host) = audited_host();
     let module = host
         .modules()
         .register(&wasm(HOSTILE_PREOPEN_PLANT_COMPONENT))
@@ -999,13 +1015,7 @@ async fn a_stopped_audit_writer_refuses_runs_before_the_guest_acts() {
 
     // The same request on a host whose writer runs does act, so the
     // refusal above is what kept the directory.
-    let data = tempfile::tempdir().unwrap();
-    let log = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
-    let live = Host::builder()
-        .pool_slots(2)
-        .audit(log.clone())
-        .build()
-        .unwrap();
+    let (_live_data, log, _, live) = audited_host();
     let module = live
         .modules()
         .register(&wasm(HOSTILE_PREOPEN_PLANT_COMPONENT))
@@ -1051,16 +1061,7 @@ fn run_records(dir: &Path, run_id: &str) -> Vec<(String, serde_json::Value)> {
 /// ends, and gets its `run.ended` after.
 #[tokio::test]
 async fn a_run_that_waits_is_on_record_before_it_ends() {
-    use chassis::audit::{AuditLog, AuditOptions};
-
-    let data = tempfile::tempdir().unwrap();
-    let log = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
-    let audit_dir = data.path().join("audit");
-    let host = Host::builder()
-        .pool_slots(2)
-        .audit(log.clone())
-        .build()
-        .unwrap();
+    let (_data, log, audit_dir, host) = audited_host();
     let echo = host.modules().register(&wasm(ECHO_COMPONENT)).unwrap();
     let report = host
         .run(&echo, RunRequest::new("x").limits(quick()))
@@ -1123,16 +1124,7 @@ async fn a_run_that_waits_is_on_record_before_it_ends() {
 /// context.
 #[tokio::test]
 async fn each_run_is_recorded_under_its_own_policy() {
-    use chassis::audit::{AuditLog, AuditOptions};
-
-    let data = tempfile::tempdir().unwrap();
-    let log = AuditLog::open(AuditOptions::in_data_dir(data.path())).unwrap();
-    let audit_dir = data.path().join("audit");
-    let host = Host::builder()
-        .pool_slots(2)
-        .audit(log.clone())
-        .build()
-        .unwrap();
+    let (_data, log, audit_dir, host) = audited_host();
     let echo = host.modules().register(&wasm(ECHO_COMPONENT)).unwrap();
     let mut runs = Vec::new();
     for i in 0..24 {
