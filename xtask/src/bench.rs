@@ -746,8 +746,10 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         misses.push(format!(
             "- audited throughput: {ratio:.2}x unaudited against ≥ 0.90x. At concurrency 16 both cores are \
              busy with sandboxes, so whatever the log costs comes out of the runs: machine CPU per run from \
-             /proc/stat is ~6.8–7.0 µs unaudited and ~7.6–7.9 µs audited (alternated runs, 300,000 each). \
-             The writer thread is ~0.7 µs of that (perf, 5 kHz: ~1,000–1,130 samples per 300,000 runs): \
+             /proc/stat is ~10.6–11.1 µs unaudited and ~11.8–12.1 µs audited on this Intel machine (three \
+             alternated pairs of 300,000 runs, 0.86–0.93x in that sitting; ~6.8–7.0 and ~7.6–7.9 µs on the \
+             AMD EPYC of the session before). There the writer thread was ~0.7 µs of it (perf, 5 kHz: \
+             ~1,000–1,130 samples per 300,000 runs): \
              SHA-256 of each ~270-byte line (SHA-NI) ~26% of it, an Ed25519 signature per 256 records ~8%, \
              the clock ~5%, the kernel's write path and the line's bytes the rest. The run's own thread pays \
              ~0.15 µs: one queue send of a ~160-byte message (a short run sends its start with its end; the \
