@@ -1016,20 +1016,8 @@ async fn a_stopped_audit_writer_refuses_runs_before_the_guest_acts() {
     // The same request on a host whose writer runs does act, so the
     // refusal above is what kept the directory.
     let (_live_data, log, _, live) = audited_host();
-    let module = live
-        .modules()
-        .register(&wasm(HOSTILE_PREOPEN_PLANT_COMPONENT))
-        .unwrap();
-    let report = live
-        .run(
-            &module,
-            RunRequest::new("plant")
-                .policy(work.clone())
-                .limits(quick()),
-        )
-        .await
-        .unwrap();
-    assert!(report.result.is_ok(), "{:?}", report.result);
+    let (code, text, _) = attempt(&live, HOSTILE_PREOPEN_PLANT_COMPONENT, &work, "plant").await;
+    assert_eq!(code, "ok", "{text}");
     assert!(
         fixture
             .path("x/in")
