@@ -5,6 +5,7 @@
 mod plot;
 mod report;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -52,8 +53,9 @@ pub(crate) struct Sample {
     /// When it finished, from the start of the load.
     pub(crate) at: Duration,
     pub(crate) latency: Duration,
-    /// `ok` or the error kind.
-    pub(crate) outcome: String,
+    /// `ok` or the error kind (borrowed for every kind the host names, so
+    /// recording a run allocates nothing).
+    pub(crate) outcome: Cow<'static, str>,
     pub(crate) fuel: Option<u64>,
     pub(crate) peak_memory: Option<u64>,
     /// The error's message, kept only for the first error of its kind.
@@ -62,7 +64,7 @@ pub(crate) struct Sample {
 
 /// One run's result as the load sees it.
 struct Ran {
-    outcome: String,
+    outcome: Cow<'static, str>,
     fuel: Option<u64>,
     peak_memory: Option<u64>,
     message: Option<String>,
@@ -116,13 +118,13 @@ impl Target {
                 request,
             } => match host.run(module, request.clone()).await {
                 Ok(report) => Ran {
-                    outcome: report.outcome_name().to_string(),
+                    outcome: report.outcome_name().into(),
                     fuel: Some(report.usage.fuel_consumed),
                     peak_memory: Some(report.usage.peak_memory_bytes),
                     message: report.result.as_ref().err().map(|e| e.to_string()),
                 },
                 Err(e) => Ran {
-                    outcome: e.kind().as_str().to_string(),
+                    outcome: e.kind().as_str().into(),
                     fuel: None,
                     peak_memory: None,
                     message: Some(e.to_string()),
@@ -144,7 +146,7 @@ impl Target {
                     });
                     let (fuel, peak_memory) = usage_from_metadata(&status);
                     Ran {
-                        outcome: kind,
+                        outcome: kind.into(),
                         fuel,
                         peak_memory,
                         message: Some(status.message().to_string()),
@@ -187,10 +189,17 @@ pub async fn run(
         let tickets = tickets.clone();
         let progress = progress.clone();
         workers.push(tokio::spawn(async move {
-            let mut samples = Vec::new();
+            // Sized for this worker's share of a counted load, so the
+            // samples of a long one are not copied as they grow.
+            let mut samples = Vec::with_capacity(match stop {
+                Stop::Runs(n) => usize::try_from(n / concurrency as u64 + 1)
+                    .unwrap_or(0)
+                    .min(1 << 20),
+                Stop::Duration(_) => 1024,
+            });
             // Messages are kept for a worker's first error of each kind
             // only, so a load of a million failing runs holds a handful.
-            let mut seen: Vec<String> = Vec::new();
+            let mut seen: Vec<Cow<'static, str>> = Vec::new();
             loop {
                 let go = match stop {
                     Stop::Runs(n) => tickets.fetch_add(1, Ordering::Relaxed) < n,
@@ -241,7 +250,10 @@ pub async fn run(
             samples
         }));
     }
-    let mut samples = Vec::new();
+    let mut samples = Vec::with_capacity(match stop {
+        Stop::Runs(n) => usize::try_from(n).unwrap_or(0).min(1 << 24),
+        Stop::Duration(_) => 0,
+    });
     for w in workers {
         if let Ok(mut s) = w.await {
             samples.append(&mut s);

@@ -104,16 +104,20 @@ impl LoadReport {
         peak_rss: u64,
         peak_live: usize,
     ) -> Self {
-        let mut outcomes = BTreeMap::new();
+        let mut counted = BTreeMap::<&str, u64>::new();
         for s in samples {
-            *outcomes.entry(s.outcome.clone()).or_insert(0) += 1;
+            *counted.entry(&s.outcome).or_insert(0) += 1;
         }
+        let outcomes = counted
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n))
+            .collect();
         let errors = samples.iter().filter(|s| s.outcome != "ok").count() as u64;
         let mut first_errors = BTreeMap::new();
         for s in samples {
             if let Some(message) = &s.message {
                 first_errors
-                    .entry(s.outcome.clone())
+                    .entry(s.outcome.to_string())
                     .or_insert_with(|| message.clone());
             }
         }
