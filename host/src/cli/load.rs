@@ -231,8 +231,8 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 /// The in-process host a local load runs on, assembled by the composition
-/// root like `chassis serve`'s: one pool slot per run in flight (up to 1,000
-/// kept warm), `memory_mb` of linear memory each, no metrics port, and the
+/// root like `chassis serve`'s: one pool slot per run in flight, and never
+/// fewer than `chassis serve`'s default pool (up to 1,000 kept warm), `memory_mb` of linear memory each, no metrics port, and the
 /// audit log at its shipped settings only with `audit` (a load measures the
 /// sandbox unless asked to price the log), metered as `metering` says.
 fn local_host(
@@ -242,7 +242,14 @@ fn local_host(
     metering: Metering,
     data_dir: PathBuf,
 ) -> Result<Host> {
-    let slots = u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX);
+    // Never smaller than the pool `chassis serve` starts with: wasmtime
+    // shards a pool's slot index only from 128 slots of a kind, so a pool
+    // of one slot per run in flight (2 at concurrency 2: 4 memories, 32
+    // core instances) put both cores on one lock per allocation and free
+    // (concurrency 2 ran 1.57x concurrency 1; 1.93x with 100 slots).
+    let slots = u32::try_from(concurrency)
+        .unwrap_or(u32::MAX)
+        .max(chassis::config::SandboxPool::default().max_size);
     let mut config = chassis::config::Config {
         data_dir,
         ..Default::default()
