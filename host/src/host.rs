@@ -762,7 +762,7 @@ impl Host {
             audit_id,
             start,
             // Replaced once the secrets are read, by one that redacts them.
-            denials: self.runner.denial_log(Default::default()),
+            denials: self.runner.denial_log(Default::default()).for_run(id),
             ended: false,
         };
         if !request.policy.secrets.is_empty() {
@@ -777,9 +777,12 @@ impl Host {
                 return Err(e);
             }
         };
-        end.denials = self.runner.denial_log(granted.redactor().clone());
+        end.denials = self
+            .runner
+            .denial_log(granted.redactor().clone())
+            .for_run(id);
         let span = tracing::info_span!(
-            "run",
+            crate::telemetry::traces::RUN_SPAN,
             run_id = %run_id,
             module = %module.id(),
             policy = %policy.name,
@@ -837,15 +840,24 @@ impl Host {
         end.finished(&report)?;
         drop(end);
         // A run that went well is the audit log's to record; at INFO it
-        // cost each served run a formatted line of ~500 bytes.
+        // cost each served run a formatted line of ~500 bytes. The line
+        // names its run: the text log leaves the run's span out.
         span.in_scope(|| match &report.result {
             Ok(_) => tracing::debug!(
+                run_id = %run_id,
+                module = %module.id(),
+                policy = %policy.name,
+                caller = %request.caller,
                 outcome = "ok",
                 wall_us = report.usage.wall_time_us,
                 fuel = report.usage.fuel_consumed,
                 "run finished"
             ),
             Err(e) => tracing::info!(
+                run_id = %run_id,
+                module = %module.id(),
+                policy = %policy.name,
+                caller = %request.caller,
                 outcome = e.kind().as_str(),
                 error = %e,
                 wall_us = report.usage.wall_time_us,

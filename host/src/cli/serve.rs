@@ -82,10 +82,15 @@ fn init_logging(
         }
         None => (None, None),
     };
-    tracing_subscriber::registry()
-        .with(fmt.with_filter(filter))
-        .with(otel)
-        .init();
+    let registry = tracing_subscriber::registry()
+        .with(fmt.with_filter(chassis::telemetry::traces::log_filter(filter)));
+    // Not `.with(otel)` with `otel` an `Option`: a `None` layer answers
+    // "interested" for every callsite, so the spans the log leaves out
+    // would still be built, for nobody.
+    match otel {
+        Some(otel) => registry.with(otel).init(),
+        None => registry.init(),
+    }
     Ok(traces)
 }
 

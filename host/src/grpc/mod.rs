@@ -217,7 +217,7 @@ pub async fn serve(
     // inside it are its children.
     let mut builder = tonic::transport::Server::builder().trace_fn(|request| {
         let span = tracing::info_span!(
-            "rpc",
+            crate::telemetry::traces::RPC_SPAN,
             otel.name = %request.uri().path(),
             otel.kind = "server",
             rpc.system = "grpc",

@@ -88,6 +88,9 @@ struct Kept {
 /// leaks nothing.
 #[derive(Debug, Clone)]
 pub(crate) struct DenialLog {
+    /// The run the denials are of, for the log line of each (the log
+    /// leaves the run's span out; see `telemetry::traces::log_filter`).
+    run_id: Option<crate::audit::RunId>,
     kept: Arc<Mutex<Kept>>,
     counters: Arc<DenialCounters>,
     redactor: Arc<Redactor>,
@@ -96,10 +99,17 @@ pub(crate) struct DenialLog {
 impl DenialLog {
     pub(crate) fn new(counters: Arc<DenialCounters>, redactor: Arc<Redactor>) -> Self {
         Self {
+            run_id: None,
             kept: Arc::new(Mutex::new(Kept::default())),
             counters,
             redactor,
         }
+    }
+
+    /// This log, naming run `run_id` on each denial's log line.
+    pub(crate) fn for_run(mut self, run_id: crate::audit::RunId) -> Self {
+        self.run_id = Some(run_id);
+        self
     }
 
     /// `target` as a denial would keep it: clipped and redacted. For
@@ -125,6 +135,7 @@ impl DenialLog {
         };
         if traced {
             tracing::info!(
+                run_id = self.run_id.as_ref().map(crate::audit::RunId::as_str),
                 kind = kind.as_str(),
                 target = %denial.target,
                 reason = %denial.reason,
@@ -132,6 +143,7 @@ impl DenialLog {
             );
             if kept.seen == MAX_DENIALS_TRACED {
                 tracing::info!(
+                    run_id = self.run_id.as_ref().map(crate::audit::RunId::as_str),
                     "{MAX_DENIALS_TRACED} denials in this run; further ones are counted, not logged"
                 );
             }
@@ -167,6 +179,43 @@ mod tests {
             Arc::new(DenialCounters::default()),
             Arc::new(Redactor::new([("smtp", &v)])),
         )
+    }
+
+    /// The log leaves the run's span out, so a denial's line names its run
+    /// itself, and redacts like the record.
+    #[test]
+    fn a_denials_log_line_names_its_run_and_no_secret() {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let run_id = crate::audit::RunId::new("0123456789abcdef0123456789abcdef").unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            log("s3cret-value").for_run(run_id).record(
+                DenialKind::Secret,
+                "s3cret-value",
+                "asked for s3cret-value",
+            );
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["fields"]["message"], "capability denied", "{text}");
+        assert_eq!(line["fields"]["run_id"], run_id.as_str(), "{text}");
+        assert_eq!(line["fields"]["target"], "[REDACTED:smtp]", "{text}");
+        assert!(!text.contains("s3cret-value"), "{text}");
     }
 
     #[test]

@@ -126,6 +126,7 @@ fn sigterm_lets_an_in_flight_run_finish_then_exits() {
     let served = Served::start("    shutdown_grace_seconds: 10\n");
     let spin = served.register(HOSTILE_SPIN_COMPONENT);
     let addr = served.addr.clone();
+    let module = spin.clone();
     let run = std::thread::spawn(move || {
         Command::new(env!("CARGO_BIN_EXE_chassis"))
             .args([
@@ -134,7 +135,7 @@ fn sigterm_lets_an_in_flight_run_finish_then_exits() {
                 &format!("http://{addr}"),
                 "--json",
                 "run",
-                &spin,
+                &module,
                 "--timeout",
                 "1500ms",
             ])
@@ -164,10 +165,37 @@ fn sigterm_lets_an_in_flight_run_finish_then_exits() {
         .read_to_string(&mut logs)
         .unwrap();
     assert!(logs.contains("shutting down"), "{logs}");
+    // The line of a run that failed names the run itself: the log leaves
+    // the per-RPC and per-run spans out, so no line carries them.
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let finished = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "run finished")
+        .unwrap_or_else(|| panic!("no `run finished` line: {logs}"));
+    let fields = &finished["fields"];
+    assert_eq!(fields["outcome"], "deadline-exceeded", "{finished}");
+    assert_eq!(fields["module"], spin.as_str(), "{finished}");
+    assert_eq!(fields["caller"], "local", "{finished}");
+    assert!(fields["policy"].is_string(), "{finished}");
+    let run_id = fields["run_id"].as_str().unwrap_or_default();
     assert!(
-        logs.contains("\"run_id\""),
-        "JSON logs carry the run span: {logs}"
+        run_id.len() == 32 && run_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{finished}"
     );
+    for line in &lines {
+        let spans = [&line["span"]]
+            .into_iter()
+            .chain(line["spans"].as_array().into_iter().flatten());
+        for span in spans {
+            assert!(
+                span["name"] != "run" && span["name"] != "rpc",
+                "a per-run span reached the log: {line}"
+            );
+        }
+    }
     assert!(logs.contains("chassis stopped"), "{logs}");
 }
 
