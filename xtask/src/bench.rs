@@ -699,8 +699,10 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         )?;
         if !met {
             misses.push(format!(
-                "- `echo` at concurrency {c}: {ratio:.2}x concurrency 1 against ≥ 1.80x. The load generator's \
-                 workers, the audit-free host and the epoch ticker share the same cores."
+                "- `echo` at concurrency {c}: {ratio:.2}x concurrency 1 against ≥ 1.80x. The load's pool is \
+                 never below the 100 slots `chassis serve` starts with, so wasmtime shards its slot index by \
+                 core (with 2 slots, one lock for both cores, this was 1.57x); what is left is the load \
+                 generator's workers, the epoch ticker and the kernel sharing the same 2 cores."
             ));
         }
     }
@@ -719,8 +721,8 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         misses.push(format!(
             "- `echo` at concurrency 16: {over} runs over 10x p50 against none but the first. 10x p50 is ~70 µs: \
              on 2 cores a run preempted once by another thread (the epoch ticker, the load's RSS sampler, the \
-             kernel's writeback) or waiting on a lock the other worker holds (wasmtime's slot allocator, tokio's \
-             timer wheel) crosses it. Runs that a 10 ms epoch tick fell in no longer yield unless they have run \
+             kernel's writeback) or waiting on a lock the other worker holds (tokio's timer wheel, a \
+             wasmtime slot shard a stolen task frees into) crosses it. Runs that a 10 ms epoch tick fell in no longer yield unless they have run \
              1 ms (that halved the count: 168–194 → 67–80 in alternated pairs). The ~700 ms stalls of before \
              are gone: they were the load generator's own workers starving each other."
         ));
@@ -745,16 +747,13 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     if ratio < 0.9 {
         misses.push(format!(
             "- audited throughput: {ratio:.2}x unaudited against ≥ 0.90x. At concurrency 16 both cores are \
-             busy with sandboxes, so whatever the log costs comes out of the runs: machine CPU per run from \
-             /proc/stat is ~10.6–11.1 µs unaudited and ~11.8–12.1 µs audited on this Intel machine (three \
-             alternated pairs of 300,000 runs, 0.86–0.93x in that sitting; ~6.8–7.0 and ~7.6–7.9 µs on the \
-             AMD EPYC of the session before). There the writer thread was ~0.7 µs of it (perf, 5 kHz: \
-             ~1,000–1,130 samples per 300,000 runs): \
-             SHA-256 of each ~270-byte line (SHA-NI) ~26% of it, an Ed25519 signature per 256 records ~8%, \
-             the clock ~5%, the kernel's write path and the line's bytes the rest. The run's own thread pays \
-             ~0.15 µs: one queue send of a ~160-byte message (a short run sends its start with its end; the \
-             context lookup no longer compares module ids), and the caches the writer's work evicts on the \
-             core it shares. What is left is the chain's hashing, which every record needs."
+             busy with sandboxes, so whatever the log costs comes out of the runs. Alternated pairs of \
+             300,000 runs on this Intel machine at 4626fb8 gave 0.88–0.98x (machine CPU per run from \
+             /proc/stat ~8.9–9.4 µs unaudited, ~9.5–10.1 µs audited), so a single sample lands on either \
+             side of the target. The writer thread is ~0.7 µs of it (perf at 94ed32c: SHA-256 of each \
+             ~270-byte line ~26%, an Ed25519 signature per 256 records ~8%, the clock ~5%, the kernel's \
+             write path and the line's bytes the rest); the run's own thread pays one queue send of a \
+             ~160-byte message. What is left is the chain's hashing, which every record needs."
         ));
     }
     let bytes = echo_audited["audit_bytes_per_run"]
@@ -906,14 +905,14 @@ fn served_section(md: &mut String, misses: &mut Vec<String>, s: &Served) -> Resu
         misses.push(format!(
             "- served throughput at concurrency 64: {ratio:.2}x the bare echo against ≥ 0.60x. Server and load \
              client share 2 cores, so the ratio is chassis's whole CPU per run against the bare RPC's: machine \
-             CPU per run from /proc/stat is ~53–55 µs served against ~28.5–29.5 µs for the bare echo \
-             (alternated, 10 s each; 0.52–0.53x in that sitting). A perf profile of the server (2 kHz): glibc's \
-             malloc and free ~12% of its samples (with `malloc_consolidate`, so large buffers are freed and \
-             taken per run), `memmove` ~6%, the kernel's socket wake-ups and context switches ~12%; the \
-             sandbox itself (instantiation, the pooling allocator's slot reset by pagemap) a few percent, \
-             tracing spans and per-run metrics ~3%, the audit writer ~5%. The allocation and copy traffic \
-             is the next thing to cut (a per-run buffer that can be reused, or an allocator that keeps \
-             large chunks per thread)."
+             CPU per run from /proc/stat at 4626fb8 is ~48–49 µs served against ~28.5–29.5 µs for the bare \
+             echo (alternated, 10 s each; 0.57–0.61x in that sitting; 0.52–0.53x before mimalloc and before \
+             the log stopped building the per-run spans). A perf profile of the server (2 kHz): the kernel \
+             (socket writes, wake-ups, context switches) ~26% of its samples, h2 ~12% (with its connection \
+             mutex contended between the connection task and the request tasks of the one HTTP/2 \
+             connection), wasmtime ~13% (instantiation, the slot reset by pagemap), mimalloc ~7%, \
+             `memmove` ~7% (h2's frame buffers and the moves of large futures), the audit writer ~5%, \
+             tokio ~4%, per-run metrics ~1.5%. No single cost is left that would close the gap alone."
         ));
     }
     let ratio = l(c64, "p99") / l(b64, "p99");
