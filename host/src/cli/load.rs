@@ -232,9 +232,10 @@ fn dir_bytes(dir: &Path) -> u64 {
 
 /// The in-process host a local load runs on, assembled by the composition
 /// root like `chassis serve`'s: one pool slot per run in flight, and never
-/// fewer than `chassis serve`'s default pool (up to 1,000 kept warm), `memory_mb` of linear memory each, no metrics port, and the
-/// audit log at its shipped settings only with `audit` (a load measures the
-/// sandbox unless asked to price the log), metered as `metering` says.
+/// fewer than `chassis serve`'s default pool (up to 1,000 kept warm),
+/// `memory_mb` of linear memory each, no metrics port, and the audit log
+/// at its shipped settings only with `audit` (a load measures the sandbox
+/// unless asked to price the log), metered as `metering` says.
 fn local_host(
     memory_mb: u64,
     concurrency: usize,
