@@ -190,12 +190,14 @@ pub async fn run(
         let progress = progress.clone();
         workers.push(tokio::spawn(async move {
             // Sized for this worker's share of a counted load, so the
-            // samples of a long one are not copied as they grow.
+            // samples of a long one are not copied as they grow. A timed
+            // load grows its own: a guess reserved by each of 10,000
+            // workers would count as every live sandbox's RSS.
             let mut samples = Vec::with_capacity(match stop {
                 Stop::Runs(n) => usize::try_from(n / concurrency as u64 + 1)
                     .unwrap_or(0)
                     .min(1 << 20),
-                Stop::Duration(_) => 1024,
+                Stop::Duration(_) => 0,
             });
             // Messages are kept for a worker's first error of each kind
             // only, so a load of a million failing runs holds a handful.

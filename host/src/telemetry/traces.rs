@@ -35,14 +35,14 @@ pub fn exporting() -> bool {
 }
 
 /// The span opened per RPC (`grpc::serve`'s `trace_fn`).
-pub const RPC_SPAN: &str = "rpc";
+pub(crate) const RPC_SPAN: &str = "rpc";
 /// The span opened per run (`Host::run`).
-pub const RUN_SPAN: &str = "run";
+pub(crate) const RUN_SPAN: &str = "run";
 
 /// Whether `meta` is a span opened for every RPC or every run. They exist
 /// for traces; the text log leaves them out ([`log_filter`]), so with
 /// traces off they are never built.
-pub fn is_per_run_span(meta: &tracing::Metadata<'_>) -> bool {
+fn is_per_request_span(meta: &tracing::Metadata<'_>) -> bool {
     meta.is_span()
         && matches!(
             (meta.target(), meta.name()),
@@ -67,7 +67,7 @@ where
     // and every `debug!` and `trace!` in the stack (h2, tonic, wasmtime)
     // would be asked whether it is wanted on every call.
     let hint = Filter::<S>::max_level_hint(&filter);
-    let leave_out = tracing_subscriber::filter::filter_fn(|meta| !is_per_run_span(meta));
+    let leave_out = tracing_subscriber::filter::filter_fn(|meta| !is_per_request_span(meta));
     let leave_out = match hint {
         Some(hint) => leave_out.with_max_level_hint(hint),
         None => leave_out,
