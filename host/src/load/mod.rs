@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use plot::write_svg;
-pub use report::{Distribution, LoadReport};
+pub use report::{Distribution, LoadReport, SLOWEST, SlowRun};
 
 use crate::grpc::proto;
 use crate::modules::Module;
@@ -60,6 +60,10 @@ pub(crate) struct Sample {
     pub(crate) peak_memory: Option<u64>,
     /// The error's message, kept only for the first error of its kind.
     pub(crate) message: Option<String>,
+    /// The worker that ran it.
+    pub(crate) worker: u32,
+    /// Runs that worker finished before it.
+    pub(crate) nth: u64,
 }
 
 /// One run's result as the load sees it.
@@ -184,7 +188,8 @@ pub async fn run(
         })
     };
     let mut workers = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
+    for worker in 0..concurrency {
+        let worker = u32::try_from(worker).unwrap_or(u32::MAX);
         let target = target.clone();
         let tickets = tickets.clone();
         let progress = progress.clone();
@@ -227,7 +232,10 @@ pub async fn run(
                     }
                     _ => None,
                 };
+                let nth = samples.len() as u64;
                 samples.push(Sample {
+                    worker,
+                    nth,
                     at: start.elapsed(),
                     latency,
                     outcome: ran.outcome,

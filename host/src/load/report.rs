@@ -51,6 +51,26 @@ impl Distribution {
     }
 }
 
+/// How many of a load's slowest runs its report names.
+pub const SLOWEST: usize = 10;
+
+/// One of a load's slowest runs: when it started, and which worker's
+/// how-manieth run it was, so a tail can be told apart from warm-up (a
+/// worker's first run) and placed against what else happened then.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlowRun {
+    /// When it started, milliseconds from the start of the load.
+    pub started_ms: f64,
+    /// Its latency, microseconds.
+    pub latency_us: f64,
+    /// The load worker that ran it (0 to concurrency - 1).
+    pub worker: u32,
+    /// Runs that worker had finished before it (0: its first).
+    pub nth: u64,
+    /// `ok` or the error kind.
+    pub outcome: String,
+}
+
 /// Everything `chassis load` reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {
@@ -64,6 +84,10 @@ pub struct LoadReport {
     pub throughput_per_s: f64,
     /// Latency per run, microseconds.
     pub latency_us: Distribution,
+    /// Runs over 10x the p50 latency that were not their worker's first:
+    /// the tail without the first wave, whose runs each pay a pool slot's
+    /// first use (its memory image mapped, its pages faulted in).
+    pub warm_over_10x_p50: u64,
     /// Runs by outcome (`ok` or an error kind).
     pub outcomes: BTreeMap<String, u64>,
     /// Runs that did not end `ok`.
@@ -85,6 +109,8 @@ pub struct LoadReport {
     pub peak_memory_bytes: Distribution,
     /// Runs finished in each second of the load.
     pub throughput_by_second: Vec<u64>,
+    /// The [`SLOWEST`] slowest runs, slowest first.
+    pub slowest: Vec<SlowRun>,
     /// Audit log bytes written per run, when the load kept one
     /// (`chassis load --audit`): the log's growth over the load, signed
     /// checkpoints included, divided by the runs.
@@ -131,12 +157,19 @@ impl LoadReport {
             .iter()
             .map(|s| s.latency.as_secs_f64() * 1e6)
             .collect();
+        let latency_us = Distribution::of(latencies.clone());
+        let warm_over_10x_p50 = samples
+            .iter()
+            .zip(&latencies)
+            .filter(|(s, l)| s.nth > 0 && **l > latency_us.p50 * 10.0)
+            .count() as u64;
         Self {
             runs: samples.len() as u64,
             concurrency,
             duration_s: elapsed.as_secs_f64(),
             throughput_per_s: samples.len() as f64 / elapsed.as_secs_f64().max(1e-9),
-            latency_us: Distribution::of(latencies.clone()),
+            latency_us,
+            warm_over_10x_p50,
             outcomes,
             errors,
             first_errors,
@@ -160,6 +193,7 @@ impl LoadReport {
                     .collect(),
             ),
             throughput_by_second: by_second,
+            slowest: slowest(samples),
             audit_bytes_per_run: None,
             latencies_us: latencies,
         }
@@ -179,9 +213,28 @@ impl LoadReport {
         let _ = writeln!(out, "throughput      {:.0} runs/s", self.throughput_per_s);
         let _ = writeln!(
             out,
-            "latency         p50 {:.0} µs | p95 {:.0} µs | p99 {:.0} µs | p99.9 {:.0} µs | max {:.0} µs | {} runs over 10x p50",
-            l.p50, l.p95, l.p99, l.p999, l.max, l.over_10x_p50
+            "latency         p50 {:.0} µs | p95 {:.0} µs | p99 {:.0} µs | p99.9 {:.0} µs | max {:.0} µs | {} runs over 10x p50 ({} after each worker's first)",
+            l.p50, l.p95, l.p99, l.p999, l.max, l.over_10x_p50, self.warm_over_10x_p50
         );
+        if let Some(worst) = self.slowest.first() {
+            let starts: Vec<String> = self
+                .slowest
+                .iter()
+                .take(3)
+                .map(|r| {
+                    format!(
+                        "{:.1} ms (worker {}, run {})",
+                        r.started_ms, r.worker, r.nth
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "slowest         {:.0} µs; the slowest started at {}",
+                worst.latency_us,
+                starts.join(", ")
+            );
+        }
         let outcomes: Vec<String> = self
             .outcomes
             .iter()
@@ -218,6 +271,31 @@ impl LoadReport {
     }
 }
 
+/// The [`SLOWEST`] slowest of `samples`, slowest first, in time linear in
+/// the samples (a load keeps millions).
+fn slowest(samples: &[Sample]) -> Vec<SlowRun> {
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    let by_latency = |a: &usize, b: &usize| samples[*b].latency.cmp(&samples[*a].latency);
+    if order.len() > SLOWEST {
+        order.select_nth_unstable_by(SLOWEST, by_latency);
+        order.truncate(SLOWEST);
+    }
+    order.sort_by(by_latency);
+    order
+        .into_iter()
+        .map(|i| {
+            let s = &samples[i];
+            SlowRun {
+                started_ms: s.at.saturating_sub(s.latency).as_secs_f64() * 1e3,
+                latency_us: s.latency.as_secs_f64() * 1e6,
+                worker: s.worker,
+                nth: s.nth,
+                outcome: s.outcome.to_string(),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +315,31 @@ mod tests {
     }
 
     #[test]
+    fn a_workers_first_run_is_left_out_of_the_warm_tail() {
+        let sample = |worker: u32, nth: u64, micros: u64| Sample {
+            at: Duration::from_millis(nth + 1),
+            latency: Duration::from_micros(micros),
+            outcome: "ok".into(),
+            fuel: None,
+            peak_memory: None,
+            message: None,
+            worker,
+            nth,
+        };
+        let mut samples: Vec<Sample> = (0..2)
+            .flat_map(|w| (1..50).map(move |n| sample(w, n, 10)))
+            .collect();
+        // Both workers' first runs are slow (cold slots), and one later run.
+        samples.extend([sample(0, 0, 900), sample(1, 0, 800), sample(1, 50, 700)]);
+        let r = LoadReport::build(&samples, Duration::from_millis(60), 2, 0, 0, 2);
+        assert_eq!((r.latency_us.over_10x_p50, r.warm_over_10x_p50), (3, 1));
+        assert!(
+            r.render()
+                .contains("3 runs over 10x p50 (1 after each worker's first)")
+        );
+    }
+
+    #[test]
     fn the_report_adds_up() {
         let samples: Vec<Sample> = (0..10)
             .map(|i| Sample {
@@ -250,6 +353,8 @@ mod tests {
                 fuel: Some(1000),
                 peak_memory: Some(65536),
                 message: (i % 5 == 0).then(|| format!("out of fuel in run {i}")),
+                worker: (i % 2) as u32,
+                nth: i / 2,
             })
             .collect();
         let r = LoadReport::build(&samples, Duration::from_millis(1500), 2, 1000, 3000, 4);
@@ -268,6 +373,23 @@ mod tests {
                 .contains("first out-of-fuel out of fuel in run 0")
         );
         assert_eq!(r.throughput_by_second.iter().sum::<u64>(), 10);
+        // Every latency is within 10x the p50 of ~104 µs.
+        assert_eq!((r.latency_us.over_10x_p50, r.warm_over_10x_p50), (0, 0));
+        // Run 9 is the slowest (109 µs), finished at 1350 ms, so started
+        // 109 µs before; worker 1's fifth run.
+        let worst = &r.slowest[0];
+        assert_eq!(
+            (worst.worker, worst.nth, worst.outcome.as_str()),
+            (1, 4, "ok")
+        );
+        assert!((worst.latency_us - 109.0).abs() < 1e-6);
+        assert!((worst.started_ms - 1349.891).abs() < 1e-6);
+        let latencies: Vec<f64> = r.slowest.iter().map(|s| s.latency_us).collect();
+        assert_eq!(latencies.len(), SLOWEST);
+        assert!(latencies.windows(2).all(|w| w[0] >= w[1]));
+        assert!(r.render().contains(
+            "slowest         109 µs; the slowest started at 1349.9 ms (worker 1, run 4)"
+        ));
         assert_eq!(r.rss_per_live_sandbox_bytes, 500);
     }
 }

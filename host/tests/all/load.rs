@@ -57,6 +57,25 @@ fn a_local_load_reports_runs_latency_memory_and_fuel() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(per_second, 200);
+    // The slowest runs, slowest first: the worst is the report's max, each
+    // names one of the 4 workers and its place in that worker's runs, and
+    // started within the load.
+    let slowest = r["slowest"].as_array().unwrap();
+    assert_eq!(slowest.len(), 10);
+    assert_eq!(slowest[0]["latency_us"], l["max"]);
+    let duration_ms = r["duration_s"].as_f64().unwrap() * 1e3;
+    let mut seen = std::collections::HashSet::new();
+    for pair in slowest.windows(2) {
+        assert!(pair[0]["latency_us"].as_f64() >= pair[1]["latency_us"].as_f64());
+    }
+    for run in slowest {
+        assert!(run["worker"].as_u64().unwrap() < 4);
+        assert!(run["nth"].as_u64().unwrap() < 200);
+        assert!((0.0..=duration_ms).contains(&run["started_ms"].as_f64().unwrap()));
+        assert_eq!(run["outcome"], "ok");
+        assert!(seen.insert((run["worker"].as_u64(), run["nth"].as_u64())));
+    }
+    assert!(r["warm_over_10x_p50"].as_u64().unwrap() <= l["over_10x_p50"].as_u64().unwrap());
 }
 
 #[test]
