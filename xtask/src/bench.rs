@@ -886,10 +886,14 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     if ratio < 0.9 {
         misses.push(format!(
             "- audited throughput: {ratio:.2}x unaudited ({}) against ≥ 0.90x. At concurrency 16 both cores are \
-             busy with sandboxes, so whatever the log costs comes out of the runs. The writer thread is ~0.7 µs of it (perf at 94ed32c: SHA-256 of each \
-             ~270-byte line ~26%, an Ed25519 signature per 256 records ~8%, the clock ~5%, the kernel's \
-             write path and the line's bytes the rest); the run's own thread pays one queue send of a \
-             ~160-byte message. What is left is the chain's hashing, which every record needs.",
+             busy with sandboxes, so whatever the log costs comes out of the runs. Under perf at 319c720 (3 kHz, alternated) the run threads' own time \
+             per run was the same with the log as without (11.9–12.3 µs against 11.8–12.0 µs, slowed by \
+             the sampling), and the writer thread added 1.05–1.10 µs per record: SHA-256 of the ~275-byte \
+             line ~28% (SHA-NI; 3.3M lines/s is this core's speed, as the verify row shows), the `write` \
+             calls ~19%, each round's checkpoint file (tmp file, sync, rename) ~9% and its `fdatasync` \
+             ~9%, spelling the line ~9%, the Ed25519 signature per 256 records ~7%, the clock ~5%, the \
+             queue ~5%. Halving the writer would be needed for 0.95x, and the hashing alone, which every \
+             record needs, is over a quarter of it.",
             audited.spread(2)
         ));
     }
@@ -996,8 +1000,10 @@ pub(crate) fn run(quick: bool) -> Result<()> {
          and epochs turned off.\n\
          - Served rows: `chassis serve` with no config file (`--listen` and `--data-dir` only) and \
          `bare-echo` (benches/src/bin), each started as a process and stopped with SIGTERM; `chassis load \
-         --remote` drives each for 10 s per point (2 s with --quick) from its own process; the audit bytes \
-         are the log's growth over both points divided by their runs.\n\
+         --remote` drives each for 10 s per point (2 s with --quick) from its own process, concurrency 1 \
+         once each, then concurrency 64 in three alternated pairs (one with --quick), the row giving the \
+         pair with the median ratio; the audit bytes are the log's growth over chassis's loads divided by \
+         their runs.\n\
          - Load rows: the release `chassis load` command in-process; the `wasmtime run` peer is the \
          wasmtime 48.0.8 CLI installed by `cargo install` into target/peers, run 100 times as a \
          process with the same input on stdin.\n\
@@ -1265,8 +1271,14 @@ fn fairness_section(root: &Path, md: &mut String, misses: &mut Vec<String>) -> R
     )?;
     if !met {
         misses.push(format!(
-            "- B's p99 under A's flood: {:.0} µs against one A deadline ({deadline:.0} µs): B waited longer \
-             than one slot turnover.",
+            "- B's p99 under A's flood: {:.0} µs against one A deadline ({deadline:.0} µs). A run holds its \
+             slot for its whole deadline plus up to one epoch tick (10 ms), when the deadline is enforced, \
+             so a B that has to wait one full turnover waits more than the deadline by construction; the \
+             rest is B's own run and response queued behind spinners, which yield their thread only at a \
+             tick. B waits one full turnover when A's four runs end together: each freed slot goes to B \
+             once, then back to A at once, so A's runs stay in step. A 2 ms tick, tried at 3751a65, cut \
+             B's p99 to 208 ms but raised its p50 from 55 to 195 ms (A's runs stayed in step more \
+             tightly), so the tick stayed at 10 ms.",
             f(&flooded, "p99_us")
         ));
     }
