@@ -276,7 +276,8 @@ fn tail(report: &serde_json::Value) -> String {
     )
 }
 
-/// Alternated loads of ours and a peer, `ours, peer, ours, peer, ...`, for
+/// Alternated loads of ours and a peer, `ours, peer, peer, ours, ours,
+/// peer, ...` (so neither always goes first, into what the other left), for
 /// a ratio that does not ride on one minute of this machine: its speed
 /// wanders by up to a quarter between sittings (a neighbour on the VM
 /// host), so one load of each lands either side of a target three
@@ -287,16 +288,22 @@ struct Pairs {
 }
 
 impl Pairs {
-    /// `rounds` pairs (at least one), each `ours()` then `peer()`.
+    /// `rounds` pairs (at least one; odd, so one pair is the median), the
+    /// even ones `ours()` first and the odd ones `peer()` first.
     fn measure(
         rounds: usize,
         mut ours: impl FnMut() -> Result<serde_json::Value>,
         mut peer: impl FnMut() -> Result<serde_json::Value>,
     ) -> Result<Self> {
         let mut pairs = Vec::new();
-        for _ in 0..rounds.max(1) {
-            let a = ours()?;
-            pairs.push((a, peer()?));
+        for round in 0..rounds.max(1) {
+            if round % 2 == 0 {
+                let a = ours()?;
+                pairs.push((a, peer()?));
+            } else {
+                let b = peer()?;
+                pairs.push((ours()?, b));
+            }
         }
         Ok(Self { pairs })
     }
@@ -306,11 +313,20 @@ impl Pairs {
         let rate = |v: &serde_json::Value| v["throughput_per_s"].as_f64().unwrap_or(0.0);
         self.pairs
             .iter()
-            .map(|(a, b)| rate(a) / rate(b).max(f64::MIN_POSITIVE))
+            // A peer that reported nothing makes the ratio NaN, which
+            // meets no target.
+            .map(|(a, b)| {
+                if rate(b) > 0.0 {
+                    rate(a) / rate(b)
+                } else {
+                    f64::NAN
+                }
+            })
             .collect()
     }
 
-    /// The pair whose ratio is the median, and that ratio.
+    /// The pair whose ratio is the median (the upper middle one of an even
+    /// count), and that ratio.
     fn median(&self) -> (&serde_json::Value, &serde_json::Value, f64) {
         let ratios = self.ratios();
         let mut order: Vec<usize> = (0..ratios.len()).collect();
@@ -854,7 +870,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
              ~10 ms (a C loop of clock_gettime saw 245 gaps over 30 µs in 2 s, 151 of them in the same \
              millisecond of each 10). The tail is not warm-up: a worker's first run (its slot's first \
              use) is rarely among them. The runs of milliseconds are the load's threads preempted by \
-             other processes: at 3751a65 `chassis load` names its slowest runs, and a `sched_switch` \
+             other processes: with the slowest runs `chassis load` names since 319c720, a `sched_switch` \
              trace of all CPUs put the slowest (2.7 ms) exactly where a worker thread was switched out, \
              runnable, for 2.3 ms while a thread of the VM's own agent (PID 1) ran; most slower runs \
              of 80–500 µs had no switch at all in them (the vCPU paused underneath, as for the bare \

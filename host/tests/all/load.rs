@@ -66,7 +66,7 @@ fn a_local_load_reports_runs_latency_memory_and_fuel() {
     let duration_ms = r["duration_s"].as_f64().unwrap() * 1e3;
     let mut seen = std::collections::HashSet::new();
     for pair in slowest.windows(2) {
-        assert!(pair[0]["latency_us"].as_f64() >= pair[1]["latency_us"].as_f64());
+        assert!(pair[0]["latency_us"].as_f64().unwrap() >= pair[1]["latency_us"].as_f64().unwrap());
     }
     for run in slowest {
         assert!(run["worker"].as_u64().unwrap() < 4);
