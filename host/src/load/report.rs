@@ -44,11 +44,16 @@ impl Distribution {
             p95: at(0.95),
             p99: at(0.99),
             p999: at(0.999),
-            over_10x_p50: values.iter().filter(|v| **v > p50 * 10.0).count() as u64,
+            over_10x_p50: values.iter().filter(|v| over_10x(**v, p50)).count() as u64,
             max: values[values.len() - 1],
             mean: values.iter().sum::<f64>() / values.len() as f64,
         }
     }
+}
+
+/// Whether `value` is in the tail [`Distribution::over_10x_p50`] counts.
+fn over_10x(value: f64, p50: f64) -> bool {
+    value > p50 * 10.0
 }
 
 /// How many of a load's slowest runs its report names.
@@ -162,7 +167,7 @@ impl LoadReport {
         let warm_over_10x_p50 = samples
             .iter()
             .zip(&latencies)
-            .filter(|(s, l)| s.nth > 0 && **l > latency_us.p50 * 10.0)
+            .filter(|(s, l)| s.nth > 0 && over_10x(**l, latency_us.p50))
             .count() as u64;
         Self {
             runs: samples.len() as u64,
