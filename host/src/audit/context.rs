@@ -20,6 +20,16 @@ pub const CONTEXT_KIND: &str = "run.context";
 /// Kind of the one record of a run that started and ended within one batch,
 /// with nothing else recorded about it in between.
 pub const RUN_KIND: &str = "run";
+/// Kind of the record of several runs, each of which would otherwise be a
+/// `run` record, sharing one context: the writer puts the short runs of
+/// one round that share a context into one record, up to 64 a record
+/// (see [`unfold`]).
+pub const RUNS_KIND: &str = "runs";
+/// The columns of a run in a `runs` record, in order, as the record's
+/// `cols` field names them.
+pub const RUNS_COLUMNS: &str = r#"["run_id","outcome","fuel","mem","wall_us","cpu_us"]"#;
+/// Of [`RUNS_COLUMNS`], those a `run` record keeps under `usage`.
+const USAGE_COLUMNS: [&str; 4] = ["fuel", "mem", "wall_us", "cpu_us"];
 /// Kind of the record of a run that started (written only when the run
 /// outlives one batch interval, or something else is recorded about it).
 pub const STARTED_KIND: &str = "run.started";
@@ -337,6 +347,12 @@ impl Contexts {
         self.by_id.get(&record.fields[CONTEXT_FIELD].as_u64()?)
     }
 
+    /// The runs `record` stands for (see [`unfold`]), each with its
+    /// context's fields filled in: what `chassis audit show` prints.
+    pub fn expand_all(&self, record: &Record) -> Vec<Record> {
+        unfold(record).iter().map(|r| self.expand(r)).collect()
+    }
+
     /// `record` with its context's fields filled in (fields it carries
     /// itself win), so readers see a self-contained record.
     pub fn expand(&self, record: &Record) -> Record {
@@ -350,6 +366,53 @@ impl Contexts {
         }
         out
     }
+}
+
+/// The records `record` stands for: a `runs` record as the `run` record of
+/// each of its runs (its seq, time and `ctx`; the columns its `cols` names,
+/// the figures under `usage`, as a `run` record has them), any other record
+/// as itself. A `runs` record that is not of that shape is returned as it
+/// is, for its reader to see.
+pub fn unfold(record: &Record) -> Vec<Record> {
+    if record.kind != RUNS_KIND {
+        return vec![record.clone()];
+    }
+    let (Some(cols), Some(runs)) = (
+        record.fields["cols"].as_array(),
+        record.fields["runs"].as_array(),
+    ) else {
+        return vec![record.clone()];
+    };
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        let Some(values) = run.as_array().filter(|v| v.len() == cols.len()) else {
+            return vec![record.clone()];
+        };
+        let mut fields = Map::new();
+        let mut usage = Map::new();
+        for (col, value) in cols.iter().zip(values) {
+            let Some(col) = col.as_str() else {
+                return vec![record.clone()];
+            };
+            if USAGE_COLUMNS.contains(&col) {
+                usage.insert(col.to_string(), value.clone());
+            } else {
+                fields.insert(col.to_string(), value.clone());
+            }
+        }
+        fields.insert(CONTEXT_FIELD.into(), record.fields[CONTEXT_FIELD].clone());
+        if !usage.is_empty() {
+            fields.insert("usage".into(), Value::Object(usage));
+        }
+        out.push(Record {
+            seq: record.seq,
+            ts: record.ts.clone(),
+            kind: RUN_KIND.into(),
+            fields: Value::Object(fields),
+            prev: record.prev.clone(),
+        });
+    }
+    out
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::context::{CONTEXT_FIELD, RunOutcome};
+use super::context::{CONTEXT_FIELD, RUNS_COLUMNS, RunOutcome, RunUsage};
 use super::record::HexHash;
 
 /// Length of a record's timestamp: `2026-12-03T01:11:34.299097Z`.
@@ -142,6 +142,38 @@ pub(crate) fn end_fields(out: &mut Vec<u8>, run_id: &str, ctx: Option<u64>, end:
         number(out, denials);
     }
     out.push(b'}');
+}
+
+/// The fields of a `runs` record: the context its runs share, the names of
+/// a run's columns ([`RUNS_COLUMNS`]) and one array per run, in the order
+/// they ended: `{"ctx":1,"cols":["run_id",...],"runs":[["9f..","ok",..],..]}`.
+pub(crate) fn runs_fields<'a>(
+    out: &mut Vec<u8>,
+    ctx: u64,
+    runs: impl IntoIterator<Item = (&'a str, &'a str, &'a RunUsage)>,
+) {
+    out.extend_from_slice(br#"{""#);
+    out.extend_from_slice(CONTEXT_FIELD.as_bytes());
+    out.extend_from_slice(br#"":"#);
+    number(out, ctx);
+    out.extend_from_slice(br#","cols":"#);
+    out.extend_from_slice(RUNS_COLUMNS.as_bytes());
+    out.extend_from_slice(br#","runs":["#);
+    for (i, (run_id, outcome, usage)) in runs.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'[');
+        json(out, run_id);
+        out.push(b',');
+        json(out, outcome);
+        for n in [usage.fuel, usage.mem, usage.wall_us, usage.cpu_us] {
+            out.push(b',');
+            number(out, n);
+        }
+        out.push(b']');
+    }
+    out.extend_from_slice(b"]}");
 }
 
 #[cfg(test)]

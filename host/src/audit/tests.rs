@@ -486,6 +486,30 @@ fn run_context(module: &str) -> RunContext {
     RunContext::new(&serde_json::json!({"module": module, "policy": "default", "caller": "local"}))
 }
 
+/// A run's usage: `n` fuel, the rest fixed.
+fn usage(n: u64) -> RunUsage {
+    RunUsage {
+        fuel: n,
+        mem: 65_536,
+        wall_us: 40,
+        cpu_us: 35,
+    }
+}
+
+/// How a plain run ends: `ok`, with its usage, no error, no denials.
+fn plain(n: u64) -> RunOutcome {
+    RunOutcome {
+        usage: Some(usage(n)),
+        ..RunOutcome::new("ok")
+    }
+}
+
+/// Every record in `files` as `chassis audit show` reads it: a `runs`
+/// record unfolded into the `run` record of each of its runs.
+fn unfolded(files: &[PathBuf]) -> Vec<Record> {
+    records(files).iter().flat_map(context::unfold).collect()
+}
+
 #[test]
 fn a_short_plain_run_is_one_record_naming_a_context_written_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -529,6 +553,194 @@ fn a_short_plain_run_is_one_record_naming_a_context_written_once() {
     assert_eq!(full.fields["module"], "m");
     assert_eq!(full.fields["outcome"], "ok");
     check(dir.path(), &files).unwrap();
+}
+
+/// A writer run on this thread over `messages`, all queued before it
+/// starts so that it takes them in one round, then stopped: the log's files.
+fn in_one_round(dir: &Path, messages: Vec<Message>) -> Vec<PathBuf> {
+    let o = slow_batches(dir);
+    let key = keys::load_or_create(&o.key_file).unwrap();
+    keys::remember_public_key(&o.keys_dir, &key.verifying_key()).unwrap();
+    let (writer, _) = writer::Writer::open(&o, key, writer::OpenMode::Normal).unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(messages.len() + 1);
+    for m in messages {
+        tx.send(m).unwrap();
+    }
+    tx.send(Message::Stop).unwrap();
+    let health = Arc::new(Health::default());
+    health.healthy.store(true, Ordering::Relaxed);
+    writer.run(rx, health.clone());
+    assert_eq!(health.failures.load(Ordering::Relaxed), 0);
+    log_files(&dir.join("audit")).unwrap()
+}
+
+fn completed(id: &str, module: &str, outcome: RunOutcome) -> Message {
+    Message::RunCompleted {
+        run_id: rid(id),
+        context: run_context(module),
+        outcome,
+    }
+}
+
+/// The plain short runs of one round that share a context are one `runs`
+/// record, at most 64 to a record; a run with an error or denials, a change
+/// of context and any other record close the group, so records keep the
+/// order their messages came in; read back unfolded, each run is the `run`
+/// record it would have had alone, and the log verifies.
+#[test]
+fn the_plain_short_runs_of_a_round_that_share_a_context_are_one_runs_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut messages = Vec::new();
+    for i in 0..70 {
+        messages.push(completed(&format!("a{i}"), "m", plain(i)));
+    }
+    messages.push(completed(
+        "failed",
+        "m",
+        RunOutcome {
+            error: Some("wasm trap: unreachable".into()),
+            usage: Some(usage(1)),
+            ..RunOutcome::new("trap")
+        },
+    ));
+    for i in 0..3 {
+        messages.push(completed(&format!("b{i}"), "m", plain(i)));
+    }
+    messages.push(completed(
+        "denied",
+        "m",
+        RunOutcome {
+            denials: Some(2),
+            usage: Some(usage(1)),
+            ..RunOutcome::new("ok")
+        },
+    ));
+    messages.push(completed("c0", "m", plain(0)));
+    messages.push(Message::Event {
+        kind: "policy.loaded",
+        fields: serde_json::json!({"policy": "default"}),
+    });
+    messages.push(completed("c1", "n", plain(0)));
+    messages.push(completed("c2", "n", plain(0)));
+    messages.push(completed("d0", "m", plain(0)));
+    // Started and ended within the round: its start was held back.
+    messages.push(Message::RunStarted {
+        run_id: rid("d1"),
+        context: run_context("m"),
+    });
+    messages.push(Message::RunEnded {
+        run_id: rid("d1"),
+        outcome: plain(7),
+    });
+    let files = in_one_round(dir.path(), messages);
+
+    let all = records(&files);
+    let kinds: Vec<&str> = all
+        .iter()
+        .map(|r| r.kind.as_str())
+        .filter(|k| *k != CHECKPOINT_KIND)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "log.created",
+            "run.context",
+            "runs",
+            "runs",
+            "run",
+            "runs",
+            "run",
+            "run",
+            "policy.loaded",
+            "run.context",
+            "runs",
+            "runs",
+        ]
+    );
+    let sizes: Vec<usize> = all
+        .iter()
+        .filter(|r| r.kind == "runs")
+        .map(|r| r.fields["runs"].as_array().unwrap().len())
+        .collect();
+    assert_eq!(sizes, [64, 6, 3, 2, 2], "64 at most to a record");
+
+    let runs: Vec<Record> = unfolded(&files)
+        .into_iter()
+        .filter(|r| r.kind == "run")
+        .collect();
+    let ids: Vec<&str> = runs
+        .iter()
+        .map(|r| r.fields["run_id"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<String> = (0..70).map(|i| format!("a{i}")).collect();
+    expected.push("failed".into());
+    expected.extend((0..3).map(|i| format!("b{i}")));
+    expected.extend(["denied", "c0", "c1", "c2", "d0", "d1"].map(String::from));
+    assert_eq!(ids, expected, "every run once, in the order it ended");
+    let a5 = runs.iter().find(|r| r.fields["run_id"] == "a5").unwrap();
+    assert_eq!(
+        a5.fields,
+        serde_json::json!({
+            "run_id": "a5",
+            "ctx": 1,
+            "outcome": "ok",
+            "usage": {"fuel": 5, "mem": 65_536, "wall_us": 40, "cpu_us": 35},
+        }),
+        "a grouped run reads as the run record it would have had alone"
+    );
+    let alone = runs
+        .iter()
+        .find(|r| r.fields["run_id"] == "failed")
+        .unwrap();
+    assert_eq!(alone.fields["error"], "wasm trap: unreachable");
+    let grouped = all.iter().find(|r| r.kind == "runs").unwrap();
+    assert_eq!(
+        runs.iter().filter(|r| r.seq == grouped.seq).count(),
+        64,
+        "a grouped run is shown under its record's seq"
+    );
+
+    // Contexts fill in as for a `run` record: c1 and c2 ran under n.
+    let mut contexts = context::Contexts::default();
+    let mut modules = Vec::new();
+    for r in &all {
+        contexts.learn(r);
+        for run in contexts.expand_all(r) {
+            if run.kind == "run" {
+                let id = run.fields["run_id"].as_str().unwrap().to_string();
+                modules.push((id, run.fields["module"].as_str().unwrap().to_string()));
+            }
+        }
+    }
+    let of = |id: &str| modules.iter().find(|(r, _)| r == id).unwrap().1.clone();
+    assert_eq!(
+        (of("c0"), of("c1"), of("c2"), of("d1")),
+        ("m".into(), "n".into(), "n".into(), "m".into())
+    );
+    check(dir.path(), &files).unwrap();
+}
+
+/// A run inside a `runs` record is covered by the chain like any record:
+/// changing one figure of one run is an edit `verify` names at that line.
+#[test]
+fn an_edit_inside_a_runs_record_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let messages = (0..10)
+        .map(|i| completed(&format!("r{i}"), "m", plain(1_000 + i)))
+        .collect();
+    let files = in_one_round(dir.path(), messages);
+    check(dir.path(), &files).unwrap();
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains(r#""kind":"runs""#))
+        .unwrap();
+    let edited = text.replacen(r#"["r4","ok",1004,"#, r#"["r4","ok",4,"#, 1);
+    assert_ne!(edited, text, "the run's figures are in the line as written");
+    std::fs::write(&files[0], edited).unwrap();
+    let problem = check(dir.path(), &files).unwrap_err();
+    assert_eq!(problem.reason, Reason::Edited);
+    assert_eq!(problem.line, line + 1);
 }
 
 #[test]

@@ -15,8 +15,8 @@ use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde_json::Value;
 
 use super::context::{
-    CONTEXT_KIND, Contexts, ENDED_KIND, Interner, RUN_KIND, RunContext, RunId, RunOutcome,
-    STARTED_KIND,
+    CONTEXT_KIND, Contexts, ENDED_KIND, Interner, RUN_KIND, RUNS_KIND, RunContext, RunId,
+    RunOutcome, RunUsage, STARTED_KIND,
 };
 use super::line::{self, Clock};
 use super::record::{
@@ -56,6 +56,11 @@ const ROUND_MESSAGES: usize = 65_536;
 /// per round could date a start a whole long round early (and so write
 /// a short run's start on its own).
 const TAKEN_AT_EVERY: usize = 256;
+
+/// Most runs one `runs` record holds. A run in one is ~70 bytes against a
+/// ~270-byte `run` record of its own, and the envelope, its hash and its
+/// write are paid once for them all; 64 keeps a line under ~5 KB.
+const GROUP_RUNS: usize = 64;
 
 /// Buffered record bytes that are written out before the round ends.
 const WRITE_BUFFER: usize = 32 * 1024;
@@ -239,6 +244,14 @@ pub(super) struct Writer {
     /// context their end names. Bounded by the runs in flight: the host
     /// ends every run it starts, once.
     open: HashMap<RunId, RunContext, foldhash::fast::RandomState>,
+    /// Short runs of one context, ended and not yet written: they become
+    /// one `runs` record (one `run` record, when alone) before any other
+    /// record is appended, at [`GROUP_RUNS`], and before every write-out,
+    /// signature and rotation, so records keep the order their messages
+    /// came in and a round's runs reach the file with the round.
+    group: Vec<(RunId, std::borrow::Cow<'static, str>, RunUsage)>,
+    /// The context number (in the current file) of the runs in `group`.
+    group_ctx: u64,
     /// Formats each record's `ts`.
     clock: Clock,
     /// When the message being written was taken off the queue, to within
@@ -388,6 +401,8 @@ impl Writer {
             deferred: HashMap::default(),
             deferred_order: VecDeque::new(),
             open: HashMap::default(),
+            group: Vec::with_capacity(GROUP_RUNS),
+            group_ctx: 0,
             clock: Clock::default(),
             defer: options.fsync != FsyncPolicy::Every,
             contexts: Interner::continuing(&tail.contexts),
@@ -517,12 +532,68 @@ impl Writer {
     /// Writes how the run `run_id` ended (after [`Writer::rotate_if_full`]):
     /// one `run` record when its start is still held back, else `run.ended`
     /// naming the context it started under.
-    fn write_run_end(&mut self, run_id: RunId, outcome: &RunOutcome) {
-        let (kind, context) = match self.deferred.remove(&run_id) {
-            Some((context, _)) => (RUN_KIND, Some(context)),
-            None => (ENDED_KIND, self.open.remove(&run_id)),
+    fn write_run_end(&mut self, run_id: RunId, outcome: RunOutcome) {
+        match self.deferred.remove(&run_id) {
+            Some((context, _)) => self.write_short_run(run_id, context, outcome),
+            None => {
+                let context = self.open.remove(&run_id);
+                self.write_end(ENDED_KIND, run_id.as_str(), context.as_ref(), &outcome);
+            }
+        }
+    }
+
+    /// Writes a run that has no `run.started` on record: into the group of
+    /// short runs when it ended plainly (no error, no denials, its usage
+    /// known) and starts are held back, else as a `run` record of its own.
+    fn write_short_run(&mut self, run_id: RunId, context: RunContext, outcome: RunOutcome) {
+        let plain = outcome.error.is_none() && outcome.denials.unwrap_or(0) == 0;
+        let usage = match outcome.usage {
+            Some(usage) if plain && self.defer => usage,
+            _ => return self.write_end(RUN_KIND, run_id.as_str(), Some(&context), &outcome),
         };
-        self.write_end(kind, run_id.as_str(), context.as_ref(), outcome);
+        // Defining a new context appends its record, which writes the group
+        // (of the context before) first.
+        let ctx = self.context_id(&context);
+        if !self.group.is_empty() && self.group_ctx != ctx {
+            self.write_group();
+        }
+        self.group_ctx = ctx;
+        self.group.push((run_id, outcome.outcome, usage));
+        if self.group.len() >= GROUP_RUNS {
+            self.write_group();
+        }
+    }
+
+    /// Appends the group of short runs: a `run` record for one, a `runs`
+    /// record for more.
+    fn write_group(&mut self) {
+        if self.group.is_empty() {
+            return;
+        }
+        // Taken out first: appending writes the group, and it is empty now.
+        let mut group = std::mem::take(&mut self.group);
+        let ctx = self.group_ctx;
+        if let [(run_id, outcome, usage)] = group.as_slice() {
+            let end = RunOutcome {
+                usage: Some(*usage),
+                ..RunOutcome::new(outcome.clone())
+            };
+            self.write_record_with(RUN_KIND, |out| {
+                line::end_fields(out, run_id.as_str(), Some(ctx), &end)
+            });
+        } else {
+            self.write_record_with(RUNS_KIND, |out| {
+                line::runs_fields(
+                    out,
+                    ctx,
+                    group
+                        .iter()
+                        .map(|(id, outcome, usage)| (id.as_str(), outcome.as_ref(), usage)),
+                )
+            });
+        }
+        group.clear();
+        self.group = group;
     }
 
     /// Writes a `run` or `run.ended` record (after
@@ -567,12 +638,12 @@ impl Writer {
                 self.deferred_order.push_back((at, run_id));
             }
             Pending::Started { run_id, context } => self.write_start(run_id, context),
-            Pending::Ended { run_id, outcome } => self.write_run_end(run_id, &outcome),
+            Pending::Ended { run_id, outcome } => self.write_run_end(run_id, outcome),
             Pending::Completed {
                 run_id,
                 context,
                 outcome,
-            } => self.write_end(RUN_KIND, run_id.as_str(), Some(&context), &outcome),
+            } => self.write_short_run(run_id, context, outcome),
         }
     }
 
@@ -634,6 +705,8 @@ impl Writer {
     /// Appends the record at `next_seq` whose fields `fields` writes, and
     /// chains it.
     fn append(&mut self, kind: &str, fields: impl FnOnce(&mut Vec<u8>, &str)) {
+        // The short runs taken before this record come before it.
+        self.write_group();
         let ts = self.clock.now();
         let start = self.out.len();
         line::open(&mut self.out, self.next_seq, &ts, kind);
@@ -663,6 +736,7 @@ impl Writer {
     /// the records stay buffered for the next attempt, so none is lost or
     /// written twice.
     fn flush_out(&mut self) -> Result<(), String> {
+        self.write_group();
         if self.out.is_empty() {
             return Ok(());
         }
@@ -680,6 +754,8 @@ impl Writer {
 
     /// Closes the current file with a checkpoint and starts the next one.
     fn rotate_file(&mut self) -> Result<(), String> {
+        // The group's context numbers are this file's.
+        self.write_group();
         self.checkpoint()?;
         let next = self.dir.join(file_name(self.file_index + 1));
         self.file = OpenOptions::new()
@@ -754,6 +830,7 @@ impl Writer {
     /// is unsigned. It is synced, and named in the checkpoint file, by the
     /// next [`Writer::settle`].
     fn sign(&mut self) {
+        self.write_group();
         if self.unsigned > 0 {
             let key = self.key.clone();
             self.write_record(CHECKPOINT_KIND, |seq, ts, prev| {
@@ -780,6 +857,7 @@ impl Writer {
     /// `fsync: every`) records not yet synced.
     fn owes(&self) -> bool {
         !self.out.is_empty()
+            || !self.group.is_empty()
             || self.checkpoint_owed.is_some()
             || (self.fsync == FsyncPolicy::Every && self.unsynced > 0)
     }

@@ -59,7 +59,9 @@ pub(crate) enum AuditCommand {
     /// Print records, filtered. A run's records name their context (module,
     /// policy, caller, limits) by number; it is shown filled in from the
     /// file's `run.context` record, also with --json (the files keep the
-    /// compact lines the chain hashes).
+    /// compact lines the chain hashes). A `runs` record (the short runs of
+    /// one writer round that share a context) is shown as the `run` record
+    /// of each of its runs, all under its seq.
     Show {
         /// Log files in order [default: every audit-*.jsonl in <data-dir>/audit].
         files: Vec<PathBuf>,
@@ -289,30 +291,33 @@ impl AuditCommand {
                             })?;
                         contexts.learn(&raw);
                         // A run's record names its context by number: show it
-                        // filled in, so each printed record stands on its own.
-                        let record = contexts.expand(&raw);
-                        let field = |name: &str| record.fields[name].as_str().map(str::to_string);
-                        let keep = run
-                            .as_ref()
-                            .is_none_or(|r| field("run_id").as_ref() == Some(r))
-                            && module
+                        // filled in, so each printed record stands on its own;
+                        // a `runs` record shows as the `run` record of each run.
+                        for record in contexts.expand_all(&raw) {
+                            let field =
+                                |name: &str| record.fields[name].as_str().map(str::to_string);
+                            let keep = run
                                 .as_ref()
-                                .is_none_or(|m| field("module").as_ref() == Some(m))
-                            && caller
-                                .as_ref()
-                                .is_none_or(|c| field("caller").as_ref() == Some(c))
-                            && kind.as_ref().is_none_or(|k| &record.kind == k);
-                        if !keep {
-                            continue;
-                        }
-                        if json {
-                            writeln!(out, "{}", serde_json::to_string(&record)?)?;
-                        } else {
-                            writeln!(
-                                out,
-                                "{:>6} {} {:<18} {}",
-                                record.seq, record.ts, record.kind, record.fields
-                            )?;
+                                .is_none_or(|r| field("run_id").as_ref() == Some(r))
+                                && module
+                                    .as_ref()
+                                    .is_none_or(|m| field("module").as_ref() == Some(m))
+                                && caller
+                                    .as_ref()
+                                    .is_none_or(|c| field("caller").as_ref() == Some(c))
+                                && kind.as_ref().is_none_or(|k| &record.kind == k);
+                            if !keep {
+                                continue;
+                            }
+                            if json {
+                                writeln!(out, "{}", serde_json::to_string(&record)?)?;
+                            } else {
+                                writeln!(
+                                    out,
+                                    "{:>6} {} {:<18} {}",
+                                    record.seq, record.ts, record.kind, record.fields
+                                )?;
+                            }
                         }
                     }
                 }
