@@ -1,5 +1,6 @@
 //! `chassis audit verify` throughput: a log of 1,000,000 run records
-//! written by the real writer with the shipped settings (a checkpoint per
+//! (each run names one denial, so that none shares a `runs` record and the
+//! per-record cost is what is measured) written by the real writer with the shipped settings (a checkpoint per
 //! 256 records), verified by `audit::verify::verify`, next to the floor of
 //! the same pass, SHA-256 of every line alone. Verify should be bound by
 //! hashing (one SHA-256 per record), not by Ed25519 (one signature per 256).
@@ -29,7 +30,8 @@ struct Figures {
     ratio: f64,
 }
 
-/// Writes `runs` short runs (one `run` record each) through the writer.
+/// Writes `runs` short runs (one `run` record each: a denial keeps a run
+/// out of the writer's `runs` records) through the writer.
 fn write_log(data: &Path, runs: u64) -> Vec<PathBuf> {
     let config = chassis::config::Config {
         data_dir: data.to_path_buf(),
@@ -56,6 +58,7 @@ fn write_log(data: &Path, runs: u64) -> Vec<PathBuf> {
                     wall_us: 210,
                     cpu_us: 190,
                 }),
+                denials: Some(1),
                 ..chassis::audit::RunOutcome::new("ok")
             },
         )

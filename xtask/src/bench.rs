@@ -55,8 +55,8 @@ const PAIRS: &[Pair] = &[
         max_ratio: 1.05,
         why_missed: "the run's own thread only sends its start and end (a cached context, an \
                      inline run id, a typed outcome, no wake-up of the writer), each send a cache miss \
-                     on the queue's slot; the writer thread spells, hashes and appends one ~276-byte \
-                     `run` record per run, buffered into one write per 10 ms round, signs a checkpoint \
+                     on the queue's slot; the writer thread spells one ~70-byte row per run into a \
+                     `runs` record of up to 64 (hashed and appended once), buffered into one write per 10 ms round, signs a checkpoint \
                      per 256 records and syncs once per round. On 2 cores that thread's ~1 µs per run \
                      shares the cores the runs use, and criterion's spread between the two rows is \
                      about as large as the gap",
@@ -1003,9 +1003,10 @@ pub(crate) fn run(quick: bool) -> Result<()> {
          instantiate from an `InstancePre`, call `run`, drop.\n\
          - `sandbox/host-run` and `sandbox/host-run-audited`: the same run through `Host::run` (policy \
          checks, run id, metrics, tracing span), without and with the audit log at its shipped \
-         settings (batch fsync, one hash-chained `run` record per short run, one signed checkpoint \
-         per batch).\n\
-         - Audit verify (`benches/benches/audit.rs`): 1,000,000 short runs (100,000 with --quick) \
+         settings (batch fsync, the plain short runs written out together in hash-chained `runs` records of \
+         up to 64, one signed checkpoint per batch).\n\
+         - Audit verify (`benches/benches/audit.rs`): 1,000,000 short runs (100,000 with --quick), each \
+         with one denial so that each is a `run` record of its own (plain runs share `runs` records), \
          written by the real writer at the shipped settings, then `audit::verify::verify` with the \
          trusted key and the checkpoint file, next to SHA-256 of every line alone over the same \
          files from the page cache.\n\

@@ -28,6 +28,8 @@ pub const RUNS_KIND: &str = "runs";
 /// The columns of a run in a `runs` record, in order, as the record's
 /// `cols` field names them.
 pub const RUNS_COLUMNS: &str = r#"["run_id","outcome","fuel","mem","wall_us","cpu_us"]"#;
+/// The names [`RUNS_COLUMNS`] spells, the only columns [`unfold`] reads.
+const RUNS_COLUMN_NAMES: [&str; 6] = ["run_id", "outcome", "fuel", "mem", "wall_us", "cpu_us"];
 /// Of [`RUNS_COLUMNS`], those a `run` record keeps under `usage`.
 const USAGE_COLUMNS: [&str; 4] = ["fuel", "mem", "wall_us", "cpu_us"];
 /// Kind of the record of a run that started (written only when the run
@@ -371,8 +373,10 @@ impl Contexts {
 /// The records `record` stands for: a `runs` record as the `run` record of
 /// each of its runs (its seq, time and `ctx`; the columns its `cols` names,
 /// the figures under `usage`, as a `run` record has them), any other record
-/// as itself. A `runs` record that is not of that shape is returned as it
-/// is, for its reader to see.
+/// as itself. A `runs` record that is not of that shape (no runs, a column
+/// other than [`RUNS_COLUMNS`]' own, which could otherwise stand in for a
+/// context's `module` or `caller`, a row of another length) is returned
+/// as it is, for its reader to see.
 pub fn unfold(record: &Record) -> Vec<Record> {
     if record.kind != RUNS_KIND {
         return vec![record.clone()];
@@ -383,6 +387,10 @@ pub fn unfold(record: &Record) -> Vec<Record> {
     ) else {
         return vec![record.clone()];
     };
+    let known = |col: &Value| col.as_str().is_some_and(|c| RUNS_COLUMN_NAMES.contains(&c));
+    if runs.is_empty() || !cols.iter().all(known) {
+        return vec![record.clone()];
+    }
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
         let Some(values) = run.as_array().filter(|v| v.len() == cols.len()) else {
@@ -518,5 +526,49 @@ mod tests {
         assert_eq!(read.expand(&run).fields.get("module"), None);
         let continued = Interner::continuing(&read);
         assert_eq!(continued.define(&context).0, 1);
+    }
+
+    #[test]
+    fn the_columns_a_runs_record_names_are_the_ones_unfold_reads() {
+        let spelled: Vec<String> = serde_json::from_str(RUNS_COLUMNS).unwrap();
+        assert_eq!(spelled, RUNS_COLUMN_NAMES);
+        assert!(USAGE_COLUMNS.iter().all(|c| RUNS_COLUMN_NAMES.contains(c)));
+    }
+
+    #[test]
+    fn a_runs_record_unfolds_only_when_it_has_the_shape_the_writer_writes() {
+        let cols: Value = serde_json::from_str(RUNS_COLUMNS).unwrap();
+        let row = serde_json::json!(["r1", "ok", 1, 2, 3, 4]);
+        let runs = |cols: Value, rows: Value| {
+            record(
+                RUNS_KIND,
+                serde_json::json!({"ctx": 1, "cols": cols, "runs": rows}),
+            )
+        };
+
+        let good = runs(
+            cols.clone(),
+            serde_json::json!([row, ["r2", "ok", 5, 6, 7, 8]]),
+        );
+        let unfolded = unfold(&good);
+        assert_eq!(unfolded.len(), 2);
+        assert_eq!(unfolded[0].kind, RUN_KIND);
+        assert_eq!(
+            unfolded[1].fields,
+            serde_json::json!({"run_id": "r2", "outcome": "ok", "ctx": 1,
+                "usage": {"fuel": 5, "mem": 6, "wall_us": 7, "cpu_us": 8}})
+        );
+
+        // Each odd shape comes back as the record itself, nothing dropped
+        // and nothing a context fills in overridden.
+        let forged = serde_json::json!(["run_id", "outcome", "module", "mem", "wall_us", "cpu_us"]);
+        for odd in [
+            runs(cols.clone(), serde_json::json!([])),
+            runs(forged, serde_json::json!([row])),
+            runs(cols.clone(), serde_json::json!([["r1", "ok"]])),
+            runs(serde_json::json!("run_id"), serde_json::json!([row])),
+        ] {
+            assert_eq!(unfold(&odd), vec![odd.clone()]);
+        }
     }
 }

@@ -373,7 +373,8 @@ impl AuditLog {
     ///
     /// The writer holds the record back for one batch interval: a run that
     /// ends within it with nothing else recorded about it gets one `run`
-    /// record instead of two. A run still going after the interval, or one
+    /// record instead of two (or a row of a `runs` record, see
+    /// [`context::unfold`]). A run still going after the interval, or one
     /// another record names first (a secret, a denial), gets its
     /// `run.started` then, and the checkpoint that closes the batch signs
     /// it, so a run in flight when the host dies is on disk if it outlived
@@ -430,8 +431,9 @@ impl AuditLog {
     /// message: its context and how it ended, for a run about which
     /// nothing else was recorded and that never waited, so that it had no
     /// reason to be on record before it ended. The writer writes it as
-    /// one `run` record, as it does a run whose end came while its start
-    /// was held back, at the cost of one queue message instead of two.
+    /// one `run` record (or a row of a `runs` record), as it does a run
+    /// whose end came while its start was held back, at the cost of one
+    /// queue message instead of two.
     /// Never refused for the log's health.
     pub fn run_completed(
         &self,

@@ -558,10 +558,15 @@ fn a_short_plain_run_is_one_record_naming_a_context_written_once() {
 /// A writer run on this thread over `messages`, all queued before it
 /// starts so that it takes them in one round, then stopped: the log's files.
 fn in_one_round(dir: &Path, messages: Vec<Message>) -> Vec<PathBuf> {
-    let o = slow_batches(dir);
+    in_one_round_with(&slow_batches(dir), messages)
+}
+
+/// [`in_one_round`] with the writer's options `o` (its `dir`'s log).
+fn in_one_round_with(o: &AuditOptions, messages: Vec<Message>) -> Vec<PathBuf> {
+    let dir = o.dir.parent().unwrap().to_path_buf();
     let key = keys::load_or_create(&o.key_file).unwrap();
     keys::remember_public_key(&o.keys_dir, &key.verifying_key()).unwrap();
-    let (writer, _) = writer::Writer::open(&o, key, writer::OpenMode::Normal).unwrap();
+    let (writer, _) = writer::Writer::open(o, key, writer::OpenMode::Normal).unwrap();
     let (tx, rx) = std::sync::mpsc::sync_channel(messages.len() + 1);
     for m in messages {
         tx.send(m).unwrap();
@@ -572,6 +577,60 @@ fn in_one_round(dir: &Path, messages: Vec<Message>) -> Vec<PathBuf> {
     writer.run(rx, health.clone());
     assert_eq!(health.failures.load(Ordering::Relaxed), 0);
     log_files(&dir.join("audit")).unwrap()
+}
+
+/// A group open when the file fills is written into that file, under the
+/// context number that file defined: across many rotations in one round
+/// every run is on record once, in order, under its own module, and the
+/// log verifies.
+#[test]
+fn short_runs_grouped_across_rotations_keep_their_file_s_contexts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = slow_batches(dir.path());
+    o.max_file_bytes = 2048;
+    let messages = (0..300)
+        .map(|i| {
+            completed(
+                &format!("r{i}"),
+                if i % 100 < 50 { "m" } else { "n" },
+                plain(i),
+            )
+        })
+        .collect();
+    let files = in_one_round_with(&o, messages);
+    assert!(files.len() > 2, "{} files", files.len());
+
+    let mut contexts = context::Contexts::default();
+    let mut seen = Vec::new();
+    let mut grouped_files = 0;
+    for file in &files {
+        contexts.new_file();
+        let mut grouped = false;
+        for r in records(std::slice::from_ref(file)) {
+            contexts.learn(&r);
+            grouped |= r.kind == "runs";
+            for run in contexts.expand_all(&r) {
+                if run.kind == "run" {
+                    seen.push((
+                        run.fields["run_id"].as_str().unwrap().to_string(),
+                        run.fields["module"].as_str().unwrap().to_string(),
+                    ));
+                }
+            }
+        }
+        grouped_files += usize::from(grouped);
+    }
+    let expected: Vec<(String, String)> = (0..300)
+        .map(|i| {
+            (
+                format!("r{i}"),
+                if i % 100 < 50 { "m" } else { "n" }.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, expected, "every run once, in order, under its module");
+    assert!(grouped_files > 1, "groups in {grouped_files} files");
+    check(dir.path(), &files).unwrap();
 }
 
 fn completed(id: &str, module: &str, outcome: RunOutcome) -> Message {

@@ -689,6 +689,9 @@ impl Writer {
         kind: &str,
         fields: impl FnOnce(u64, &str, &str) -> V,
     ) {
+        // The fields may sign seq and prev (a checkpoint, a key's
+        // endorsement): the short runs before this record take theirs first.
+        self.write_group();
         let (seq, prev) = (self.next_seq, self.last_hash);
         self.append(kind, |out, ts| {
             let fields = fields(seq, ts, prev.as_str());
