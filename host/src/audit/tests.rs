@@ -600,26 +600,15 @@ fn short_runs_grouped_across_rotations_keep_their_file_s_contexts() {
     let files = in_one_round_with(&o, messages);
     assert!(files.len() > 2, "{} files", files.len());
 
-    let mut contexts = context::Contexts::default();
-    let mut seen = Vec::new();
-    let mut grouped_files = 0;
-    for file in &files {
-        contexts.new_file();
-        let mut grouped = false;
-        for r in records(std::slice::from_ref(file)) {
-            contexts.learn(&r);
-            grouped |= r.kind == "runs";
-            for run in contexts.expand_all(&r) {
-                if run.kind == "run" {
-                    seen.push((
-                        run.fields["run_id"].as_str().unwrap().to_string(),
-                        run.fields["module"].as_str().unwrap().to_string(),
-                    ));
-                }
-            }
-        }
-        grouped_files += usize::from(grouped);
-    }
+    let seen = run_modules(&files);
+    let grouped_files = files
+        .iter()
+        .filter(|f| {
+            records(std::slice::from_ref(f))
+                .iter()
+                .any(|r| r.kind == "runs")
+        })
+        .count();
     let expected: Vec<(String, String)> = (0..300)
         .map(|i| {
             (
@@ -631,6 +620,27 @@ fn short_runs_grouped_across_rotations_keep_their_file_s_contexts() {
     assert_eq!(seen, expected, "every run once, in order, under its module");
     assert!(grouped_files > 1, "groups in {grouped_files} files");
     check(dir.path(), &files).unwrap();
+}
+
+/// Each run on record in `files`, in order, as (run id, module), read the
+/// way `chassis audit show` reads them: each file's contexts, `runs`
+/// records unfolded.
+fn run_modules(files: &[PathBuf]) -> Vec<(String, String)> {
+    let mut contexts = context::Contexts::default();
+    let mut seen = Vec::new();
+    for file in files {
+        contexts.new_file();
+        for r in records(std::slice::from_ref(file)) {
+            contexts.learn(&r);
+            for run in contexts.expand_all(&r) {
+                if run.kind == "run" {
+                    let field = |name: &str| run.fields[name].as_str().unwrap().to_string();
+                    seen.push((field("run_id"), field("module")));
+                }
+            }
+        }
+    }
+    seen
 }
 
 fn completed(id: &str, module: &str, outcome: RunOutcome) -> Message {
@@ -760,17 +770,7 @@ fn the_plain_short_runs_of_a_round_that_share_a_context_are_one_runs_record() {
     );
 
     // Contexts fill in as for a `run` record: c1 and c2 ran under n.
-    let mut contexts = context::Contexts::default();
-    let mut modules = Vec::new();
-    for r in &all {
-        contexts.learn(r);
-        for run in contexts.expand_all(r) {
-            if run.kind == "run" {
-                let id = run.fields["run_id"].as_str().unwrap().to_string();
-                modules.push((id, run.fields["module"].as_str().unwrap().to_string()));
-            }
-        }
-    }
+    let modules = run_modules(&files);
     let of = |id: &str| modules.iter().find(|(r, _)| r == id).unwrap().1.clone();
     assert_eq!(
         (of("c0"), of("c1"), of("c2"), of("d1")),
