@@ -137,6 +137,9 @@ impl Chassis {
     }
 }
 
+/// Alternated pairs of `Host::run` without and with the audit log.
+const AUDIT_PAIRS: usize = 3;
+
 fn sandbox(c: &mut Criterion) {
     let Chassis {
         runtime,
@@ -186,18 +189,28 @@ fn sandbox(c: &mut Criterion) {
         .build()
         .unwrap();
     let audited_module = audited.modules().register(&wasm).unwrap();
-    for (name, host, module) in [
-        ("host-run", &host, &module),
-        ("host-run-audited", &audited, &audited_module),
-    ] {
-        group.bench_function(name, |b| {
-            b.iter(|| {
-                let report = runtime
-                    .block_on(host.run(module, chassis::RunRequest::new(input.clone())))
-                    .unwrap();
-                assert!(report.result.is_ok());
-            })
-        });
+    // Three alternated pairs, the audited run first in the second, so the
+    // ratio does not ride on one stretch of this machine's speed, which
+    // drifts by more than the gap between the two (`cargo xtask bench`
+    // reports the median pair, and each pair's ratio).
+    let plain = ("host-run", &host, &module);
+    let logged = ("host-run-audited", &audited, &audited_module);
+    for round in 1..=AUDIT_PAIRS {
+        let order = if round % 2 == 1 {
+            [plain, logged]
+        } else {
+            [logged, plain]
+        };
+        for (name, host, module) in order {
+            group.bench_function(format!("{name}-{round}"), |b| {
+                b.iter(|| {
+                    let report = runtime
+                        .block_on(host.run(module, chassis::RunRequest::new(input.clone())))
+                        .unwrap();
+                    assert!(report.result.is_ok());
+                })
+            });
+        }
     }
     group.finish();
     audit.close().unwrap();

@@ -482,10 +482,16 @@ pub struct RunRequest {
 
 impl RunRequest {
     /// A local run of `input` under the deny-all policy and host limits.
+    ///
+    /// Every such request shares one deny-all `Arc`: no policy is built
+    /// per run, and the audit log's context cache knows it by its address
+    /// instead of comparing its name and digest on every run.
     pub fn new(input: impl Into<Vec<u8>>) -> Self {
+        static DENY_ALL: std::sync::LazyLock<Arc<Policy>> =
+            std::sync::LazyLock::new(|| Arc::new(Policy::deny_all()));
         Self {
             input: input.into(),
-            policy: Arc::new(Policy::deny_all()),
+            policy: DENY_ALL.clone(),
             caller: crate::policy::LOCAL_CALLER.into(),
             limits: LimitsRequest::default(),
             tap: None,
