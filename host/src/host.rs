@@ -498,6 +498,20 @@ impl RunRequest {
         }
     }
 
+    /// A local run of `input` under `policy` and host limits: for callers
+    /// that always name a policy (the gRPC service, the coordinator), so
+    /// the request never touches the shared deny-all `Arc` of
+    /// [`RunRequest::new`], whose count every core would otherwise write.
+    pub fn under(input: impl Into<Vec<u8>>, policy: Arc<Policy>) -> Self {
+        Self {
+            input: input.into(),
+            policy,
+            caller: crate::policy::LOCAL_CALLER.into(),
+            limits: LimitsRequest::default(),
+            tap: None,
+        }
+    }
+
     /// Streams guest logs and output to `tap` while the run goes.
     pub fn tap(mut self, tap: Tap) -> Self {
         self.tap = Some(tap);

@@ -743,7 +743,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         )?;
         if !met {
             misses.push(format!(
-                "- {}: {ratio:.3}x against a target of {:.2}x ({:.1}% over). Where the time goes: {}.",
+                "- {}: {ratio:.4}x against a target of {:.2}x ({:.2}% over). Where the time goes: {}.",
                 pair.what,
                 pair.max_ratio,
                 (ratio / pair.max_ratio - 1.0) * 100.0,

@@ -914,8 +914,7 @@ impl Coordinator {
                 ));
             }
         };
-        let request = RunRequest::new(input)
-            .policy(policy)
+        let request = RunRequest::under(input, policy)
             .caller(spec.caller.clone())
             .limits(LimitsRequest {
                 timeout: step.timeout(),

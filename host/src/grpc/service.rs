@@ -253,8 +253,7 @@ impl ChassisService {
                 .max(Duration::from_millis(1));
             limits.timeout = Some(limits.timeout.map_or(deadline, |t| t.min(deadline)));
         }
-        let run = RunRequest::new(body.input.clone())
-            .policy(policy)
+        let run = RunRequest::under(body.input.clone(), policy)
             .caller(caller)
             .limits(limits);
         Ok((module, run))
