@@ -918,7 +918,11 @@ pub(crate) fn run(quick: bool) -> Result<()> {
              runnable, for 2.3 ms while a thread of the VM's own agent (PID 1) ran; most slower runs \
              of 80–500 µs had no switch at all in them (the vCPU paused underneath, as for the bare \
              loop). Two bare loops on both cores at once, in that sitting, counted 46 gaps over 72 µs \
-             in 1.5 s against the load's ~100.",
+             in 1.5 s against the load's ~100. On the AMD EPYC of 3854712 a `perf sched` trace put a \
+             1.05 ms run where DAMON's `kdamond.0` (physical-address sampling every 500 ms) took the \
+             worker's core for 0.95 ms, and a 2.6 ms run on a worker that was never switched out; with \
+             DAMON stopped, three alternated loads each way counted 76, 138 and 131 runs over 10x p50 \
+             against 144, 95 and 98 with it on, so no one neighbour accounts for the count.",
             pauses.per_s(),
             pauses.longest.as_secs_f64() * 1e6
         ));
