@@ -105,6 +105,43 @@ fn bare_scaling(span: std::time::Duration) -> f64 {
     spin(2) / one
 }
 
+/// How long one cache line takes to go from one thread to another and
+/// back, right now: two threads hand a counter to each other a million
+/// times. A bare CPU loop sees no difference, but a load whose two
+/// workers share queues, counters and pool slots does: on this KVM guest
+/// it read 64-73 ns most minutes, 33 ns and 342 ns in others (the VM
+/// host moves the vCPUs between its cores and dies).
+fn core_round_trip_ns() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    const TRIPS: u64 = 1_000_000;
+    let ball = std::sync::Arc::new(AtomicU64::new(0));
+    let other = {
+        let ball = ball.clone();
+        std::thread::spawn(move || {
+            let mut want = 1;
+            while want < 2 * TRIPS {
+                while ball.load(Ordering::Acquire) != want {
+                    std::hint::spin_loop();
+                }
+                ball.store(want + 1, Ordering::Release);
+                want += 2;
+            }
+        })
+    };
+    let start = std::time::Instant::now();
+    let mut at = 0;
+    while at < 2 * TRIPS {
+        ball.store(at + 1, Ordering::Release);
+        while ball.load(Ordering::Acquire) != at + 2 {
+            std::hint::spin_loop();
+        }
+        at += 2;
+    }
+    let took = start.elapsed();
+    let _ = other.join();
+    took.as_nanos() as f64 / TRIPS as f64
+}
+
 /// What this machine does to a bare busy loop (no chassis, no system call
 /// but the vDSO clock): the gaps between consecutive clock reads of at
 /// least a threshold. A run that one falls in takes that much longer
@@ -685,13 +722,13 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         rounds,
         || echo_at("2", false),
         || echo_at("1", false),
-        || bare2.push(bare_scaling(probe)),
+        || bare2.push((bare_scaling(probe), core_round_trip_ns())),
     )?;
     let scaling16 = Pairs::measure_with(
         rounds,
         || echo_at("16", false),
         || echo_at("1", false),
-        || bare16.push(bare_scaling(probe)),
+        || bare16.push((bare_scaling(probe), core_round_trip_ns())),
     )?;
     let (echo, echo1, _) = scaling16.median();
     let (echo, echo1) = (echo.clone(), echo1.clone());
@@ -938,7 +975,10 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     )?;
     for (c, pairs, bare) in [(2, &scaling2, &bare2), (16, &scaling16, &bare16)] {
         let (report, reference, ratio) = pairs.median();
-        let ceiling = bare.get(pairs.median_index()).copied().unwrap_or(f64::NAN);
+        let (ceiling, trip) = bare
+            .get(pairs.median_index())
+            .copied()
+            .unwrap_or((f64::NAN, f64::NAN));
         let rate = f(report, "throughput_per_s");
         let rate1 = f(reference, "throughput_per_s");
         let met = ratio >= 1.8;
@@ -950,11 +990,13 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             tail(report),
             yes(met)
         )?;
-        let each: Vec<String> = bare.iter().map(|r| format!("{r:.2}x")).collect();
+        let each: Vec<String> = bare.iter().map(|(r, _)| format!("{r:.2}x")).collect();
+        let trips: Vec<String> = bare.iter().map(|(_, t)| format!("{t:.0} ns")).collect();
         writeln!(
             md,
-            "| a bare CPU loop (no chassis) on 2 threads against 1, right after each concurrency {c} pair | {ceiling:.2}x after the median pair ({}) | — | — | reported: this machine's ceiling for the row above, in the same minute | — |",
-            each.join(", ")
+            "| a bare CPU loop (no chassis) on 2 threads against 1, and a cache line's round trip between them, right after each concurrency {c} pair | {ceiling:.2}x and {trip:.0} ns after the median pair ({}; {}) | — | — | reported: this machine's ceiling for the row above, in the same minute | — |",
+            each.join(", "),
+            trips.join(", ")
         )?;
         if !met {
             // Whose shortfall it is depends on what the machine itself
@@ -967,13 +1009,15 @@ pub(crate) fn run(quick: bool) -> Result<()> {
                 )
             } else {
                 format!(
-                    "This one is not the machine's: a bare CPU loop on 2 threads made {ceiling:.2}x of one \
-                     thread's progress right after that pair. At d36891c concurrency 16 loads were bimodal, \
+                    "A bare CPU loop on 2 threads made {ceiling:.2}x of one thread's progress right after \
+                     that pair, and a cache line took {trip:.0} ns to go between the two cores and back \
+                     (64-73 ns in most minutes here, 342 ns in one). At d36891c concurrency 16 loads were bimodal, \
                      by hand as in the bench: most ran at ~240k runs/s with p50 7.3 µs, some at ~170k with \
                      p50 10.3–10.9 µs, every run slower rather than a longer tail, while concurrency 2 stayed \
-                     at 2.0x; the slow mode is not explained yet (suspects: tasks and pool slots moving \
-                     between the two workers' cores with tokio's work stealing, which concurrency 2, one task \
-                     per worker, never does)."
+                     at 2.0x; the slow mode is not explained yet. The suspect is cross-core traffic, which a \
+                     bare loop never makes: tasks and pool slots moving between the two workers' cores with \
+                     tokio's work stealing (concurrency 2, one task per worker, never steals), made dearer \
+                     when the VM host puts the two vCPUs further apart (the round trip above)."
                 )
             };
             misses.push(format!(
@@ -1176,7 +1220,8 @@ pub(crate) fn run(quick: bool) -> Result<()> {
          - Load rows: the release `chassis load` command in-process; concurrency 2 and 16 are each three \
          alternated pairs (one with --quick) with a concurrency 1 load of their own, the row giving the pair \
          with the median ratio (the concurrency 1 row is the 16 row's reference), and after each pair a bare \
-         CPU loop runs 1 s on one thread, then 1 s on two, for the machine's own ceiling in that minute; \
+         CPU loop runs 1 s on one thread, then 1 s on two, and two threads hand a cache line back and forth a \
+         million times, for the machine's own ceiling and cross-core latency in that minute; \
          the `wasmtime run` peer is the \
          wasmtime 48.0.8 CLI installed by `cargo install` into target/peers, run 100 times as a \
          process with the same input on stdin.\n\
