@@ -489,13 +489,7 @@ impl RunRequest {
     pub fn new(input: impl Into<Vec<u8>>) -> Self {
         static DENY_ALL: std::sync::LazyLock<Arc<Policy>> =
             std::sync::LazyLock::new(|| Arc::new(Policy::deny_all()));
-        Self {
-            input: input.into(),
-            policy: DENY_ALL.clone(),
-            caller: crate::policy::LOCAL_CALLER.into(),
-            limits: LimitsRequest::default(),
-            tap: None,
-        }
+        Self::under(input, DENY_ALL.clone())
     }
 
     /// A local run of `input` under `policy` and host limits: for callers

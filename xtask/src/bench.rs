@@ -355,6 +355,14 @@ fn tail(report: &serde_json::Value) -> String {
     )
 }
 
+/// The index of the median of `ratios` (the upper middle one of an even
+/// count; NaN sorts last).
+fn median_index(ratios: &[f64]) -> usize {
+    let mut order: Vec<usize> = (0..ratios.len()).collect();
+    order.sort_by(|&i, &j| ratios[i].total_cmp(&ratios[j]));
+    order[order.len() / 2]
+}
+
 /// Alternated loads of ours and a peer, `ours, peer, peer, ours, ours,
 /// peer, ...` (so neither always goes first, into what the other left), for
 /// a ratio that does not ride on one minute of this machine: its speed
@@ -400,10 +408,7 @@ impl Pairs {
 
     /// The index of the pair whose ratio is the median.
     fn median_index(&self) -> usize {
-        let ratios = self.ratios();
-        let mut order: Vec<usize> = (0..ratios.len()).collect();
-        order.sort_by(|&i, &j| ratios[i].total_cmp(&ratios[j]));
-        order[order.len() / 2]
+        median_index(&self.ratios())
     }
 
     /// Each pair's ratio of runs per second, ours over the peer's.
@@ -426,9 +431,10 @@ impl Pairs {
     /// The pair whose ratio is the median (the upper middle one of an even
     /// count), and that ratio.
     fn median(&self) -> (&serde_json::Value, &serde_json::Value, f64) {
-        let mid = self.median_index();
+        let ratios = self.ratios();
+        let mid = median_index(&ratios);
         let (a, b) = &self.pairs[mid];
-        (a, b, self.ratios()[mid])
+        (a, b, ratios[mid])
     }
 
     /// "pairs 0.58x, 0.60x, 0.61x" in the order measured, to `places`.
@@ -602,7 +608,6 @@ fn wasmtime_run_rate(cli: &Path, wasm: &Path, input: &str, runs: usize) -> Resul
     Ok(runs as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Runs the benches (criterion's own timing) and regenerates BENCHMARKS.md.
 /// Writes `pair`'s row from criterion's `(ours, peer)` medians, with
 /// `measured` after what it is, and its miss line when over its target;
 /// `places` are the decimals of the row's ratio, the miss line's ratio and
@@ -640,6 +645,7 @@ fn pair_row(
     Ok(())
 }
 
+/// Runs the benches (criterion's own timing) and regenerates BENCHMARKS.md.
 pub(crate) fn run(quick: bool) -> Result<()> {
     let root = crate::setup::root();
     let mut args = vec!["bench", "-p", "chassis-benches", "--bench", "sandbox", "--"];
@@ -847,10 +853,8 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             let peer = estimate_ns(&root, &format!("{}-{n}", pair.peer))?;
             rounds.push((ours, peer));
         }
-        let ratio = |&(ours, peer): &(f64, f64)| ours / peer;
-        let mut order: Vec<usize> = (0..rounds.len()).collect();
-        order.sort_by(|&i, &j| ratio(&rounds[i]).total_cmp(&ratio(&rounds[j])));
-        let each: Vec<String> = rounds.iter().map(|r| format!("{:.3}x", ratio(r))).collect();
+        let ratios: Vec<f64> = rounds.iter().map(|(ours, peer)| ours / peer).collect();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.3}x")).collect();
         let measured = format!(
             " (the median of {} alternated pairs: {})",
             rounds.len(),
@@ -861,7 +865,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             &mut misses,
             pair,
             &measured,
-            rounds[order[order.len() / 2]],
+            rounds[median_index(&ratios)],
             (3, 4, 2),
         )?;
     }
