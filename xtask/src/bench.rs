@@ -696,7 +696,9 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     } else {
         ("300000", "50000", "20000")
     };
-    let echo_at = |c: &str, audit: bool| {
+    // `flag`: `--audit` to price the log, `--explain-tail` to say why the
+    // tail's runs were slow.
+    let echo_at = |c: &str, flag: Option<&str>| {
         let mut args = vec![
             "--module",
             &g("echo.wasm"),
@@ -710,9 +712,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         .into_iter()
         .map(String::from)
         .collect::<Vec<_>>();
-        if audit {
-            args.push("--audit".into());
-        }
+        args.extend(flag.map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         chassis_load(&root, &args)
     };
@@ -726,14 +726,14 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     let probe = std::time::Duration::from_secs(1);
     let scaling2 = Pairs::measure_with(
         rounds,
-        || echo_at("2", false),
-        || echo_at("1", false),
+        || echo_at("2", None),
+        || echo_at("1", None),
         || bare2.push((bare_scaling(probe), core_round_trip_ns())),
     )?;
     let scaling16 = Pairs::measure_with(
         rounds,
-        || echo_at("16", false),
-        || echo_at("1", false),
+        || echo_at("16", None),
+        || echo_at("1", None),
         || bare16.push((bare_scaling(probe), core_round_trip_ns())),
     )?;
     let (echo, echo1, _) = scaling16.median();
@@ -745,10 +745,13 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         ),
         std::time::Duration::from_secs(2),
     );
+    // Why the tail's runs were slow, in a load of its own: the four system
+    // calls per run it takes to say make it slower than the loads above.
+    let explained = echo_at("16", Some("--explain-tail"))?;
     let audited = Pairs::measure(
         if quick { 1 } else { 3 },
-        || echo_at("16", true),
-        || echo_at("16", false),
+        || echo_at("16", Some("--audit")),
+        || echo_at("16", None),
     )?;
     let served = served(
         &root,
@@ -1014,14 +1017,18 @@ pub(crate) fn run(quick: bool) -> Result<()> {
             } else {
                 format!(
                     "A bare CPU loop on 2 threads made {ceiling:.2}x of one thread's progress right after \
-                     that pair, and a cache line took {trip:.0} ns to go between the two cores and back \
-                     (64-73 ns in most minutes here, 342 ns in one). At d36891c concurrency 16 loads were bimodal, \
-                     by hand as in the bench: most ran at ~240k runs/s with p50 7.3 µs, some at ~170k with \
-                     p50 10.3–10.9 µs, every run slower rather than a longer tail, while concurrency 2 stayed \
-                     at 2.0x; the slow mode is not explained yet. The suspect is cross-core traffic, which a \
-                     bare loop never makes: tasks and pool slots moving between the two workers' cores with \
-                     tokio's work stealing (concurrency 2, one task per worker, never steals), made dearer \
-                     when the VM host puts the two vCPUs further apart (the round trip above)."
+                     that pair, and a cache line took {trip:.0} ns to go between the two cores and back. \
+                     Loads on this VM are bimodal, and the round trip says which mode a minute is in: in \
+                     alternated rounds by hand at de9e577, loads ran at 233-250k runs/s with p50 7.2-7.4 µs \
+                     whenever the round trip was 62-80 ns, and at 164-176k with p50 10.1-10.5 µs when it was \
+                     322-330 ns (the VM host had put the two vCPUs on cores that share no cache); a \
+                     concurrency 1 load does not change between the two (6.8 µs), and concurrency 2 is hit as \
+                     hard as 16 (1.45x next to a 343 ns round trip at f160991). What crosses between the cores \
+                     is the state every run writes and both cores share, most of it inside wasmtime's pooling \
+                     allocator (its slot-index locks, live-instance counts, and the engine's and module's \
+                     reference counts, each ~1% of a profiled run): 3 µs more per run at 260 ns more per \
+                     round trip is ~12 cache lines. The same load on one core runs at p50 6.8 µs, against \
+                     7.3 µs on two in the near placement."
                 )
             };
             misses.push(format!(
@@ -1056,9 +1063,50 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         pauses.per_s(),
         pauses.longest.as_secs_f64() * 1e6,
     )?;
+    // Why the tail's runs were slow, in TailCause order.
+    let causes: Vec<String> = [
+        "suspended",
+        "preempted",
+        "blocked",
+        "stolen",
+        "page-faults",
+        "on-cpu",
+    ]
+    .iter()
+    .filter_map(|c| {
+        let n = explained["tail_causes"][c].as_u64().unwrap_or(0);
+        (n > 0).then(|| format!("{n} {c}"))
+    })
+    .collect();
+    let causes = if causes.is_empty() {
+        "none over 10x p50".to_string()
+    } else {
+        causes.join(", ")
+    };
+    writeln!(
+        md,
+        "| `echo`, concurrency 16 with `--explain-tail` (a load of its own, at {:.0} runs/s with the four system calls per run it takes; p50 {:.0} µs): why its {} warm runs over 10x p50 were slow | {causes} | — | — | reported: whose the tail is | — |",
+        f(&explained, "throughput_per_s"),
+        explained["latency_us"]["p50"].as_f64().unwrap_or(0.0),
+        explained["warm_over_10x_p50"].as_u64().unwrap_or(0),
+    )?;
     if over > 1 {
         misses.push(format!(
-            "- `echo` at concurrency 16: {over} runs over 10x p50 against none but the first. The machine \
+            "- `echo` at concurrency 16: {over} runs over 10x p50 against none but the first. \
+             `chassis load --explain-tail` reads each run's thread before and after it (CPU time, \
+             context switches, page faults) and says whose each slow run was; in its load here: \
+             {causes}. `preempted` runs lost their core to another thread: in a `sched_switch` trace \
+             of 70 such runs at de9e577 the core went to chassis's own epoch ticker 26 times (it wakes \
+             every 10 ms and holds a core ~16 µs per wake-up on this VM; parking it on a bare futex in \
+             place of its channel cost the same, so that is the VM's price of a wake-up), to the VM's \
+             own agent 26 times, to kernel threads 14 times (kcompactd, rcu, kworkers, DAMON's \
+             kdamond) and to the load's other worker 4 times. `on-cpu` runs kept their core by the \
+             kernel's account, yet spent 70-200 µs of CPU on 7 µs of work with no page fault; sampled \
+             at 20 kHz their profile is an ordinary run's (memmove 9.8% of their samples against 7.3% \
+             of all, the PAGEMAP_SCAN walk 4% against 4.6%), which is how time the hypervisor takes \
+             without reporting it as steal looks from inside the guest, and a bare busy loop with no \
+             chassis in it pauses as often (next paragraph). The epoch ticker is the tail's one \
+             chassis share: deadlines and CPU shares need it to tick. The machine \
              itself pauses a bare busy loop, with no chassis in it, for 10x that p50 or more {:.0} times a \
              second per core (longest {:.0} µs), ~{expected:.0} pauses in the {load_s:.1} s the load ran on \
              {cores:.0} cores, and each lands in a run. On the Firecracker VM of 4626fb8 they came every \

@@ -68,6 +68,12 @@ pub(crate) struct LoadArgs {
     /// and CPU share only); a remote host meters as its config says.
     #[arg(long, default_value = "fuel", conflicts_with = "remote")]
     metering: Metering,
+    /// Also say why each warm run over 10x p50 was slow (local load only):
+    /// preempted, blocked, stolen by the hypervisor, page faults, on the
+    /// CPU, or suspended. Reads each run's thread before and after it, four
+    /// system calls per run, so throughput drops a little (~1 µs per run).
+    #[arg(long, conflicts_with = "remote")]
+    explain_tail: bool,
     #[command(flatten)]
     data_dir: DataDirArg,
 }
@@ -191,7 +197,9 @@ impl LoadArgs {
                     }
                 })
             };
-            let report = chassis::load::run(target, self.concurrency, stop, progress).await;
+            let report =
+                chassis::load::run(target, self.concurrency, stop, progress, self.explain_tail)
+                    .await;
             watcher.abort();
             report
         });

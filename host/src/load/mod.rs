@@ -4,6 +4,7 @@
 
 mod plot;
 mod report;
+mod tail;
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 pub use plot::write_svg;
 pub use report::{Distribution, LoadReport, SLOWEST, SlowRun};
+pub use tail::TailCause;
 
 use crate::grpc::proto;
 use crate::modules::Module;
@@ -64,6 +66,9 @@ pub(crate) struct Sample {
     pub(crate) worker: u32,
     /// Runs that worker finished before it.
     pub(crate) nth: u64,
+    /// Why it took as long as it did, when the load was asked
+    /// (`--explain-tail`).
+    pub(crate) cause: Option<TailCause>,
 }
 
 /// One run's result as the load sees it.
@@ -164,12 +169,15 @@ impl Target {
 /// Runs a load worker makes before it yields to the others on its thread.
 const YIELD_EVERY: usize = 8;
 
-/// Runs the load and reports. `progress` is updated as runs finish.
+/// Runs the load and reports. `progress` is updated as runs finish. With
+/// `explain_tail`, each run's thread is read before and after it (see
+/// [`TailCause`]) and the report counts the causes of its tail.
 pub async fn run(
     target: Target,
     concurrency: usize,
     stop: Stop,
     progress: Arc<Progress>,
+    explain_tail: bool,
 ) -> LoadReport {
     let concurrency = concurrency.max(1);
     let baseline_rss = rss_bytes();
@@ -217,9 +225,26 @@ pub async fn run(
                 }
                 let live = progress.live.fetch_add(1, Ordering::Relaxed) + 1;
                 progress.peak_live.fetch_max(live, Ordering::Relaxed);
+                let marks = if explain_tail {
+                    tail::ThreadMarks::now()
+                } else {
+                    None
+                };
                 let began = Instant::now();
-                let ran = target.run_once().await;
+                let mut polls = 0u32;
+                let ran = {
+                    let mut run = std::pin::pin!(target.run_once());
+                    std::future::poll_fn(|cx| {
+                        polls = polls.saturating_add(1);
+                        run.as_mut().poll(cx)
+                    })
+                    .await
+                };
                 let latency = began.elapsed();
+                let cause = marks.and_then(|before| {
+                    let after = tail::ThreadMarks::now()?;
+                    Some(TailCause::of(latency, polls, before, after))
+                });
                 progress.live.fetch_sub(1, Ordering::Relaxed);
                 progress.done.fetch_add(1, Ordering::Relaxed);
                 if ran.outcome != "ok" {
@@ -242,6 +267,7 @@ pub async fn run(
                     fuel: ran.fuel,
                     peak_memory: ran.peak_memory,
                     message,
+                    cause,
                 });
                 // A short run completes in one poll, so without this a
                 // worker would loop on its own runs and starve the others

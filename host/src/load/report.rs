@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::Sample;
+use super::{Sample, TailCause};
 
 /// Percentiles of one quantity.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -122,6 +122,11 @@ pub struct LoadReport {
     /// checkpoints included, divided by the runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_bytes_per_run: Option<f64>,
+    /// Why the warm runs over 10x p50 were slow, by [`TailCause`] (every
+    /// cause named, with its count), when the load was asked
+    /// (`chassis load --explain-tail`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tail_causes: Option<BTreeMap<String, u64>>,
     /// Every latency, microseconds, for plots (not serialized).
     #[serde(skip)]
     pub latencies_us: Vec<f64>,
@@ -164,11 +169,24 @@ impl LoadReport {
             .map(|s| s.latency.as_secs_f64() * 1e6)
             .collect();
         let latency_us = Distribution::of(latencies.clone());
-        let warm_over_10x_p50 = samples
-            .iter()
-            .zip(&latencies)
-            .filter(|(s, l)| s.nth > 0 && over_10x(**l, latency_us.p50))
-            .count() as u64;
+        let warm_tail = || {
+            samples
+                .iter()
+                .zip(&latencies)
+                .filter(|(s, l)| s.nth > 0 && over_10x(**l, latency_us.p50))
+                .map(|(s, _)| s)
+        };
+        let warm_over_10x_p50 = warm_tail().count() as u64;
+        let tail_causes = samples.iter().any(|s| s.cause.is_some()).then(|| {
+            let mut counts: BTreeMap<String, u64> = TailCause::ALL
+                .iter()
+                .map(|c| (c.as_str().to_string(), 0))
+                .collect();
+            for cause in warm_tail().filter_map(|s| s.cause) {
+                *counts.entry(cause.as_str().to_string()).or_default() += 1;
+            }
+            counts
+        });
         Self {
             runs: samples.len() as u64,
             concurrency,
@@ -201,6 +219,7 @@ impl LoadReport {
             throughput_by_second: by_second,
             slowest: slowest(samples),
             audit_bytes_per_run: None,
+            tail_causes,
             latencies_us: latencies,
         }
     }
@@ -242,6 +261,24 @@ impl LoadReport {
                 worst.latency_us,
                 starts.len(),
                 starts.join(", ")
+            );
+        }
+        if let Some(causes) = &self.tail_causes {
+            let named: Vec<String> = TailCause::ALL
+                .iter()
+                .filter_map(|c| {
+                    let n = causes.get(c.as_str()).copied().unwrap_or(0);
+                    (n > 0).then(|| format!("{n} {}", c.as_str()))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "tail causes     {}",
+                if named.is_empty() {
+                    "no warm run over 10x p50".to_string()
+                } else {
+                    named.join(" | ")
+                }
             );
         }
         let outcomes: Vec<String> = self
@@ -332,6 +369,7 @@ mod tests {
             message: None,
             worker,
             nth,
+            cause: None,
         };
         let mut samples: Vec<Sample> = (0..2)
             .flat_map(|w| (1..50).map(move |n| sample(w, n, 10)))
@@ -375,6 +413,7 @@ mod tests {
                 message: (i % 5 == 0).then(|| format!("out of fuel in run {i}")),
                 worker: (i % 2) as u32,
                 nth: i / 2,
+                cause: None,
             })
             .collect();
         let r = LoadReport::build(&samples, Duration::from_millis(1500), 2, 1000, 3000, 4);
@@ -411,5 +450,48 @@ mod tests {
             "slowest         109 µs; the 3 slowest started at 1349.9 ms (worker 1, its run 5)"
         ));
         assert_eq!(r.rss_per_live_sandbox_bytes, 500);
+        // Not asked: no causes reported.
+        assert_eq!(r.tail_causes, None);
+        assert!(!r.render().contains("tail causes"));
+    }
+
+    #[test]
+    fn tail_causes_count_the_warm_runs_over_10x_p50_only() {
+        let sample = |nth: u64, micros: u64, cause| Sample {
+            at: Duration::from_millis(nth + 1),
+            latency: Duration::from_micros(micros),
+            outcome: "ok".into(),
+            fuel: None,
+            peak_memory: None,
+            message: None,
+            worker: 0,
+            nth,
+            cause: Some(cause),
+        };
+        // 100 quick runs, two slow by preemption, one stolen, and a slow
+        // first run (left out, as in the warm count).
+        let mut samples: Vec<Sample> = (1..=100).map(|n| sample(n, 10, TailCause::OnCpu)).collect();
+        samples.extend([
+            sample(0, 5000, TailCause::PageFaults),
+            sample(101, 400, TailCause::Preempted),
+            sample(102, 300, TailCause::Preempted),
+            sample(103, 200, TailCause::Stolen),
+            // Not over 10x p50: its cause is not counted.
+            sample(104, 90, TailCause::Blocked),
+        ]);
+        let r = LoadReport::build(&samples, Duration::from_millis(200), 1, 0, 0, 1);
+        assert_eq!(r.warm_over_10x_p50, 3);
+        let causes = r.tail_causes.clone().unwrap();
+        assert_eq!(causes.len(), TailCause::ALL.len());
+        assert_eq!(causes["preempted"], 2);
+        assert_eq!(causes["stolen"], 1);
+        assert_eq!(causes.values().sum::<u64>(), r.warm_over_10x_p50);
+        assert!(
+            r.render()
+                .contains("tail causes     2 preempted | 1 stolen\n")
+        );
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["tail_causes"]["on-cpu"], 0);
+        assert_eq!(json["tail_causes"]["page-faults"], 0);
     }
 }
