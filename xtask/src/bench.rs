@@ -1063,21 +1063,16 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         pauses.per_s(),
         pauses.longest.as_secs_f64() * 1e6,
     )?;
-    // Why the tail's runs were slow, in TailCause order.
-    let causes: Vec<String> = [
-        "suspended",
-        "preempted",
-        "blocked",
-        "stolen",
-        "page-faults",
-        "on-cpu",
-    ]
-    .iter()
-    .filter_map(|c| {
-        let n = explained["tail_causes"][c].as_u64().unwrap_or(0);
-        (n > 0).then(|| format!("{n} {c}"))
-    })
-    .collect();
+    // Why the tail's runs were slow, most common cause first.
+    let mut counted: Vec<(&str, u64)> = explained["tail_causes"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(cause, n)| (cause.as_str(), n.as_u64().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    counted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let causes: Vec<String> = counted.iter().map(|(c, n)| format!("{n} {c}")).collect();
     let causes = if causes.is_empty() {
         "none over 10x p50".to_string()
     } else {
@@ -1093,9 +1088,9 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     if over > 1 {
         misses.push(format!(
             "- `echo` at concurrency 16: {over} runs over 10x p50 against none but the first. \
-             `chassis load --explain-tail` reads each run's thread before and after it (CPU time, \
-             context switches, page faults) and says whose each slow run was; in its load here: \
-             {causes}. `preempted` runs lost their core to another thread: in a `sched_switch` trace \
+             `chassis load --explain-tail` reads the thread polling each run around each poll (CPU \
+             time, context switches, page faults) and says whose each slow run was; in its load \
+             here: {causes}. `preempted` runs lost their core to another thread: in a `sched_switch` trace \
              of 70 such runs at de9e577 the core went to chassis's own epoch ticker 26 times (it wakes \
              every 10 ms and holds a core ~16 µs per wake-up on this VM; parking it on a bare futex in \
              place of its channel cost the same, so that is the VM's price of a wake-up), to the VM's \
@@ -1104,8 +1099,9 @@ pub(crate) fn run(quick: bool) -> Result<()> {
              kernel's account, yet spent 70-200 µs of CPU on 7 µs of work with no page fault; sampled \
              at 20 kHz their profile is an ordinary run's (memmove 9.8% of their samples against 7.3% \
              of all, the PAGEMAP_SCAN walk 4% against 4.6%), which is how time the hypervisor takes \
-             without reporting it as steal looks from inside the guest, and a bare busy loop with no \
-             chassis in it pauses as often (next paragraph). The epoch ticker is the tail's one \
+             without reporting it as steal looks from inside the guest; a bare busy loop with no \
+             chassis in it meets such pauses too (below), though the counters cannot say whether \
+             every `on-cpu` run was one. The epoch ticker is the tail's one \
              chassis share: deadlines and CPU shares need it to tick. The machine \
              itself pauses a bare busy loop, with no chassis in it, for 10x that p50 or more {:.0} times a \
              second per core (longest {:.0} µs), ~{expected:.0} pauses in the {load_s:.1} s the load ran on \

@@ -69,9 +69,9 @@ pub(crate) struct LoadArgs {
     #[arg(long, default_value = "fuel", conflicts_with = "remote")]
     metering: Metering,
     /// Also say why each warm run over 10x p50 was slow (local load only):
-    /// preempted, blocked, stolen by the hypervisor, page faults, on the
-    /// CPU, or suspended. Reads each run's thread before and after it, four
-    /// system calls per run, so throughput drops a little (~1 µs per run).
+    /// preempted, blocked, suspended, stolen by the hypervisor, page faults,
+    /// or on the CPU. Reads the thread polling each run around each poll,
+    /// four system calls per poll, so throughput drops (~1 µs per run).
     #[arg(long, conflicts_with = "remote")]
     explain_tail: bool,
     #[command(flatten)]

@@ -170,8 +170,8 @@ impl Target {
 const YIELD_EVERY: usize = 8;
 
 /// Runs the load and reports. `progress` is updated as runs finish. With
-/// `explain_tail`, each run's thread is read before and after it (see
-/// [`TailCause`]) and the report counts the causes of its tail.
+/// `explain_tail`, the thread polling each run is read around each poll
+/// (see [`TailCause`]) and the report counts the causes of its tail.
 pub async fn run(
     target: Target,
     concurrency: usize,
@@ -225,26 +225,24 @@ pub async fn run(
                 }
                 let live = progress.live.fetch_add(1, Ordering::Relaxed) + 1;
                 progress.peak_live.fetch_max(live, Ordering::Relaxed);
-                let marks = if explain_tail {
-                    tail::ThreadMarks::now()
-                } else {
-                    None
-                };
+                let mut spent = explain_tail.then(tail::Spent::default);
                 let began = Instant::now();
-                let mut polls = 0u32;
-                let ran = {
-                    let mut run = std::pin::pin!(target.run_once());
-                    std::future::poll_fn(|cx| {
-                        polls = polls.saturating_add(1);
-                        run.as_mut().poll(cx)
-                    })
-                    .await
+                let ran = match spent.as_mut() {
+                    None => target.run_once().await,
+                    // Each poll is read on the thread that makes it.
+                    Some(spent) => {
+                        let mut run = std::pin::pin!(target.run_once());
+                        std::future::poll_fn(|cx| {
+                            let before = tail::ThreadMarks::now();
+                            let polled = run.as_mut().poll(cx);
+                            spent.add(before, tail::ThreadMarks::now());
+                            polled
+                        })
+                        .await
+                    }
                 };
                 let latency = began.elapsed();
-                let cause = marks.and_then(|before| {
-                    let after = tail::ThreadMarks::now()?;
-                    Some(TailCause::of(latency, polls, before, after))
-                });
+                let cause = spent.map(|spent| TailCause::of(latency, &spent));
                 progress.live.fetch_sub(1, Ordering::Relaxed);
                 progress.done.fetch_add(1, Ordering::Relaxed);
                 if ran.outcome != "ok" {
@@ -306,5 +304,6 @@ pub async fn run(
         baseline_rss,
         peak_rss.load(Ordering::Relaxed),
         progress.peak_live.load(Ordering::Relaxed),
+        explain_tail,
     )
 }

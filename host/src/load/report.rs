@@ -126,7 +126,7 @@ pub struct LoadReport {
     /// cause named, with its count), when the load was asked
     /// (`chassis load --explain-tail`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub tail_causes: Option<BTreeMap<String, u64>>,
+    pub tail_causes: Option<BTreeMap<TailCause, u64>>,
     /// Every latency, microseconds, for plots (not serialized).
     #[serde(skip)]
     pub latencies_us: Vec<f64>,
@@ -140,6 +140,7 @@ impl LoadReport {
         baseline_rss: u64,
         peak_rss: u64,
         peak_live: usize,
+        explained: bool,
     ) -> Self {
         let mut counted = BTreeMap::<&str, u64>::new();
         for s in samples {
@@ -177,13 +178,13 @@ impl LoadReport {
                 .map(|(s, _)| s)
         };
         let warm_over_10x_p50 = warm_tail().count() as u64;
-        let tail_causes = samples.iter().any(|s| s.cause.is_some()).then(|| {
-            let mut counts: BTreeMap<String, u64> = TailCause::ALL
-                .iter()
-                .map(|c| (c.as_str().to_string(), 0))
-                .collect();
-            for cause in warm_tail().filter_map(|s| s.cause) {
-                *counts.entry(cause.as_str().to_string()).or_default() += 1;
+        let tail_causes = explained.then(|| {
+            let mut counts: BTreeMap<TailCause, u64> =
+                TailCause::ALL.iter().map(|c| (*c, 0)).collect();
+            for s in warm_tail() {
+                *counts
+                    .entry(s.cause.unwrap_or(TailCause::Unexplained))
+                    .or_default() += 1;
             }
             counts
         });
@@ -264,12 +265,10 @@ impl LoadReport {
             );
         }
         if let Some(causes) = &self.tail_causes {
-            let named: Vec<String> = TailCause::ALL
+            let named: Vec<String> = causes
                 .iter()
-                .filter_map(|c| {
-                    let n = causes.get(c.as_str()).copied().unwrap_or(0);
-                    (n > 0).then(|| format!("{n} {}", c.as_str()))
-                })
+                .filter(|(_, n)| **n > 0)
+                .map(|(c, n)| format!("{n} {}", c.as_str()))
                 .collect();
             let _ = writeln!(
                 out,
@@ -376,7 +375,7 @@ mod tests {
             .collect();
         // Both workers' first runs are slow (cold slots), and one later run.
         samples.extend([sample(0, 0, 900), sample(1, 0, 800), sample(1, 50, 700)]);
-        let r = LoadReport::build(&samples, Duration::from_millis(60), 2, 0, 0, 2);
+        let r = LoadReport::build(&samples, Duration::from_millis(60), 2, 0, 0, 2, false);
         assert_eq!((r.latency_us.over_10x_p50, r.warm_over_10x_p50), (3, 1));
         assert!(
             r.render()
@@ -416,7 +415,15 @@ mod tests {
                 cause: None,
             })
             .collect();
-        let r = LoadReport::build(&samples, Duration::from_millis(1500), 2, 1000, 3000, 4);
+        let r = LoadReport::build(
+            &samples,
+            Duration::from_millis(1500),
+            2,
+            1000,
+            3000,
+            4,
+            false,
+        );
         assert_eq!(r.runs, 10);
         assert_eq!(r.errors, 2);
         assert_eq!(r.outcomes["ok"], 8);
@@ -479,12 +486,12 @@ mod tests {
             // Not over 10x p50: its cause is not counted.
             sample(104, 90, TailCause::Blocked),
         ]);
-        let r = LoadReport::build(&samples, Duration::from_millis(200), 1, 0, 0, 1);
+        let r = LoadReport::build(&samples, Duration::from_millis(200), 1, 0, 0, 1, true);
         assert_eq!(r.warm_over_10x_p50, 3);
         let causes = r.tail_causes.clone().unwrap();
         assert_eq!(causes.len(), TailCause::ALL.len());
-        assert_eq!(causes["preempted"], 2);
-        assert_eq!(causes["stolen"], 1);
+        assert_eq!(causes[&TailCause::Preempted], 2);
+        assert_eq!(causes[&TailCause::Stolen], 1);
         assert_eq!(causes.values().sum::<u64>(), r.warm_over_10x_p50);
         assert!(
             r.render()
@@ -493,5 +500,29 @@ mod tests {
         let json = serde_json::to_value(&r).unwrap();
         assert_eq!(json["tail_causes"]["on-cpu"], 0);
         assert_eq!(json["tail_causes"]["page-faults"], 0);
+        // Asked, with nothing in the tail: every cause at 0, and said so.
+        let quiet = LoadReport::build(
+            &samples[..100],
+            Duration::from_millis(200),
+            1,
+            0,
+            0,
+            1,
+            true,
+        );
+        assert_eq!(quiet.warm_over_10x_p50, 0);
+        assert!(
+            quiet
+                .tail_causes
+                .as_ref()
+                .unwrap()
+                .values()
+                .all(|n| *n == 0)
+        );
+        assert!(
+            quiet
+                .render()
+                .contains("tail causes     no warm run over 10x p50")
+        );
     }
 }
