@@ -343,6 +343,21 @@ fn slowest(samples: &[Sample]) -> Vec<SlowRun> {
 mod tests {
     use super::*;
 
+    /// An `ok` run of `micros`, worker `worker`'s `nth`.
+    fn sample(worker: u32, nth: u64, micros: u64) -> Sample {
+        Sample {
+            at: Duration::from_millis(nth + 1),
+            latency: Duration::from_micros(micros),
+            outcome: "ok".into(),
+            fuel: None,
+            peak_memory: None,
+            message: None,
+            worker,
+            nth,
+            cause: None,
+        }
+    }
+
     #[test]
     fn percentiles_pick_the_right_samples() {
         let d = Distribution::of((1..=100).map(f64::from).collect());
@@ -359,17 +374,6 @@ mod tests {
 
     #[test]
     fn a_workers_first_run_is_left_out_of_the_warm_tail() {
-        let sample = |worker: u32, nth: u64, micros: u64| Sample {
-            at: Duration::from_millis(nth + 1),
-            latency: Duration::from_micros(micros),
-            outcome: "ok".into(),
-            fuel: None,
-            peak_memory: None,
-            message: None,
-            worker,
-            nth,
-            cause: None,
-        };
         let mut samples: Vec<Sample> = (0..2)
             .flat_map(|w| (1..50).map(move |n| sample(w, n, 10)))
             .collect();
@@ -465,15 +469,8 @@ mod tests {
     #[test]
     fn tail_causes_count_the_warm_runs_over_10x_p50_only() {
         let sample = |nth: u64, micros: u64, cause| Sample {
-            at: Duration::from_millis(nth + 1),
-            latency: Duration::from_micros(micros),
-            outcome: "ok".into(),
-            fuel: None,
-            peak_memory: None,
-            message: None,
-            worker: 0,
-            nth,
             cause: Some(cause),
+            ..sample(0, nth, micros)
         };
         // 100 quick runs, two slow by preemption, one stolen, and a slow
         // first run (left out, as in the warm count).
