@@ -721,22 +721,22 @@ pub(crate) fn run(quick: bool) -> Result<()> {
     // minute, put the concurrency 16 ratio far under its line in one
     // sitting (1.37x at 14d9295; 1.97x by hand right after).
     let rounds = if quick { 1 } else { 3 };
-    // After each pair, the machine's own ceiling for it (`bare_scaling`).
-    let (mut bare2, mut bare16) = (Vec::new(), Vec::new());
+    // After each pair, the machine's own ceiling for it (`bare_scaling`)
+    // and its cross-core round trip: (concurrency, pairs, probes).
     let probe = std::time::Duration::from_secs(1);
-    let scaling2 = Pairs::measure_with(
-        rounds,
-        || echo_at("2", None),
-        || echo_at("1", None),
-        || bare2.push((bare_scaling(probe), core_round_trip_ns())),
-    )?;
-    let scaling16 = Pairs::measure_with(
-        rounds,
-        || echo_at("16", None),
-        || echo_at("1", None),
-        || bare16.push((bare_scaling(probe), core_round_trip_ns())),
-    )?;
-    let (echo, echo1, _) = scaling16.median();
+    let mut scaling = Vec::new();
+    for c in [2, 16] {
+        let mut bare = Vec::new();
+        let pairs = Pairs::measure_with(
+            rounds,
+            || echo_at(&c.to_string(), None),
+            || echo_at("1", None),
+            || bare.push((bare_scaling(probe), core_round_trip_ns())),
+        )?;
+        scaling.push((c, pairs, bare));
+    }
+    // The concurrency 16 pairs' median is the load the rows below describe.
+    let (echo, echo1, _) = scaling[1].1.median();
     let (echo, echo1) = (echo.clone(), echo1.clone());
     // Right after the load it is the floor of, at its own threshold.
     let pauses = Pauses::measure(
@@ -982,7 +982,7 @@ pub(crate) fn run(quick: bool) -> Result<()> {
         tail(&echo1),
         f(&echo1, "throughput_per_s")
     )?;
-    for (c, pairs, bare) in [(2, &scaling2, &bare2), (16, &scaling16, &bare16)] {
+    for (c, pairs, bare) in &scaling {
         let (report, reference, ratio) = pairs.median();
         let (ceiling, trip) = bare
             .get(pairs.median_index())
