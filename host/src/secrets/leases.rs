@@ -45,6 +45,29 @@ struct Inner {
     retrying: bool,
 }
 
+/// Where a lease is counted until its revocation settles (revoked and
+/// audited, or queued again): it leaves that count in the same critical
+/// section that publishes the outcome, so [`LeaseRegistry::pending`] and
+/// the gauge never read 0 while a revocation's record or requeue is still
+/// to come.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    /// Held by a run (`Inner::live`).
+    Live,
+    /// Being retried (`Inner::attempting`).
+    Attempting,
+}
+
+impl Inner {
+    fn release(&mut self, held: Held) {
+        let count = match held {
+            Held::Live => &mut self.live,
+            Held::Attempting => &mut self.attempting,
+        };
+        *count = count.saturating_sub(1);
+    }
+}
+
 /// Tracks leases from creation to revocation; one per host.
 pub struct LeaseRegistry {
     provider: Arc<dyn SecretProvider>,
@@ -123,28 +146,29 @@ impl LeaseRegistry {
     async fn revoke_now(self: &Arc<Self>, run_id: &str, lease_id: String) {
         match self.provider.revoke(&lease_id).await {
             Ok(()) => {
-                let mut inner = self.lock();
-                inner.live = inner.live.saturating_sub(1);
-                self.publish(&inner);
-                drop(inner);
                 self.record(crate::audit::Event::LeaseRevoked {
                     run_id,
                     lease_id: &lease_id,
                     attempts: None,
                 });
+                self.settled(Held::Live);
             }
             Err(e) => {
                 let error = e.to_string();
-                {
-                    let mut inner = self.lock();
-                    inner.live = inner.live.saturating_sub(1);
-                }
-                self.failed(run_id, lease_id, 1, self.first_backoff, &error);
+                self.failed(run_id, lease_id, 1, self.first_backoff, &error, Held::Live);
             }
         }
     }
 
-    /// Counts, reports and queues a failed revocation.
+    /// A lease counted as `held` is revoked (and audited).
+    fn settled(&self, held: Held) {
+        let mut inner = self.lock();
+        inner.release(held);
+        self.publish(&inner);
+    }
+
+    /// Counts, reports and queues a failed revocation of a lease counted
+    /// as `held`.
     fn failed(
         &self,
         run_id: &str,
@@ -152,6 +176,7 @@ impl LeaseRegistry {
         attempts: u32,
         backoff: Duration,
         error: &str,
+        held: Held,
     ) {
         metrics::counter!(SECRET_REVOKE_FAILURES).increment(1);
         tracing::warn!(%lease_id, %run_id, attempts, %error, retry_in = ?backoff, "could not revoke a lease; will retry");
@@ -161,11 +186,20 @@ impl LeaseRegistry {
             attempts: Some(attempts),
             error,
         });
-        self.enqueue(run_id, lease_id, attempts, backoff);
+        self.enqueue(run_id, lease_id, attempts, backoff, held);
     }
 
-    fn enqueue(&self, run_id: &str, lease_id: String, attempts: u32, backoff: Duration) {
+    /// Queues `lease_id`, which leaves its count as `held` in the same step.
+    fn enqueue(
+        &self,
+        run_id: &str,
+        lease_id: String,
+        attempts: u32,
+        backoff: Duration,
+        held: Held,
+    ) {
         let mut inner = self.lock();
+        inner.release(held);
         inner.queue.insert(
             lease_id,
             Unrevoked {
@@ -236,9 +270,7 @@ impl LeaseRegistry {
             taken
         };
         for (lease_id, u) in due {
-            let result = self.provider.revoke(&lease_id).await;
-            self.lock().attempting -= 1;
-            match result {
+            match self.provider.revoke(&lease_id).await {
                 Ok(()) => {
                     tracing::info!(%lease_id, run_id = %u.run_id, attempts = u.attempts + 1, "revoked a lease on retry");
                     self.record(crate::audit::Event::LeaseRevoked {
@@ -246,12 +278,18 @@ impl LeaseRegistry {
                         lease_id: &lease_id,
                         attempts: Some(u.attempts + 1),
                     });
-                    let inner = self.lock();
-                    self.publish(&inner);
+                    self.settled(Held::Attempting);
                 }
                 Err(e) => {
                     let backoff = (u.backoff * 2).min(RETRY_BACKOFF_MAX);
-                    self.failed(&u.run_id, lease_id, u.attempts + 1, backoff, &e.to_string());
+                    self.failed(
+                        &u.run_id,
+                        lease_id,
+                        u.attempts + 1,
+                        backoff,
+                        &e.to_string(),
+                        Held::Attempting,
+                    );
                 }
             }
         }
@@ -325,13 +363,9 @@ impl Drop for LeaseGuard {
             return;
         }
         for lease_id in std::mem::take(&mut self.leases) {
-            {
-                let mut inner = self.registry.lock();
-                inner.live = inner.live.saturating_sub(1);
-            }
             tracing::info!(%lease_id, run_id = %self.run_id, "run ended without revoking its lease; queued");
             self.registry
-                .enqueue(&self.run_id, lease_id, 0, Duration::ZERO);
+                .enqueue(&self.run_id, lease_id, 0, Duration::ZERO, Held::Live);
         }
         self.registry.ensure_retrying();
     }
